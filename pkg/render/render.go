@@ -1,0 +1,182 @@
+// Package render turns a plain view model of the film catalogue into the
+// HTML page and the JSON document that the server caches and serves.
+//
+// It knows nothing of the upstream API or of the HTTP framework: callers map
+// their data into a View. Rendering happens once per data snapshot, so the
+// functions return bytes rather than writing to a response.
+//
+// All functions are safe for concurrent use.
+package render
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"time"
+)
+
+// Person is someone who appears in a movie.
+type Person struct {
+	ID, Name string
+}
+
+// Movie is one film and its people, in display order.
+type Movie struct {
+	ID, Title, ReleaseDate, Director string
+	People                           []Person
+}
+
+// View is one snapshot of the catalogue.
+type View struct {
+	FetchedAt time.Time // when the upstream fetch started; shown in UTC
+	Movies    []Movie
+}
+
+var (
+	//go:embed page.html.tmpl
+	templateFS embed.FS
+
+	// styleCSS is the whole content of the one <style> element of every
+	// page. The CSP hash is computed from it, so it must reach the output
+	// byte for byte: it is inserted as template.CSS, which html/template
+	// passes through unescaped.
+	//
+	//go:embed style.css
+	styleCSS string
+
+	styleHash = func() string {
+		sum := sha256.Sum256([]byte(styleCSS))
+		return "'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'"
+	}()
+
+	templates = template.Must(template.New("").
+			Funcs(template.FuncMap{"style": func() template.CSS { return template.CSS(styleCSS) }}).
+			ParseFS(templateFS, "page.html.tmpl"))
+
+	// fallbackErrorPage is served when the error template cannot execute:
+	// ErrorPage is the last resort of a failing request and must not fail
+	// itself. It carries the same style so the CSP hash still holds.
+	fallbackErrorPage = []byte(`<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>` + styleCSS + `</style>
+<title>Error</title>
+</head>
+<body>
+<main>
+<h1>Something went wrong</h1>
+<p>The page could not be shown. Please try again later.</p>
+</main>
+</body>
+</html>
+`)
+)
+
+// StyleHash returns the Content-Security-Policy source expression
+// ('sha256-<base64>') for the <style> element used by Page and ErrorPage,
+// so a policy like "style-src " + StyleHash() admits it and nothing else.
+func StyleHash() string { return styleHash }
+
+// pageData is what the page template sees: the time is formatted here so
+// the template cannot show it in any zone but UTC.
+type pageData struct {
+	FetchedAt     string // RFC 3339, for the datetime attribute
+	FetchedAtText string // for people
+	Movies        []Movie
+}
+
+// Page renders v as a complete HTML5 document.
+func Page(v View) ([]byte, error) {
+	t := v.FetchedAt.UTC()
+	d := pageData{
+		FetchedAt:     t.Format(time.RFC3339),
+		FetchedAtText: t.Format("2006-01-02 15:04:05 UTC"),
+		Movies:        v.Movies,
+	}
+	var buf bytes.Buffer
+	if err := templates.ExecuteTemplate(&buf, "page", d); err != nil {
+		return nil, fmt.Errorf("render: page: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// The JSON wire types are kept apart from the view model so the document's
+// shape is pinned here, not by whoever adds a field to Movie.
+type (
+	jsonDoc struct {
+		FetchedAt string      `json:"fetched_at"`
+		Movies    []jsonMovie `json:"movies"`
+	}
+	jsonMovie struct {
+		ID          string       `json:"id"`
+		Title       string       `json:"title"`
+		ReleaseDate string       `json:"release_date"`
+		Director    string       `json:"director"`
+		People      []jsonPerson `json:"people"`
+	}
+	jsonPerson struct {
+		ID   string `json:"id"`
+		Name string `json:"name"`
+	}
+)
+
+// JSON renders v as a JSON document followed by a newline:
+//
+//	{"fetched_at": "<RFC 3339, UTC>", "movies": [{"id", "title",
+//	"release_date", "director", "people": [{"id", "name"}]}]}
+//
+// Empty movie and people lists are [] rather than null, so clients can
+// iterate without a nil check.
+func JSON(v View) ([]byte, error) {
+	doc := jsonDoc{
+		FetchedAt: v.FetchedAt.UTC().Format(time.RFC3339),
+		Movies:    make([]jsonMovie, 0, len(v.Movies)),
+	}
+	for _, m := range v.Movies {
+		people := make([]jsonPerson, 0, len(m.People))
+		for _, p := range m.People {
+			people = append(people, jsonPerson{ID: p.ID, Name: p.Name})
+		}
+		doc.Movies = append(doc.Movies, jsonMovie{
+			ID:          m.ID,
+			Title:       m.Title,
+			ReleaseDate: m.ReleaseDate,
+			Director:    m.Director,
+			People:      people,
+		})
+	}
+	var buf bytes.Buffer
+	// Encode, unlike Marshal, ends the document with a newline.
+	if err := json.NewEncoder(&buf).Encode(doc); err != nil {
+		return nil, fmt.Errorf("render: json: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+type errorData struct {
+	Status         int
+	Title, Message string
+}
+
+// ErrorPage renders a short HTML5 page for a failure: the status code, a
+// headline and a sentence, all escaped. It never fails: should the template
+// not execute, it returns a constant page instead.
+func ErrorPage(status int, title, message string) []byte {
+	return errorPage(templates, errorData{Status: status, Title: title, Message: message})
+}
+
+// errorPage is ErrorPage with the template set passed in, so tests can
+// exercise the fallback with a set that fails.
+func errorPage(t *template.Template, d errorData) []byte {
+	var buf bytes.Buffer
+	if err := t.ExecuteTemplate(&buf, "error", d); err != nil {
+		return bytes.Clone(fallbackErrorPage)
+	}
+	return buf.Bytes()
+}
