@@ -1,0 +1,140 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/movies-dev/movies/pkg/ghibli"
+)
+
+// maxTTL is the product's promise: no page shows data older than a minute.
+// -ttl may tighten it, never loosen it.
+const maxTTL = time.Minute
+
+// builtinUpstream is the -upstream value that serves the bundled data.
+const builtinUpstream = "builtin"
+
+// config is the validated command line.
+type config struct {
+	addr            string
+	upstream        string // a base URL, or builtinUpstream
+	ttl             time.Duration
+	upstreamTimeout time.Duration
+	drainDelay      time.Duration
+	shutdownTimeout time.Duration
+	logFormat       string
+	logLevel        slog.Level
+}
+
+// errHelp is returned by parseConfig after printing usage for -h.
+var errHelp = flag.ErrHelp
+
+// parseConfig reads flags, each falling back to its MOVIES_* environment
+// variable and then to its default, and validates the result. Errors are
+// one line that names the flag or variable at fault.
+func parseConfig(args []string, getenv func(string) string, usage io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("movies", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned as one line, not a usage dump
+
+	var envErrs []error
+	str := func(p *string, name, env, def, help string) {
+		if v := getenv(env); v != "" {
+			def = v
+		}
+		fs.StringVar(p, name, def, help+" (env "+env+")")
+	}
+	dur := func(p *time.Duration, name, env string, def time.Duration, help string) {
+		if v := getenv(env); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Errorf("invalid %s %q: not a duration like 30s or 1m", env, v))
+			} else {
+				def = d
+			}
+		}
+		fs.DurationVar(p, name, def, help+" (env "+env+")")
+	}
+	var level string
+	str(&c.addr, "addr", "MOVIES_ADDR", ":8000", "address to listen on")
+	str(&c.upstream, "upstream", "MOVIES_UPSTREAM", ghibli.DefaultBaseURL,
+		`base URL of the Ghibli API, or "builtin" to serve the bundled data offline`)
+	dur(&c.ttl, "ttl", "MOVIES_TTL", maxTTL, "how long a snapshot is served, from the start of its fetch (at most 1m)")
+	dur(&c.upstreamTimeout, "upstream-timeout", "MOVIES_UPSTREAM_TIMEOUT", 10*time.Second,
+		"bound on one upstream fetch (at most -ttl)")
+	dur(&c.drainDelay, "drain-delay", "MOVIES_DRAIN_DELAY", 0,
+		"on SIGTERM, keep serving this long with /readyz at 503 so load balancers stop sending traffic")
+	dur(&c.shutdownTimeout, "shutdown-timeout", "MOVIES_SHUTDOWN_TIMEOUT", 15*time.Second,
+		"on SIGTERM, how long in-flight requests get to finish")
+	str(&c.logFormat, "log-format", "MOVIES_LOG_FORMAT", "text", "log format: text or json")
+	str(&level, "log-level", "MOVIES_LOG_LEVEL", "info", "log level: debug, info, warn or error")
+
+	if len(envErrs) > 0 {
+		return c, envErrs[0]
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(usage)
+			fmt.Fprintln(usage, "Usage: movies [flags]")
+			fs.PrintDefaults()
+			return c, errHelp
+		}
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q: movies takes only flags", fs.Arg(0))
+	}
+
+	if _, _, err := net.SplitHostPort(c.addr); err != nil {
+		return c, fmt.Errorf("invalid -addr %q: want host:port or :port", c.addr)
+	}
+	if err := validateUpstream(c.upstream); err != nil {
+		return c, fmt.Errorf("invalid -upstream %q: %v", c.upstream, err)
+	}
+	if c.ttl <= 0 || c.ttl > maxTTL {
+		return c, fmt.Errorf("invalid -ttl %s: must be above 0 and at most %s, the freshness promise", c.ttl, maxTTL)
+	}
+	if c.upstreamTimeout <= 0 || c.upstreamTimeout > c.ttl {
+		return c, fmt.Errorf("invalid -upstream-timeout %s: must be above 0 and at most -ttl %s (a slower fetch would bring data too old to serve)", c.upstreamTimeout, c.ttl)
+	}
+	if c.drainDelay < 0 {
+		return c, fmt.Errorf("invalid -drain-delay %s: must not be negative", c.drainDelay)
+	}
+	if c.shutdownTimeout <= 0 {
+		return c, fmt.Errorf("invalid -shutdown-timeout %s: must be above 0", c.shutdownTimeout)
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return c, fmt.Errorf("invalid -log-format %q: want text or json", c.logFormat)
+	}
+	if err := c.logLevel.UnmarshalText([]byte(level)); err != nil {
+		return c, fmt.Errorf("invalid -log-level %q: want debug, info, warn or error", level)
+	}
+	return c, nil
+}
+
+func validateUpstream(s string) error {
+	if s == builtinUpstream {
+		return nil
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return errors.New("not a URL")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return errors.New(`scheme must be http or https (or use "builtin")`)
+	case u.Host == "":
+		return errors.New("no host")
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		return errors.New("want a base URL with no query, fragment or credentials")
+	case strings.ContainsAny(u.Path, "?#"):
+		return errors.New("bad path")
+	}
+	return nil
+}

@@ -1,0 +1,162 @@
+// Command movies serves every Studio Ghibli film and the people who appear
+// in it at /movies/, from the public Ghibli API, never showing data older
+// than its TTL (one minute at most).
+//
+// Each request reads a read-through cache; when the snapshot has expired the
+// requests that need it share one upstream fetch. There is no background job.
+// Run it with -h for its flags; each has a MOVIES_* environment fallback.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/movies-dev/movies/metrics"
+	"github.com/movies-dev/movies/pkg/cache"
+	"github.com/movies-dev/movies/pkg/ghibli"
+	"github.com/movies-dev/movies/pkg/ghibli/ghiblitest"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		if errors.Is(err, errHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "movies:", err)
+		os.Exit(2)
+	}
+}
+
+// run is the whole program: it serves until ctx ends, then shuts down
+// gracefully and returns nil, or returns the error that stopped it.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stdout)
+
+	baseURL := cfg.upstream
+	if cfg.upstream == builtinUpstream {
+		// The offline upstream is a loopback server, so the demo runs the
+		// very same client code as production: HTTP, JSON, limits and all.
+		stopBuiltin, url, err := startBuiltin(log)
+		if err != nil {
+			return err
+		}
+		defer stopBuiltin()
+		baseURL = url
+	}
+
+	reg := prometheus.NewRegistry()
+	s := &server{log: log}
+	var m *metrics.Metrics
+	client := &ghibli.Client{
+		BaseURL:    baseURL,
+		HTTPClient: ghibli.NewHTTPClient(cfg.upstreamTimeout),
+		Observe: func(endpoint, cause string, d time.Duration) {
+			m.ObserveUpstream(endpoint, cause, d)
+		},
+	}
+	defer client.HTTPClient.CloseIdleConnections()
+	s.cache = cache.New[*page](s.load(client), cache.Options{TTL: cfg.ttl, LoadTimeout: cfg.upstreamTimeout})
+	m, err = metrics.New(reg, func() metrics.CacheStats { return cacheStats(s.cache) })
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	s.metrics = m
+
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listen on -addr %s: %w", cfg.addr, err)
+	}
+	srv := &http.Server{
+		Handler:           s.routes(reg),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		// A miss waits for the upstream, so writes get the fetch's budget
+		// on top of their own.
+		WriteTimeout:   cfg.upstreamTimeout + 10*time.Second,
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: 32 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	s.ready.Store(true)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("listening", "addr", ln.Addr().String(), "upstream", cfg.upstream, "ttl", cfg.ttl)
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	// Readiness goes first so load balancers stop sending new requests,
+	// then in-flight ones get shutdownTimeout to finish.
+	s.ready.Store(false)
+	log.Info("shutting down", "drain_delay", cfg.drainDelay, "timeout", cfg.shutdownTimeout)
+	time.Sleep(cfg.drainDelay)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func cacheStats(c *cache.Cache[*page]) metrics.CacheStats {
+	st := c.Stats()
+	out := metrics.CacheStats{
+		Hits: st.Hits, Misses: st.Misses, Coalesced: st.Coalesced,
+		Loads: st.Loads, LoadErrors: st.LoadErrors, TTL: c.TTL(),
+	}
+	if snap, ok := c.Peek(); ok {
+		out.HasSnapshot, out.SnapshotAge = true, snap.Age(time.Now())
+	}
+	return out
+}
+
+func newLogger(cfg config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.logLevel}
+	if cfg.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// startBuiltin serves the bundled API data on a loopback port.
+func startBuiltin(log *slog.Logger) (stop func(), baseURL string, err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", fmt.Errorf("-upstream builtin: %w", err)
+	}
+	h := ghiblitest.NewHandler(ghiblitest.Bundled())
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("builtin upstream stopped", "err", err)
+		}
+	}()
+	return func() {
+		h.Close()
+		srv.Close()
+		<-done
+	}, "http://" + ln.Addr().String(), nil
+}
