@@ -31,6 +31,7 @@ type config struct {
 	shutdownTimeout time.Duration
 	logFormat       string
 	logLevel        slog.Level
+	healthcheck     bool // probe a running server instead of serving
 }
 
 // errHelp is returned by parseConfig after printing usage for -h.
@@ -75,6 +76,9 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		"on SIGTERM, how long in-flight requests get to finish")
 	str(&c.logFormat, "log-format", "MOVIES_LOG_FORMAT", "text", "log format: text or json")
 	str(&level, "log-level", "MOVIES_LOG_LEVEL", "info", "log level: debug, info, warn or error")
+
+	fs.BoolVar(&c.healthcheck, "healthcheck", false,
+		"probe /healthz of the server on -addr and exit 0 if it is healthy, 1 if not (for container health checks, which have no shell)")
 
 	if len(envErrs) > 0 {
 		return c, envErrs[0]

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,8 +37,17 @@ func main() {
 			return
 		}
 		fmt.Fprintln(os.Stderr, "movies:", err)
-		os.Exit(2)
+		os.Exit(exitCode(err))
 	}
+}
+
+// exitCode is 1 for a failed health check (what HEALTHCHECK expects) and
+// 2 for anything else that stops the program.
+func exitCode(err error) int {
+	if strings.HasPrefix(err.Error(), "healthcheck:") {
+		return 1
+	}
+	return 2
 }
 
 // run is the whole program: it serves until ctx ends, then shuts down
@@ -46,6 +56,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	cfg, err := parseConfig(args, getenv, stdout)
 	if err != nil {
 		return err
+	}
+	if cfg.healthcheck {
+		return probe(ctx, cfg.addr)
 	}
 	log := newLogger(cfg, stdout)
 
@@ -159,4 +172,28 @@ func startBuiltin(log *slog.Logger) (stop func(), baseURL string, err error) {
 		srv.Close()
 		<-done
 	}, "http://" + ln.Addr().String(), nil
+}
+
+// probe asks the server listening on addr for /healthz.
+func probe(ctx context.Context, addr string) error {
+	host, port, _ := net.SplitHostPort(addr) // validated by parseConfig
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/healthz", nil)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: /healthz answered %s", resp.Status)
+	}
+	return nil
 }

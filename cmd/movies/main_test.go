@@ -618,3 +618,20 @@ func TestRun_Help(t *testing.T) {
 		t.Errorf("usage lists %d flags, want all of them:\n%s", flags, out.String())
 	}
 }
+
+func TestRun_Healthcheck(t *testing.T) {
+	in := mustStart(t, "builtin")
+	t.Cleanup(testClient.CloseIdleConnections)
+	addr := strings.TrimPrefix(in.URL, "http://")
+	noEnv := func(string) string { return "" }
+	if err := run(context.Background(), []string{"-healthcheck", "-addr", addr}, noEnv, io.Discard); err != nil {
+		t.Errorf("healthcheck of a running server = %v, want nil", err)
+	}
+	if err := in.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	err := run(context.Background(), []string{"-healthcheck", "-addr", addr}, noEnv, io.Discard)
+	if err == nil || exitCode(err) != 1 {
+		t.Errorf("healthcheck of a stopped server = %v (exit %d), want an error and exit 1", err, exitCode(err))
+	}
+}
