@@ -11,6 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,7 +43,27 @@ func (f LoaderFunc[V]) Load(ctx context.Context, started time.Time) (V, error) {
 type Snapshot[V any] struct {
 	Value   V
 	Fetched time.Time
+	// Stale is set when Get returns a value past its TTL because loading
+	// failed and Options.StaleIfError allowed it. Never set otherwise.
+	Stale bool
 }
+
+// UnavailableError is returned by Get when no fresh value could be had:
+// the load failed, or an earlier failure's backoff has not passed yet.
+type UnavailableError struct {
+	Err     error     // the load's error; in a backoff, the last one
+	RetryAt time.Time // when the next load may start
+	Backoff bool      // no load was tried for this call: it fell in a backoff
+}
+
+func (e *UnavailableError) Error() string {
+	if e.Backoff {
+		return "cache: in backoff after: " + e.Err.Error()
+	}
+	return e.Err.Error()
+}
+
+func (e *UnavailableError) Unwrap() error { return e.Err }
 
 // Age is how old s is at now.
 func (s Snapshot[V]) Age(now time.Time) time.Duration { return now.Sub(s.Fetched) }
@@ -55,6 +77,24 @@ type Options struct {
 	LoadTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// MinBackoff and MaxBackoff bound the wait after a failed load before
+	// the next may start: MinBackoff after the first failure, doubling with
+	// each consecutive one up to MaxBackoff, each wait jittered down by up
+	// to half so replicas do not retry in step. Calls in that window fail at
+	// once. Zero means 250ms and 5s.
+	MinBackoff, MaxBackoff time.Duration
+	// RetryAfter, if set, extracts from a load error a wait the source asked
+	// for (an HTTP Retry-After); the backoff is then at least that, capped
+	// at MaxRetryAfter (zero means 30s).
+	RetryAfter    func(error) time.Duration
+	MaxRetryAfter time.Duration
+	// StaleIfError, if positive, lets Get return the last value up to this
+	// long past its TTL, marked Stale, when it cannot load a fresh one.
+	// Zero (the default) keeps the TTL a hard limit.
+	StaleIfError time.Duration
+	// Rand returns a number in [0, 1) for jitter; nil means math/rand/v2.
+	Rand func() float64
 }
 
 // Stats are the cache's counters since it was created.
@@ -64,20 +104,25 @@ type Stats struct {
 	Coalesced  uint64 // misses that joined a load another caller started
 	Loads      uint64 // loads run
 	LoadErrors uint64 // loads that failed (including panics and ErrExpired)
+	Rejected   uint64 // Get calls that failed at once inside a backoff, without loading
+	Stale      uint64 // Get calls answered with a stale value (StaleIfError)
 }
 
 // Cache is a read-through TTL cache of one value. It is safe for
 // concurrent use.
 type Cache[V any] struct {
-	loader      Loader[V]
-	ttl         time.Duration
-	loadTimeout time.Duration
-	now         func() time.Time
+	loader Loader[V]
+	opts   Options // defaults filled in
 
 	group singleflight.Group
 	snap  atomic.Pointer[Snapshot[V]]
 
-	hits, misses, coalesced, loads, loadErrors atomic.Uint64
+	mu       sync.Mutex // guards the failure state below
+	failures int        // consecutive failed loads
+	retryAt  time.Time  // no load starts before this
+	lastErr  error
+
+	hits, misses, coalesced, loads, loadErrors, rejected, stale atomic.Uint64
 }
 
 // New returns a Cache that loads values with l. It panics if o.TTL is not
@@ -86,14 +131,25 @@ func New[V any](l Loader[V], o Options) *Cache[V] {
 	if o.TTL <= 0 {
 		panic("cache: TTL must be positive")
 	}
-	c := &Cache[V]{loader: l, ttl: o.TTL, loadTimeout: o.LoadTimeout, now: o.Now}
-	if c.loadTimeout <= 0 || c.loadTimeout > c.ttl {
-		c.loadTimeout = c.ttl
+	if o.LoadTimeout <= 0 || o.LoadTimeout > o.TTL {
+		o.LoadTimeout = o.TTL
 	}
-	if c.now == nil {
-		c.now = time.Now
+	if o.Now == nil {
+		o.Now = time.Now
 	}
-	return c
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 250 * time.Millisecond
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(5*time.Second, o.MinBackoff)
+	}
+	if o.MaxRetryAfter <= 0 {
+		o.MaxRetryAfter = 30 * time.Second
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Float64
+	}
+	return &Cache[V]{loader: l, opts: o}
 }
 
 // flightKey is the one singleflight key: the cache holds a single value.
@@ -103,10 +159,17 @@ const flightKey = ""
 // expired. Concurrent callers that miss share one load. The load runs
 // detached from the caller that started it, so a leader that gives up does
 // not fail the others; each caller stops waiting when its own ctx ends.
+// When no fresh value can be had the error is an *UnavailableError, unless
+// StaleIfError allows the last value, which then comes back marked Stale.
 func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
-	if s := c.fresh(c.now()); s != nil {
+	now := c.opts.Now()
+	if s := c.fresh(now); s != nil {
 		c.hits.Add(1)
 		return *s, nil
+	}
+	if err := c.backoff(now); err != nil {
+		c.rejected.Add(1)
+		return c.staleOr(err)
 	}
 	c.misses.Add(1)
 
@@ -123,13 +186,13 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 			c.coalesced.Add(1)
 		}
 		if res.Err != nil {
-			return Snapshot[V]{}, res.Err
+			return c.staleOr(res.Err)
 		}
 		s := res.Val.(*Snapshot[V])
 		// The load may have outlived its deadline (a loader that ignores
 		// ctx); never hand out what the promise forbids.
-		if s.Age(c.now()) >= c.ttl {
-			return Snapshot[V]{}, ErrExpired
+		if s.Age(c.opts.Now()) >= c.opts.TTL {
+			return c.staleOr(c.unavailable(ErrExpired, false))
 		}
 		return *s, nil
 	}
@@ -137,31 +200,85 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 
 // load runs inside the flight.
 func (c *Cache[V]) load(ctx context.Context) (*Snapshot[V], error) {
-	start := c.now()
+	start := c.opts.Now()
 	// Re-check: between our miss and this flight starting, another flight
-	// may have finished and stored a fresh value; loading again would double
-	// the upstream traffic for nothing.
+	// may have finished and stored a fresh value, or failed and started a
+	// backoff; loading anyway would double the upstream traffic, and in an
+	// outage would let the retry rate grow with the request rate.
 	if s := c.fresh(start); s != nil {
 		return s, nil
 	}
+	if err := c.backoff(start); err != nil {
+		return nil, err
+	}
 	// The load belongs to every waiter, not to the leader: keep the leader's
 	// values (request id for logs) but not its cancellation.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.loadTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.LoadTimeout)
 	defer cancel()
 
 	c.loads.Add(1)
 	v, err := c.safeLoad(ctx, start)
+	if err == nil && c.opts.Now().Sub(start) >= c.opts.TTL {
+		err = ErrExpired
+	}
 	if err != nil {
 		c.loadErrors.Add(1)
-		return nil, err
+		return nil, c.fail(err)
 	}
+	c.mu.Lock()
+	c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
+	c.mu.Unlock()
 	s := &Snapshot[V]{Value: v, Fetched: start}
-	if s.Age(c.now()) >= c.ttl {
-		c.loadErrors.Add(1)
-		return nil, ErrExpired
-	}
 	c.snap.Store(s)
 	return s, nil
+}
+
+// fail records a failed load and starts its backoff.
+func (c *Cache[V]) fail(err error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures++
+	wait := c.opts.MinBackoff << min(c.failures-1, 30)
+	if wait > c.opts.MaxBackoff || wait <= 0 {
+		wait = c.opts.MaxBackoff
+	}
+	wait -= time.Duration(c.opts.Rand() * float64(wait/2))
+	if c.opts.RetryAfter != nil {
+		if ra := min(c.opts.RetryAfter(err), c.opts.MaxRetryAfter); ra > wait {
+			wait = ra
+		}
+	}
+	c.retryAt = c.opts.Now().Add(wait)
+	c.lastErr = err
+	return &UnavailableError{Err: err, RetryAt: c.retryAt}
+}
+
+// backoff returns an error if a load may not start at now.
+func (c *Cache[V]) backoff(now time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lastErr == nil || !now.Before(c.retryAt) {
+		return nil
+	}
+	return &UnavailableError{Err: c.lastErr, RetryAt: c.retryAt, Backoff: true}
+}
+
+func (c *Cache[V]) unavailable(err error, backoff bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return &UnavailableError{Err: err, RetryAt: c.retryAt, Backoff: backoff}
+}
+
+// staleOr returns the last value if StaleIfError allows it, else err.
+func (c *Cache[V]) staleOr(err error) (Snapshot[V], error) {
+	if s := c.snap.Load(); s != nil && c.opts.StaleIfError > 0 &&
+		s.Age(c.opts.Now()) < c.opts.TTL+c.opts.StaleIfError {
+		c.stale.Add(1)
+		out := *s
+		out.Stale = true
+		return out, nil
+	}
+	return Snapshot[V]{}, err
 }
 
 // safeLoad turns a panic in the loader into an error: singleflight would
@@ -178,7 +295,7 @@ func (c *Cache[V]) safeLoad(ctx context.Context, start time.Time) (v V, err erro
 // fresh returns the cached snapshot if it is younger than the TTL at now.
 func (c *Cache[V]) fresh(now time.Time) *Snapshot[V] {
 	s := c.snap.Load()
-	if s == nil || s.Age(now) >= c.ttl {
+	if s == nil || s.Age(now) >= c.opts.TTL {
 		return nil
 	}
 	return s
@@ -195,7 +312,7 @@ func (c *Cache[V]) Peek() (Snapshot[V], bool) {
 }
 
 // TTL returns the time to live the cache was built with.
-func (c *Cache[V]) TTL() time.Duration { return c.ttl }
+func (c *Cache[V]) TTL() time.Duration { return c.opts.TTL }
 
 // Stats returns the cache's counters.
 func (c *Cache[V]) Stats() Stats {
@@ -205,5 +322,7 @@ func (c *Cache[V]) Stats() Stats {
 		Coalesced:  c.coalesced.Load(),
 		Loads:      c.loads.Load(),
 		LoadErrors: c.loadErrors.Load(),
+		Rejected:   c.rejected.Load(),
+		Stale:      c.stale.Load(),
 	}
 }

@@ -245,14 +245,21 @@ func TestCache_Failures(t *testing.T) {
 				synctest.Wait()
 				close(gate)
 				for range n {
-					if err := <-errs; !tt.wantErr(err) {
+					err := <-errs
+					if !tt.wantErr(err) {
 						t.Errorf("Get() error = %v, want the %s", err, tt.name)
+					}
+					var ue *cache.UnavailableError
+					if !errors.As(err, &ue) || ue.Backoff {
+						t.Errorf("Get() error = %#v, want an *UnavailableError from a load", err)
 					}
 				}
 				if _, ok := c.Peek(); ok {
 					t.Errorf("Peek() found a value after a failed load")
 				}
-				// Nothing was cached and the key is not stuck: the next Get loads.
+				// Nothing was cached and the key is not stuck: once the
+				// backoff has passed, the next Get loads.
+				time.Sleep(5 * time.Second)
 				if got := mustGet(t, c); got.Value != 42 {
 					t.Errorf("Get() after failure = %d, want 42", got.Value)
 				}
@@ -323,4 +330,200 @@ func TestNew_PanicsOnNonPositiveTTL(t *testing.T) {
 		}
 	}()
 	cache.New[int64](&counter{}, cache.Options{})
+}
+
+// failing is a loader that fails while down is set, counting its loads.
+type failing struct {
+	down  atomic.Bool
+	loads atomic.Int64
+	err   error
+}
+
+func (f *failing) Load(ctx context.Context, _ time.Time) (int, error) {
+	f.loads.Add(1)
+	if f.down.Load() {
+		if f.err != nil {
+			return 0, f.err
+		}
+		return 0, errors.New("down")
+	}
+	return 1, nil
+}
+
+func TestCache_BacksOffAfterFailures(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &failing{}
+		f.down.Store(true)
+		c := cache.New[int](f, cache.Options{TTL: ttl, MinBackoff: time.Second, MaxBackoff: 4 * time.Second,
+			Rand: func() float64 { return 0 }}) // no jitter: exact windows
+
+		// Backoff doubles per consecutive failure up to the cap.
+		for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second} {
+			_, err := c.Get(context.Background())
+			var ue *cache.UnavailableError
+			if !errors.As(err, &ue) || ue.Backoff {
+				t.Fatalf("failure %d: Get() error = %v, want a load failure", i+1, err)
+			}
+			if got := ue.RetryAt.Sub(time.Now()); got != want {
+				t.Errorf("failure %d: retry in %v, want %v", i+1, got, want)
+			}
+			// Inside the window: an immediate error, no load.
+			time.Sleep(want - time.Nanosecond)
+			loads := f.loads.Load()
+			_, err = c.Get(context.Background())
+			if !errors.As(err, &ue) || !ue.Backoff {
+				t.Errorf("in backoff: Get() error = %v, want a Backoff UnavailableError", err)
+			}
+			if f.loads.Load() != loads {
+				t.Errorf("in backoff: a load ran")
+			}
+			time.Sleep(time.Nanosecond)
+		}
+		// Success resets the backoff.
+		f.down.Store(false)
+		mustGet(t, c)
+		f.down.Store(true)
+		time.Sleep(ttl)
+		_, err := c.Get(context.Background())
+		var ue *cache.UnavailableError
+		if !errors.As(err, &ue) || ue.RetryAt.Sub(time.Now()) != time.Second {
+			t.Errorf("after a success the backoff should start over at 1s, got %v", err)
+		}
+		if got := c.Stats(); got.Rejected != 4 || got.LoadErrors != 5 {
+			t.Errorf("Stats() = %+v, want 4 rejected, 5 load errors", got)
+		}
+	})
+}
+
+// TestCache_OutageLoadRateIsBounded: however many callers hammer a dead
+// source, it sees at most one load per backoff window.
+func TestCache_OutageLoadRateIsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &failing{}
+		f.down.Store(true)
+		const minBackoff = 250 * time.Millisecond
+		c := cache.New[int](f, cache.Options{TTL: ttl, MinBackoff: minBackoff, MaxBackoff: minBackoff})
+		const callers, period = 50, 10 * time.Second
+		var wg sync.WaitGroup
+		for range callers {
+			wg.Go(func() {
+				for end := time.Now().Add(period); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+					c.Get(context.Background())
+				}
+			})
+		}
+		wg.Wait()
+		// Jitter shortens a wait to no less than half of it.
+		if max := int64(period/(minBackoff/2)) + 1; f.loads.Load() > max {
+			t.Errorf("%d loads in %v with %d callers, want at most %d", f.loads.Load(), period, callers, max)
+		}
+		if f.loads.Load() < 10 {
+			t.Errorf("%d loads in %v: the cache stopped trying", f.loads.Load(), period)
+		}
+	})
+}
+
+func TestCache_HonoursRetryAfter(t *testing.T) {
+	errSlowDown := errors.New("429")
+	tests := []struct {
+		name       string
+		retryAfter time.Duration
+		want       time.Duration
+	}{
+		{"longer than the backoff", 10 * time.Second, 10 * time.Second},
+		{"capped", time.Hour, 30 * time.Second},
+		{"shorter than the backoff", time.Millisecond, time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := &failing{err: errSlowDown}
+				f.down.Store(true)
+				c := cache.New[int](f, cache.Options{TTL: ttl, MinBackoff: time.Second, Rand: func() float64 { return 0 },
+					RetryAfter: func(err error) time.Duration {
+						if errors.Is(err, errSlowDown) {
+							return tt.retryAfter
+						}
+						return 0
+					}})
+				_, err := c.Get(context.Background())
+				var ue *cache.UnavailableError
+				if !errors.As(err, &ue) {
+					t.Fatalf("Get() error = %v", err)
+				}
+				if got := ue.RetryAt.Sub(time.Now()); got != tt.want {
+					t.Errorf("retry in %v, want %v", got, tt.want)
+				}
+			})
+		})
+	}
+}
+
+func TestCache_Jitter(t *testing.T) {
+	for _, r := range []float64{0, 0.5, 0.999} {
+		synctest.Test(t, func(t *testing.T) {
+			f := &failing{}
+			f.down.Store(true)
+			c := cache.New[int](f, cache.Options{TTL: ttl, MinBackoff: time.Second, Rand: func() float64 { return r }})
+			_, err := c.Get(context.Background())
+			var ue *cache.UnavailableError
+			errors.As(err, &ue)
+			got := ue.RetryAt.Sub(time.Now())
+			if want := time.Second - time.Duration(r*float64(time.Second/2)); got != want || got < time.Second/2 {
+				t.Errorf("Rand()=%v: retry in %v, want %v (never under half the backoff)", r, got, want)
+			}
+		})
+	}
+}
+
+func TestCache_StaleIfError(t *testing.T) {
+	const stale = 30 * time.Second
+	tests := []struct {
+		name      string
+		opts      cache.Options
+		wait      time.Duration // after the good load
+		wantStale bool
+	}{
+		{"off by default", cache.Options{}, ttl, false},
+		{"within the stale window", cache.Options{StaleIfError: stale}, ttl + stale - time.Nanosecond, true},
+		{"past the stale window", cache.Options{StaleIfError: stale}, ttl + stale, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := &failing{}
+				opts := tt.opts
+				opts.TTL = ttl
+				c := cache.New[int](f, opts)
+				good := mustGet(t, c)
+				f.down.Store(true)
+				time.Sleep(tt.wait)
+				// The load fails, then a second call falls in the backoff:
+				// both answer the same way.
+				for _, phase := range []string{"failed load", "backoff"} {
+					s, err := c.Get(context.Background())
+					if tt.wantStale {
+						if err != nil || !s.Stale || s.Value != 1 || !s.Fetched.Equal(good.Fetched) {
+							t.Errorf("%s: Get() = %+v, %v; want the last value marked stale", phase, s, err)
+						}
+					} else if err == nil {
+						t.Errorf("%s: Get() = %+v, nil; want an error, nothing past the promise", phase, s)
+					}
+				}
+				wantStale := uint64(0)
+				if tt.wantStale {
+					wantStale = 2
+				}
+				if got := c.Stats().Stale; got != wantStale {
+					t.Errorf("Stats().Stale = %d, want %d", got, wantStale)
+				}
+				// A fresh value is never marked stale.
+				f.down.Store(false)
+				time.Sleep(5 * time.Second)
+				if s := mustGet(t, c); s.Stale {
+					t.Errorf("fresh Get() = %+v marked stale", s)
+				}
+			})
+		})
+	}
 }
