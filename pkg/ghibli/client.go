@@ -12,11 +12,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -129,8 +131,44 @@ func (c *Client) People(ctx context.Context) ([]Person, error) {
 	return fetch[Person](ctx, c, EndpointPeople, "id,name,films")
 }
 
-// fetch gets one collection and tells Observe how it went.
+// retryWait is the mean pause before the one retry a fetch may make.
+const retryWait = 100 * time.Millisecond
+
+// fetch gets one collection, retrying once after a connection reset or a
+// 5xx (both often transient: a keep-alive connection closed under us, an
+// instance restarting) if the context leaves time for it. A 5xx with a
+// Retry-After is not retried: the upstream said when, and the cache's
+// backoff honours it.
 func fetch[T any](ctx context.Context, c *Client, endpoint, fields string) ([]T, error) {
+	list, err := fetchOnce[T](ctx, c, endpoint, fields)
+	if err == nil || !retryable(err) {
+		return list, err
+	}
+	wait := retryWait/2 + rand.N(retryWait) // jittered so replicas do not retry in step
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < 2*wait {
+		return nil, err // no time left for a useful retry
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, err
+	case <-t.C:
+	}
+	return fetchOnce[T](ctx, c, endpoint, fields)
+}
+
+// retryable reports whether err is worth one more try of an idempotent GET.
+func retryable(err error) bool {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.StatusCode >= 500 && se.RetryAfter == 0
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// fetchOnce gets one collection and tells Observe how it went.
+func fetchOnce[T any](ctx context.Context, c *Client, endpoint, fields string) ([]T, error) {
 	start := time.Now()
 	var list []T
 	err := c.do(ctx, endpoint, fields, &list)

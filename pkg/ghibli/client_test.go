@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -172,5 +173,76 @@ func TestCause(t *testing.T) {
 		if got := ghibli.Cause(tt.err); got != tt.want {
 			t.Errorf("Cause(%v) = %q, want %q", tt.err, got, tt.want)
 		}
+	}
+}
+
+func TestClient_RetriesOnceOnTransientFailure(t *testing.T) {
+	tests := []struct {
+		name        string
+		behavior    ghiblitest.Behavior
+		recovers    bool
+		wantFilms   int64
+		wantOK      bool
+		wantOutcome []string
+	}{
+		{"5xx then ok", ghiblitest.Behavior{Status: 502}, true, 2, true, []string{"status_5xx", "ok"}},
+		{"reset then ok", ghiblitest.Behavior{ResetConn: true}, true, 2, true, []string{"network", "ok"}},
+		{"5xx twice gives up", ghiblitest.Behavior{Status: 500}, false, 2, false, []string{"status_5xx", "status_5xx"}},
+		{"503 with Retry-After is not retried", ghiblitest.Behavior{Status: 503, RetryAfter: "3"}, true, 1, false, []string{"status_5xx"}},
+		{"4xx is not retried", ghiblitest.Behavior{Status: 404}, true, 1, false, []string{"status_4xx"}},
+		{"garbage is not retried", ghiblitest.Behavior{Malformed: true}, true, 1, false, []string{"malformed"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := ghiblitest.NewServer(ghiblitest.Bundled())
+			defer srv.Close()
+			srv.SetBehavior(ghibli.EndpointFilms, tt.behavior)
+			if tt.recovers {
+				srv.OnRequest(func(r *http.Request) {
+					if r.URL.Path == ghibli.EndpointFilms {
+						srv.SetBehavior(ghibli.EndpointFilms, ghiblitest.Behavior{}) // from the next request on
+					}
+				})
+			}
+			c := newClient(srv.URL)
+			closeIdle(t, c)
+			var mu sync.Mutex
+			var outcomes []string
+			c.Observe = func(endpoint, cause string, d time.Duration) {
+				mu.Lock()
+				defer mu.Unlock()
+				if endpoint == ghibli.EndpointFilms {
+					outcomes = append(outcomes, cause)
+				}
+			}
+			_, err := c.Films(context.Background())
+			if (err == nil) != tt.wantOK {
+				t.Errorf("Films() error = %v, want ok=%v", err, tt.wantOK)
+			}
+			if got := srv.Requests(ghibli.EndpointFilms); got != tt.wantFilms {
+				t.Errorf("upstream saw %d /films requests, want %d", got, tt.wantFilms)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Equal(outcomes, tt.wantOutcome) {
+				t.Errorf("observed %v, want %v", outcomes, tt.wantOutcome)
+			}
+		})
+	}
+}
+
+func TestClient_NoRetryPastTheDeadline(t *testing.T) {
+	srv := ghiblitest.NewServer(ghiblitest.Bundled())
+	defer srv.Close()
+	srv.SetBehavior(ghibli.EndpointFilms, ghiblitest.Behavior{Status: 500})
+	c := newClient(srv.URL)
+	closeIdle(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.Films(ctx); err == nil {
+		t.Fatal("Films() succeeded against a 500")
+	}
+	if got := srv.Requests(ghibli.EndpointFilms); got != 1 {
+		t.Errorf("upstream saw %d requests, want 1: no retry fits in the deadline", got)
 	}
 }
