@@ -34,6 +34,10 @@ type Movie struct {
 type View struct {
 	FetchedAt time.Time // when the upstream fetch started; shown in UTC
 	Movies    []Movie
+	// Stale marks a snapshot served past its TTL because the upstream is
+	// unreachable: the page says so in a banner, the JSON gives its Age.
+	Stale bool
+	Age   time.Duration // with Stale, how old the snapshot is
 }
 
 var (
@@ -89,6 +93,8 @@ type pageData struct {
 	FetchedAt     string // RFC 3339, for the datetime attribute
 	FetchedAtText string // for people
 	Movies        []Movie
+	Stale         bool
+	StaleClock    string // HH:MM:SS UTC of the fetch, for the banner
 }
 
 // Page renders v as a complete HTML5 document.
@@ -98,6 +104,8 @@ func Page(v View) ([]byte, error) {
 		FetchedAt:     t.Format(time.RFC3339),
 		FetchedAtText: t.Format("2006-01-02 15:04:05 UTC"),
 		Movies:        v.Movies,
+		Stale:         v.Stale,
+		StaleClock:    t.Format("15:04:05 UTC"),
 	}
 	var buf bytes.Buffer
 	if err := templates.ExecuteTemplate(&buf, "page", d); err != nil {
@@ -110,8 +118,12 @@ func Page(v View) ([]byte, error) {
 // shape is pinned here, not by whoever adds a field to Movie.
 type (
 	jsonDoc struct {
-		FetchedAt string      `json:"fetched_at"`
-		Movies    []jsonMovie `json:"movies"`
+		FetchedAt string `json:"fetched_at"`
+		// Stale and AgeSeconds appear only on a stale snapshot, so the
+		// normal document keeps its documented shape.
+		Stale      bool        `json:"stale,omitempty"`
+		AgeSeconds *int64      `json:"age_seconds,omitempty"`
+		Movies     []jsonMovie `json:"movies"`
 	}
 	jsonMovie struct {
 		ID          string       `json:"id"`
@@ -131,12 +143,18 @@ type (
 //	{"fetched_at": "<RFC 3339, UTC>", "movies": [{"id", "title",
 //	"release_date", "director", "people": [{"id", "name"}]}]}
 //
+// A stale view adds "stale": true and "age_seconds" after "fetched_at".
+//
 // Empty movie and people lists are [] rather than null, so clients can
 // iterate without a nil check.
 func JSON(v View) ([]byte, error) {
 	doc := jsonDoc{
 		FetchedAt: v.FetchedAt.UTC().Format(time.RFC3339),
 		Movies:    make([]jsonMovie, 0, len(v.Movies)),
+	}
+	if v.Stale {
+		age := int64(v.Age / time.Second)
+		doc.Stale, doc.AgeSeconds = true, &age
 	}
 	for _, m := range v.Movies {
 		people := make([]jsonPerson, 0, len(m.People))

@@ -490,3 +490,40 @@ func BenchmarkJSON(b *testing.B) {
 		}
 	}
 }
+
+func TestStale(t *testing.T) {
+	fresh, stale := fixedView(), fixedView()
+	stale.Stale, stale.Age = true, 95*time.Second+400*time.Millisecond
+
+	banner := "the Ghibli API is unreachable"
+	if p := string(mustPage(t, fresh)); strings.Contains(p, banner) {
+		t.Errorf("fresh page shows the stale banner")
+	}
+	p := string(mustPage(t, stale))
+	clock := stale.FetchedAt.UTC().Format("15:04:05") + " UTC"
+	if !strings.Contains(p, banner) || !strings.Contains(p, clock) {
+		t.Errorf("stale page lacks the banner with the fetch time %q", clock)
+	}
+
+	for _, tt := range []struct {
+		v       View
+		wantAge *int64
+	}{{fresh, nil}, {stale, ptr(int64(95))}} {
+		b, err := JSON(tt.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			Stale bool   `json:"stale"`
+			Age   *int64 `json:"age_seconds"`
+		}
+		if err := json.Unmarshal(b, &doc); err != nil {
+			t.Fatal(err)
+		}
+		if doc.Stale != tt.v.Stale || (doc.Age == nil) != (tt.wantAge == nil) || (doc.Age != nil && *doc.Age != *tt.wantAge) {
+			t.Errorf("JSON(stale=%v) = stale %v, age %v; want age %v", tt.v.Stale, doc.Stale, doc.Age, tt.wantAge)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
