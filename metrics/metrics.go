@@ -17,6 +17,7 @@ const namespace = "movies"
 // CacheStats is what the collector reads from the cache on each scrape.
 type CacheStats struct {
 	Hits, Misses, Coalesced, Loads, LoadErrors uint64
+	Rejected, Stale                            uint64
 	// HasSnapshot says whether any snapshot was ever loaded; SnapshotAge is
 	// then the age of the newest one, counted from its fetch start.
 	HasSnapshot bool
@@ -92,6 +93,10 @@ var (
 		"Snapshot fetches started (each is one request per upstream endpoint).", nil, nil)
 	loadErrorsDesc = prometheus.NewDesc("movies_cache_load_errors_total",
 		"Snapshot fetches that failed.", nil, nil)
+	rejectedDesc = prometheus.NewDesc("movies_cache_backoff_rejections_total",
+		"Requests failed at once, without a fetch, because an earlier fetch failed and its backoff had not passed.", nil, nil)
+	staleDesc = prometheus.NewDesc("movies_stale_served_total",
+		"Requests served a snapshot past its TTL because the upstream failed (-stale-if-error).", nil, nil)
 	ageDesc = prometheus.NewDesc("movies_snapshot_age_seconds",
 		"Age of the newest snapshot, from the start of its fetch; absent before the first.", nil, nil)
 	ttlDesc = prometheus.NewDesc("movies_cache_ttl_seconds",
@@ -102,7 +107,7 @@ var (
 type cacheCollector struct{ stats func() CacheStats }
 
 func (c *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{hitsDesc, missesDesc, coalescedDesc, loadsDesc, loadErrorsDesc, ageDesc, ttlDesc} {
+	for _, d := range []*prometheus.Desc{hitsDesc, missesDesc, coalescedDesc, loadsDesc, loadErrorsDesc, rejectedDesc, staleDesc, ageDesc, ttlDesc} {
 		ch <- d
 	}
 }
@@ -117,6 +122,8 @@ func (c *cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(coalescedDesc, s.Coalesced)
 	counter(loadsDesc, s.Loads)
 	counter(loadErrorsDesc, s.LoadErrors)
+	counter(rejectedDesc, s.Rejected)
+	counter(staleDesc, s.Stale)
 	ch <- prometheus.MustNewConstMetric(ttlDesc, prometheus.GaugeValue, s.TTL.Seconds())
 	if s.HasSnapshot {
 		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, s.SnapshotAge.Seconds())

@@ -27,6 +27,8 @@ type config struct {
 	upstream        string // a base URL, or builtinUpstream
 	ttl             time.Duration
 	upstreamTimeout time.Duration
+	staleIfError    time.Duration
+	metricsAddr     string // "" serves /metrics on addr
 	drainDelay      time.Duration
 	shutdownTimeout time.Duration
 	logFormat       string
@@ -70,6 +72,10 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	dur(&c.ttl, "ttl", "MOVIES_TTL", maxTTL, "how long a snapshot is served, from the start of its fetch (at most 1m)")
 	dur(&c.upstreamTimeout, "upstream-timeout", "MOVIES_UPSTREAM_TIMEOUT", 10*time.Second,
 		"bound on one upstream fetch (at most -ttl)")
+	dur(&c.staleIfError, "stale-if-error", "MOVIES_STALE_IF_ERROR", 0,
+		"when the upstream fails, serve the last good snapshot up to this long past -ttl, marked stale (0: never)")
+	str(&c.metricsAddr, "metrics-addr", "MOVIES_METRICS_ADDR", "",
+		"serve /metrics on this separate address instead of -addr (keeps it off the load balancer)")
 	dur(&c.drainDelay, "drain-delay", "MOVIES_DRAIN_DELAY", 0,
 		"on SIGTERM, keep serving this long with /readyz at 503 so load balancers stop sending traffic")
 	dur(&c.shutdownTimeout, "shutdown-timeout", "MOVIES_SHUTDOWN_TIMEOUT", 15*time.Second,
@@ -107,6 +113,14 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	}
 	if c.upstreamTimeout <= 0 || c.upstreamTimeout > c.ttl {
 		return c, fmt.Errorf("invalid -upstream-timeout %s: must be above 0 and at most -ttl %s (a slower fetch would bring data too old to serve)", c.upstreamTimeout, c.ttl)
+	}
+	if c.staleIfError < 0 || c.staleIfError > 24*time.Hour {
+		return c, fmt.Errorf("invalid -stale-if-error %s: must be between 0 (off) and 24h", c.staleIfError)
+	}
+	if c.metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.metricsAddr); err != nil {
+			return c, fmt.Errorf("invalid -metrics-addr %q: want host:port or :port", c.metricsAddr)
+		}
 	}
 	if c.drainDelay < 0 {
 		return c, fmt.Errorf("invalid -drain-delay %s: must not be negative", c.drainDelay)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/movies-dev/movies/metrics"
 	"github.com/movies-dev/movies/pkg/cache"
@@ -75,7 +76,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 
 	reg := prometheus.NewRegistry()
-	s := &server{log: log}
+	s := &server{log: log, csp: contentSecurityPolicy()}
 	var m *metrics.Metrics
 	client := &ghibli.Client{
 		BaseURL:    baseURL,
@@ -85,32 +86,72 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		},
 	}
 	defer client.HTTPClient.CloseIdleConnections()
-	s.cache = cache.New[*page](s.load(client), cache.Options{TTL: cfg.ttl, LoadTimeout: cfg.upstreamTimeout})
+	s.cache = cache.New[*page](s.load(client), cache.Options{
+		TTL:          cfg.ttl,
+		LoadTimeout:  cfg.upstreamTimeout,
+		StaleIfError: cfg.staleIfError,
+		RetryAfter: func(err error) time.Duration {
+			var se *ghibli.StatusError
+			if errors.As(err, &se) {
+				return se.RetryAfter
+			}
+			return 0
+		},
+	})
 	m, err = metrics.New(reg, func() metrics.CacheStats { return cacheStats(s.cache) })
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	s.metrics = m
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
+	})
 
-	ln, err := net.Listen("tcp", cfg.addr)
-	if err != nil {
-		return fmt.Errorf("listen on -addr %s: %w", cfg.addr, err)
+	servers := []*http.Server{}
+	listen := func(flag, addr string, h http.Handler) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen on -%s %s: %w", flag, addr, err)
+		}
+		servers = append(servers, newHTTPServer(cfg, h, log))
+		return ln, nil
 	}
-	srv := &http.Server{
-		Handler:           s.routes(reg),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		// A miss waits for the upstream, so writes get the fetch's budget
-		// on top of their own.
-		WriteTimeout:   cfg.upstreamTimeout + 10*time.Second,
-		IdleTimeout:    120 * time.Second,
-		MaxHeaderBytes: 32 << 10,
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	if cfg.metricsAddr == "" {
+		ln, err := listen("addr", cfg.addr, s.routes(metricsHandler))
+		if err != nil {
+			return err
+		}
+		lns = append(lns, ln)
+	} else {
+		ln, err := listen("addr", cfg.addr, s.routes(nil))
+		if err != nil {
+			return err
+		}
+		lns = append(lns, ln)
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metricsHandler)
+		if ln, err = listen("metrics-addr", cfg.metricsAddr, mux); err != nil {
+			return err
+		}
+		lns = append(lns, ln)
 	}
+
 	s.ready.Store(true)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String(), "upstream", cfg.upstream, "ttl", cfg.ttl)
+	serveErr := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { serveErr <- srv.Serve(lns[i]) }()
+	}
+	attrs := []any{"addr", lns[0].Addr().String(), "upstream", cfg.upstream, "ttl", cfg.ttl}
+	if len(lns) > 1 {
+		attrs = append(attrs, "metrics_addr", lns[1].Addr().String())
+	}
+	log.Info("listening", attrs...)
 
 	select {
 	case err := <-serveErr:
@@ -125,31 +166,46 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	time.Sleep(cfg.drainDelay)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	var errs []error
+	for _, srv := range servers {
+		errs = append(errs, srv.Shutdown(sctx))
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	log.Info("stopped")
 	return nil
 }
 
+// newHTTPServer bounds what any one client can hold: slow headers
+// (slowloris), slow bodies, a client that never reads its response, idle
+// keep-alives and oversized headers each end that client's connection
+// without touching anyone else's.
+func newHTTPServer(cfg config, h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		// A miss waits for the upstream, so writes get the fetch's budget
+		// on top of their own.
+		WriteTimeout:   cfg.upstreamTimeout + 10*time.Second,
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: 32 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
 func cacheStats(c *cache.Cache[*page]) metrics.CacheStats {
 	st := c.Stats()
 	out := metrics.CacheStats{
 		Hits: st.Hits, Misses: st.Misses, Coalesced: st.Coalesced,
-		Loads: st.Loads, LoadErrors: st.LoadErrors, TTL: c.TTL(),
+		Loads: st.Loads, LoadErrors: st.LoadErrors, Rejected: st.Rejected, Stale: st.Stale,
+		TTL: c.TTL(),
 	}
 	if snap, ok := c.Peek(); ok {
 		out.HasSnapshot, out.SnapshotAge = true, snap.Age(time.Now())
 	}
 	return out
-}
-
-func newLogger(cfg config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.logLevel}
-	if cfg.logFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // startBuiltin serves the bundled API data on a loopback port.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -353,6 +354,7 @@ func TestServer_UpstreamFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			up := startFake(t)
 			const timeout = 500 * time.Millisecond
 			in := mustStart(t, up.URL, "-upstream-timeout", timeout.String())
@@ -388,7 +390,14 @@ func TestServer_UpstreamFailures(t *testing.T) {
 				t.Errorf("no upstream request counted with outcome %q: %v", tt.cause, m)
 			}
 
-			up.SetBehavior("", ghiblitest.Behavior{}) // the upstream recovers
+			// The upstream recovers: once the backoff the 503 announced has
+			// passed, the next request fetches again.
+			up.SetBehavior("", ghiblitest.Behavior{})
+			wait, err := strconv.Atoi(r.header.Get("Retry-After"))
+			if err != nil || wait < 1 || wait > 5 {
+				t.Fatalf("Retry-After = %q, want 1 to 5 seconds", r.header.Get("Retry-After"))
+			}
+			time.Sleep(time.Duration(wait) * time.Second)
 			if r := mustGet(t, in.URL+"/movies/"); r.status != 200 || !strings.Contains(r.body, "Castle in the Sky") {
 				t.Errorf("after recovery: status %d, want 200 with the films", r.status)
 			}

@@ -5,15 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/movies-dev/movies/metrics"
 	"github.com/movies-dev/movies/pkg/cache"
@@ -24,6 +24,28 @@ import (
 // page is one snapshot rendered once, so a cache hit does no rendering.
 type page struct {
 	html, json []byte
+	view       render.View // kept for the rare stale renderings
+
+	staleOnce sync.Once
+	staleHTML []byte
+}
+
+// stalePage is the page with the stale banner, rendered at most once per
+// snapshot: it only ever shows the fetch time, which does not change.
+func (p *page) stalePage() []byte {
+	p.staleOnce.Do(func() {
+		v := p.view
+		v.Stale = true
+		b, err := render.Page(v)
+		if err != nil {
+			// The same view rendered fine without the banner; failing here
+			// would be a template bug. Serve the error page rather than
+			// stale data without its warning.
+			b = render.ErrorPage(http.StatusServiceUnavailable, "Films unavailable", errUnavailable)
+		}
+		p.staleHTML = b
+	})
+	return p.staleHTML
 }
 
 // server holds the handlers' dependencies.
@@ -32,28 +54,30 @@ type server struct {
 	metrics *metrics.Metrics
 	log     *slog.Logger
 	ready   atomic.Bool // false once shutdown has begun
+	csp     string
 }
 
 // load fetches a new snapshot and renders it; it runs inside the cache's
-// flight, so once per TTL however many requests wait.
+// flight, so once per TTL however many requests wait. It logs once per
+// fetch, so an outage logs once per attempt, not once per request.
 func (s *server) load(client *ghibli.Client) cache.LoaderFunc[*page] {
 	return func(ctx context.Context, started time.Time) (*page, error) {
 		movies, err := client.Movies(ctx)
 		attrs := []any{"duration", time.Since(started).Round(time.Millisecond), "outcome", ghibli.Cause(err)}
 		if err != nil {
-			s.log.Error("upstream fetch failed", append(attrs, "err", err)...)
+			s.log.ErrorContext(ctx, "upstream fetch failed", append(attrs, "err", err)...)
 			return nil, err
 		}
 		view := toView(movies, started)
-		s.log.Info("upstream fetch", append(attrs, "films", len(view.Movies), "links", countPeople(view))...)
+		s.log.InfoContext(ctx, "upstream fetch", append(attrs, "films", len(view.Movies), "links", countPeople(view))...)
 		html, err := render.Page(view)
 		if err == nil {
 			var js []byte
 			if js, err = render.JSON(view); err == nil {
-				return &page{html: html, json: js}, nil
+				return &page{html: html, json: js, view: view}, nil
 			}
 		}
-		s.log.Error("render failed", "err", err)
+		s.log.ErrorContext(ctx, "render failed", "err", err)
 		return nil, fmt.Errorf("render: %w", err)
 	}
 }
@@ -78,15 +102,18 @@ func countPeople(v render.View) int {
 	return n
 }
 
-// routes builds the HTTP handler.
-func (s *server) routes(reg *prometheus.Registry) *echo.Echo {
+// routes builds the HTTP handler. metricsHandler, if not nil, is served at
+// /metrics on this listener.
+func (s *server) routes(metricsHandler http.Handler) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
-	e.Use(s.observe, s.recover)
+	// Outermost first: every response, even a panic's, gets an id, the
+	// security headers and a metric.
+	e.Use(s.requestID, s.securityHeaders, s.observe, s.recover)
 
 	getHead := []string{http.MethodGet, http.MethodHead}
-	e.Match(getHead, "/movies/", s.movies(func(p *page) []byte { return p.html }, "text/html; charset=utf-8"))
+	e.Match(getHead, "/movies/", s.moviesPage)
 	e.Match(getHead, "/movies", func(c echo.Context) error {
 		target := "/movies/"
 		if q := c.Request().URL.RawQuery; q != "" {
@@ -94,10 +121,10 @@ func (s *server) routes(reg *prometheus.Registry) *echo.Echo {
 		}
 		return c.Redirect(http.StatusPermanentRedirect, target)
 	})
-	e.Match(getHead, "/api/v1/movies", s.movies(func(p *page) []byte { return p.json }, "application/json"))
-	e.Match(getHead, "/metrics", echo.WrapHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError),
-	})))
+	e.Match(getHead, "/api/v1/movies", s.moviesAPI)
+	if metricsHandler != nil {
+		e.Match(getHead, "/metrics", echo.WrapHandler(metricsHandler))
+	}
 	e.Match(getHead, "/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.Match(getHead, "/readyz", func(c echo.Context) error {
 		if !s.ready.Load() {
@@ -108,33 +135,84 @@ func (s *server) routes(reg *prometheus.Registry) *echo.Echo {
 	return e
 }
 
-// movies serves one rendering of the current snapshot.
-func (s *server) movies(body func(*page) []byte, contentType string) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		snap, err := s.cache.Get(c.Request().Context())
+// snapshot gets the snapshot to serve, or the error that explains why none.
+func (s *server) snapshot(c echo.Context) (cache.Snapshot[*page], error) {
+	snap, err := s.cache.Get(c.Request().Context())
+	if err != nil && c.Request().Context().Err() == nil {
+		err = &unavailableError{err}
+	}
+	return snap, err
+}
+
+func (s *server) moviesPage(c echo.Context) error {
+	snap, err := s.snapshot(c)
+	if err != nil {
+		return err
+	}
+	if snap.Stale {
+		return s.write(c, snap, snap.Value.stalePage(), "text/html; charset=utf-8")
+	}
+	return s.write(c, snap, snap.Value.html, "text/html; charset=utf-8")
+}
+
+func (s *server) moviesAPI(c echo.Context) error {
+	snap, err := s.snapshot(c)
+	if err != nil {
+		return err
+	}
+	if snap.Stale {
+		// The age changes every second, so a stale document is rendered per
+		// request; stale serving is the rare, degraded path.
+		v := snap.Value.view
+		v.Stale, v.Age = true, snap.Age(time.Now())
+		b, err := render.JSON(v)
 		if err != nil {
-			if c.Request().Context().Err() != nil {
-				return err // the client gave up; not the upstream's fault
-			}
-			return &unavailableError{err}
+			return err
 		}
-		b := body(snap.Value)
-		h := c.Response().Header()
-		h.Set(echo.HeaderContentType, contentType)
-		h.Set(echo.HeaderContentLength, strconv.Itoa(len(b)))
+		return s.write(c, snap, b, "application/json")
+	}
+	return s.write(c, snap, snap.Value.json, "application/json")
+}
+
+// write sends one rendering of snap with headers that tell downstream
+// caches the truth about its freshness.
+func (s *server) write(c echo.Context, snap cache.Snapshot[*page], body []byte, contentType string) error {
+	h := c.Response().Header()
+	h.Set(echo.HeaderContentType, contentType)
+	h.Set(echo.HeaderContentLength, strconv.Itoa(len(body)))
+	h.Set("Last-Modified", snap.Fetched.UTC().Format(http.TimeFormat))
+	if snap.Stale {
+		h.Set("Cache-Control", "no-store")
+	} else {
 		// A downstream copy must not outlive the promise either: it may be
 		// reused only for what is left of this snapshot's TTL.
 		left := (s.cache.TTL() - snap.Age(time.Now())) / time.Second
 		h.Set("Cache-Control", "public, max-age="+strconv.Itoa(int(max(left, 0)))+", must-revalidate")
-		h.Set("Last-Modified", snap.Fetched.UTC().Format(http.TimeFormat))
-		c.Response().WriteHeader(http.StatusOK)
-		_, err = c.Response().Write(b)
-		return err
 	}
+	c.Response().WriteHeader(http.StatusOK)
+	_, err := c.Response().Write(body)
+	return err
 }
 
 // errUnavailable is the message of every failure to get fresh data.
 const errUnavailable = "The Ghibli API could not be reached, so there is no fresh list of films to show. Please retry in a few seconds."
+
+// unavailableError means no fresh snapshot could be had. The cause was
+// logged once by the fetch that failed, not once per waiting request.
+type unavailableError struct{ err error }
+
+func (e *unavailableError) Error() string { return "no fresh data: " + e.err.Error() }
+func (e *unavailableError) Unwrap() error { return e.err }
+
+// retryAfter is the Retry-After, in whole seconds, for a failure to get
+// fresh data: until the cache's backoff ends, at least one second.
+func retryAfter(err error, now time.Time) int {
+	var ue *cache.UnavailableError
+	if errors.As(err, &ue) {
+		return max(1, int(math.Ceil(ue.RetryAt.Sub(now).Seconds())))
+	}
+	return 1
+}
 
 // handleError is the one place errors become responses. Failures to get
 // fresh data are 503 with Retry-After: the request may well work shortly,
@@ -144,6 +222,7 @@ func (s *server) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
+	ctx := c.Request().Context()
 	status, title, msg := http.StatusInternalServerError, "Internal error", "Something went wrong on our side."
 	var he *echo.HTTPError
 	switch {
@@ -151,18 +230,16 @@ func (s *server) handleError(err error, c echo.Context) {
 		status = he.Code
 		title = http.StatusText(status)
 		msg = fmt.Sprint(he.Message)
-	case c.Request().Context().Err() != nil:
-		// The client went away; nobody reads this answer.
-		status, title, msg = 499, "Client closed request", "The request was cancelled."
+	case ctx.Err() != nil:
+		// The client went away; nobody reads this answer. 499 is nginx's
+		// convention, so the metric tells it apart from our failures.
+		c.Response().WriteHeader(499)
+		return
 	case errors.As(err, new(*unavailableError)):
 		status, title, msg = http.StatusServiceUnavailable, "Films unavailable", errUnavailable
-		c.Response().Header().Set("Retry-After", "5")
+		c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfter(err, time.Now())))
 	default:
-		s.log.Error("request failed", "path", c.Request().URL.Path, "err", err)
-	}
-	if status == 499 {
-		c.Response().WriteHeader(status)
-		return
+		s.log.ErrorContext(ctx, "request failed", "path", c.Request().URL.Path, "err", err)
 	}
 	c.Response().Header().Set("Cache-Control", "no-store")
 	if strings.HasPrefix(c.Request().URL.Path, "/api/") {
@@ -175,13 +252,6 @@ func (s *server) handleError(err error, c echo.Context) {
 	_, _ = c.Response().Write(b)
 }
 
-// unavailableError means no fresh snapshot could be had. The cause was
-// logged once by the fetch that failed, not once per waiting request.
-type unavailableError struct{ err error }
-
-func (e *unavailableError) Error() string { return "no fresh data: " + e.err.Error() }
-func (e *unavailableError) Unwrap() error { return e.err }
-
 // recover turns a handler panic into a 500 instead of a dead connection.
 func (s *server) recover(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) (err error) {
@@ -190,7 +260,7 @@ func (s *server) recover(next echo.HandlerFunc) echo.HandlerFunc {
 				if r == http.ErrAbortHandler {
 					panic(r)
 				}
-				s.log.Error("handler panic", "path", c.Request().URL.Path, "panic", r)
+				s.log.ErrorContext(c.Request().Context(), "handler panic", "path", c.Request().URL.Path, "panic", r)
 				err = fmt.Errorf("panic: %v", r)
 			}
 		}()
@@ -212,4 +282,54 @@ func (s *server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		s.metrics.ObserveHTTP(route, c.Response().Status, time.Since(start))
 		return nil
 	}
+}
+
+// securityHeaders sets the headers every response carries. The CSP allows
+// exactly what the page uses: one inline style block, by hash.
+func (s *server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Response().Header()
+		h.Set("Content-Security-Policy", s.csp)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("X-Frame-Options", "DENY")
+		return next(c)
+	}
+}
+
+// contentSecurityPolicy is the policy for every response.
+func contentSecurityPolicy() string {
+	return "default-src 'none'; style-src " + render.StyleHash() +
+		"; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+}
+
+// requestIDHeader carries a request's id in and out.
+const requestIDHeader = "X-Request-ID"
+
+// requestID echoes the client's X-Request-ID, or makes one, and puts it in
+// the request's context for the logs. A client's id is kept only if it is
+// short and plain, so it cannot forge log lines or bloat them.
+func (s *server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		req := c.Request()
+		id := req.Header.Get(requestIDHeader)
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		c.Response().Header().Set(requestIDHeader, id)
+		c.SetRequest(req.WithContext(withRequestID(req.Context(), id)))
+		return next(c)
+	}
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)) {
+			return false
+		}
+	}
+	return true
 }
