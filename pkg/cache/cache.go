@@ -95,6 +95,17 @@ type Options struct {
 	StaleIfError time.Duration
 	// Rand returns a number in [0, 1) for jitter; nil means math/rand/v2.
 	Rand func() float64
+
+	// RefreshAhead makes a hit on a value in the last stretch of its TTL
+	// start one load in the background (through the same flight) while it
+	// is served the still-fresh value, so under steady traffic nobody waits
+	// for a load. The stretch is four times the last load's duration, at
+	// least MinRefreshWindow (zero means 500ms) and at most half the TTL:
+	// long enough for a load like the last one to finish before expiry,
+	// short enough to cost few extra loads. Idle, nothing is loaded; if the
+	// early load fails, the value still expires at its TTL.
+	RefreshAhead     bool
+	MinRefreshWindow time.Duration
 }
 
 // Stats are the cache's counters since it was created.
@@ -106,6 +117,7 @@ type Stats struct {
 	LoadErrors uint64 // loads that failed (including panics and ErrExpired)
 	Rejected   uint64 // Get calls that failed at once inside a backoff, without loading
 	Stale      uint64 // Get calls answered with a stale value (StaleIfError)
+	Early      uint64 // background loads started by RefreshAhead
 }
 
 // Cache is a read-through TTL cache of one value. It is safe for
@@ -122,7 +134,11 @@ type Cache[V any] struct {
 	retryAt  time.Time  // no load starts before this
 	lastErr  error
 
-	hits, misses, coalesced, loads, loadErrors, rejected, stale atomic.Uint64
+	lastLoad   atomic.Int64 // duration of the last successful load, ns
+	refreshing atomic.Bool  // an early refresh goroutine is running
+	background sync.WaitGroup
+
+	hits, misses, coalesced, loads, loadErrors, rejected, stale, early atomic.Uint64
 }
 
 // New returns a Cache that loads values with l. It panics if o.TTL is not
@@ -149,6 +165,9 @@ func New[V any](l Loader[V], o Options) *Cache[V] {
 	if o.Rand == nil {
 		o.Rand = rand.Float64
 	}
+	if o.MinRefreshWindow <= 0 {
+		o.MinRefreshWindow = 500 * time.Millisecond
+	}
 	return &Cache[V]{loader: l, opts: o}
 }
 
@@ -165,6 +184,9 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 	now := c.opts.Now()
 	if s := c.fresh(now); s != nil {
 		c.hits.Add(1)
+		if c.opts.RefreshAhead && s.Age(now) >= c.opts.TTL-c.refreshWindow() {
+			c.refreshEarly(ctx, now)
+		}
 		return *s, nil
 	}
 	if err := c.backoff(now); err != nil {
@@ -176,7 +198,7 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 	led := false
 	ch := c.group.DoChan(flightKey, func() (any, error) {
 		led = true
-		return c.load(ctx)
+		return c.load(ctx, false)
 	})
 	select {
 	case <-ctx.Done():
@@ -198,14 +220,44 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 	}
 }
 
-// load runs inside the flight.
-func (c *Cache[V]) load(ctx context.Context) (*Snapshot[V], error) {
+// refreshWindow is how long before expiry RefreshAhead starts a load.
+func (c *Cache[V]) refreshWindow() time.Duration {
+	return min(max(4*time.Duration(c.lastLoad.Load()), c.opts.MinRefreshWindow), c.opts.TTL/2)
+}
+
+// refreshEarly starts one background load unless one is running or a
+// backoff forbids it. Only one goroutine at a time, so a burst of hits in
+// the window costs nothing more than an atomic.
+func (c *Cache[V]) refreshEarly(ctx context.Context, now time.Time) {
+	if c.backoff(now) != nil || !c.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	c.early.Add(1)
+	c.background.Add(1)
+	// The hit's request ends now; the load must not end with it, but it
+	// keeps the request's values (its id) for the fetch's log line.
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		defer c.background.Done()
+		defer c.refreshing.Store(false)
+		<-c.group.DoChan(flightKey, func() (any, error) { return c.load(ctx, true) })
+	}()
+}
+
+// Wait blocks until background refreshes started by RefreshAhead have
+// finished (each is bounded by LoadTimeout), so a shutting-down program
+// leaves no goroutine behind.
+func (c *Cache[V]) Wait() { c.background.Wait() }
+
+// load runs inside the flight. early is set for a RefreshAhead load, which
+// is wanted while the value is fresh but inside the refresh window.
+func (c *Cache[V]) load(ctx context.Context, early bool) (*Snapshot[V], error) {
 	start := c.opts.Now()
 	// Re-check: between our miss and this flight starting, another flight
 	// may have finished and stored a fresh value, or failed and started a
 	// backoff; loading anyway would double the upstream traffic, and in an
 	// outage would let the retry rate grow with the request rate.
-	if s := c.fresh(start); s != nil {
+	if s := c.fresh(start); s != nil && (!early || s.Age(start) < c.opts.TTL-c.refreshWindow()) {
 		return s, nil
 	}
 	if err := c.backoff(start); err != nil {
@@ -228,6 +280,7 @@ func (c *Cache[V]) load(ctx context.Context) (*Snapshot[V], error) {
 	c.mu.Lock()
 	c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
 	c.mu.Unlock()
+	c.lastLoad.Store(int64(c.opts.Now().Sub(start)))
 	s := &Snapshot[V]{Value: v, Fetched: start}
 	c.snap.Store(s)
 	return s, nil
@@ -324,5 +377,6 @@ func (c *Cache[V]) Stats() Stats {
 		LoadErrors: c.loadErrors.Load(),
 		Rejected:   c.rejected.Load(),
 		Stale:      c.stale.Load(),
+		Early:      c.early.Load(),
 	}
 }

@@ -527,3 +527,111 @@ func TestCache_StaleIfError(t *testing.T) {
 		})
 	}
 }
+
+// slowLoader takes d of virtual time per load and can be made to fail.
+type slowLoader struct {
+	d     time.Duration
+	fail  atomic.Bool
+	loads atomic.Int64
+}
+
+func (l *slowLoader) Load(ctx context.Context, started time.Time) (time.Time, error) {
+	l.loads.Add(1)
+	time.Sleep(l.d)
+	if l.fail.Load() {
+		return time.Time{}, errors.New("down")
+	}
+	return started, nil
+}
+
+// TestCache_RefreshAhead_NobodyWaitsUnderSteadyTraffic: with traffic in the
+// refresh window, loads happen in the background and no caller waits
+// after the first.
+func TestCache_RefreshAhead_NobodyWaitsUnderSteadyTraffic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl, loadTime = 2 * time.Second, 200 * time.Millisecond
+		l := &slowLoader{d: loadTime}
+		c := cache.New[time.Time](l, cache.Options{TTL: ttl, RefreshAhead: true})
+		mustGet(t, c) // cold: waits for the first load
+		for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			start := time.Now()
+			s := mustGet(t, c)
+			if waited := time.Since(start); waited > 0 {
+				t.Fatalf("Get() waited %v at %v", waited, start)
+			}
+			if s.Age(start) >= ttl {
+				t.Fatalf("Get() returned a value %v old", s.Age(start))
+			}
+		}
+		c.Wait()
+		st := c.Stats()
+		if st.Misses != 1 || st.Early == 0 {
+			t.Errorf("Stats() = %+v, want 1 miss and early refreshes", st)
+		}
+		// Window: 4 × 200ms = 800ms, so a load about every 1.2s: the cost
+		// of never waiting is bounded.
+		if max := int64(20*time.Second/(ttl-800*time.Millisecond)) + 2; l.loads.Load() > max {
+			t.Errorf("%d loads in 20s, want at most %d", l.loads.Load(), max)
+		}
+	})
+}
+
+func TestCache_RefreshAhead_IdleLoadsNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := &slowLoader{d: 100 * time.Millisecond}
+		c := cache.New[time.Time](l, cache.Options{TTL: 2 * time.Second, RefreshAhead: true})
+		mustGet(t, c)
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if got := l.loads.Load(); got != 1 {
+			t.Errorf("%d loads after an idle hour, want 1", got)
+		}
+	})
+}
+
+func TestCache_RefreshAhead_OneBackgroundLoadPerBurst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := &slowLoader{d: 100 * time.Millisecond}
+		c := cache.New[time.Time](l, cache.Options{TTL: 2 * time.Second, RefreshAhead: true})
+		mustGet(t, c)
+		time.Sleep(1800 * time.Millisecond) // age 1.9s: inside the 500ms window
+		for range 100 {
+			mustGet(t, c)
+		}
+		c.Wait()
+		if st := c.Stats(); st.Early != 1 || l.loads.Load() != 2 {
+			t.Errorf("Stats() = %+v, loads %d; want 1 early refresh, 2 loads", st, l.loads.Load())
+		}
+		if s := mustGet(t, c); s.Age(time.Now()) >= 2*time.Second-500*time.Millisecond {
+			t.Errorf("after the refresh the value is %v old, want the new one", s.Age(time.Now()))
+		}
+	})
+}
+
+// TestCache_RefreshAhead_FailureServesNothingStale: a failed early refresh
+// leaves the value to expire at its TTL like any other.
+func TestCache_RefreshAhead_FailureServesNothingStale(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 2 * time.Second
+		l := &slowLoader{d: 100 * time.Millisecond}
+		c := cache.New[time.Time](l, cache.Options{TTL: ttl, RefreshAhead: true})
+		first := mustGet(t, c)
+		l.fail.Store(true)
+		var served, failed int
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			s, err := c.Get(context.Background())
+			if err != nil {
+				failed++
+				continue
+			}
+			served++
+			if s.Value != first.Value || s.Age(time.Now()) >= ttl {
+				t.Fatalf("Get() = value from %v, %v old; want only the first, fresh", s.Value, s.Age(time.Now()))
+			}
+		}
+		c.Wait()
+		if served == 0 || failed == 0 {
+			t.Errorf("served %d, failed %d: want the fresh value until the TTL, errors after", served, failed)
+		}
+	})
+}
