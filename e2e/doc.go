@@ -1,0 +1,11 @@
+// Package e2e holds end-to-end tests that run the movies binary as real
+// processes on loopback, next to the real components it is deployed with:
+// Prometheus (scraping it, loading deploy/prometheus/rules.yml and running
+// every query of the Grafana dashboard), HAProxy (deploy/haproxy/haproxy.cfg,
+// through a rolling restart under load) and headless Chromium (the page as a
+// browser renders it).
+//
+// The components come from Debian packages (scripts/install-e2e-deps.sh).
+// A test whose component is missing skips, except under CI=true, where it
+// fails: CI must never pass by skipping.
+package e2e
