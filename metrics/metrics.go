@@ -17,7 +17,7 @@ const namespace = "movies"
 // CacheStats is what the collector reads from the cache on each scrape.
 type CacheStats struct {
 	Hits, Misses, Coalesced, Loads, LoadErrors uint64
-	Rejected, Stale                            uint64
+	Rejected, Stale, Early                     uint64
 	// HasSnapshot says whether any snapshot was ever loaded; SnapshotAge is
 	// then the age of the newest one, counted from its fetch start.
 	HasSnapshot bool
@@ -97,6 +97,8 @@ var (
 		"Requests failed at once, without a fetch, because an earlier fetch failed and its backoff had not passed.", nil, nil)
 	staleDesc = prometheus.NewDesc("movies_stale_served_total",
 		"Requests served a snapshot past its TTL because the upstream failed (-stale-if-error).", nil, nil)
+	earlyDesc = prometheus.NewDesc("movies_cache_early_refreshes_total",
+		"Fetches started ahead of expiry by a request that was itself served the still-fresh snapshot.", nil, nil)
 	ageDesc = prometheus.NewDesc("movies_snapshot_age_seconds",
 		"Age of the newest snapshot, from the start of its fetch; absent before the first.", nil, nil)
 	ttlDesc = prometheus.NewDesc("movies_cache_ttl_seconds",
@@ -107,7 +109,7 @@ var (
 type cacheCollector struct{ stats func() CacheStats }
 
 func (c *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{hitsDesc, missesDesc, coalescedDesc, loadsDesc, loadErrorsDesc, rejectedDesc, staleDesc, ageDesc, ttlDesc} {
+	for _, d := range []*prometheus.Desc{hitsDesc, missesDesc, coalescedDesc, loadsDesc, loadErrorsDesc, rejectedDesc, staleDesc, earlyDesc, ageDesc, ttlDesc} {
 		ch <- d
 	}
 }
@@ -124,6 +126,7 @@ func (c *cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(loadErrorsDesc, s.LoadErrors)
 	counter(rejectedDesc, s.Rejected)
 	counter(staleDesc, s.Stale)
+	counter(earlyDesc, s.Early)
 	ch <- prometheus.MustNewConstMetric(ttlDesc, prometheus.GaugeValue, s.TTL.Seconds())
 	if s.HasSnapshot {
 		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, s.SnapshotAge.Seconds())

@@ -90,6 +90,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		TTL:          cfg.ttl,
 		LoadTimeout:  cfg.upstreamTimeout,
 		StaleIfError: cfg.staleIfError,
+		RefreshAhead: true,
 		RetryAfter: func(err error) time.Duration {
 			var se *ghibli.StatusError
 			if errors.As(err, &se) {
@@ -173,6 +174,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
+	// An early refresh a last request started may still be running; it is
+	// bounded by the upstream timeout. Leave no goroutine behind.
+	s.cache.Wait()
 	log.Info("stopped")
 	return nil
 }
@@ -199,7 +203,7 @@ func cacheStats(c *cache.Cache[*page]) metrics.CacheStats {
 	st := c.Stats()
 	out := metrics.CacheStats{
 		Hits: st.Hits, Misses: st.Misses, Coalesced: st.Coalesced,
-		Loads: st.Loads, LoadErrors: st.LoadErrors, Rejected: st.Rejected, Stale: st.Stale,
+		Loads: st.Loads, LoadErrors: st.LoadErrors, Rejected: st.Rejected, Stale: st.Stale, Early: st.Early,
 		TTL: c.TTL(),
 	}
 	if snap, ok := c.Peek(); ok {

@@ -23,7 +23,7 @@ import (
 
 // page is one snapshot rendered once, so a cache hit does no rendering.
 type page struct {
-	html, json []byte
+	html, json *representation
 	view       render.View // kept for the rare stale renderings
 
 	staleOnce sync.Once
@@ -70,16 +70,33 @@ func (s *server) load(client *ghibli.Client) cache.LoaderFunc[*page] {
 		}
 		view := toView(movies, started)
 		s.log.InfoContext(ctx, "upstream fetch", append(attrs, "films", len(view.Movies), "links", countPeople(view))...)
-		html, err := render.Page(view)
-		if err == nil {
-			var js []byte
-			if js, err = render.JSON(view); err == nil {
-				return &page{html: html, json: js, view: view}, nil
-			}
+		p, err := newPage(view, started)
+		if err != nil {
+			s.log.ErrorContext(ctx, "render failed", "err", err)
+			return nil, fmt.Errorf("render: %w", err)
 		}
-		s.log.ErrorContext(ctx, "render failed", "err", err)
-		return nil, fmt.Errorf("render: %w", err)
+		return p, nil
 	}
+}
+
+// newPage renders a snapshot in every form it is served in.
+func newPage(view render.View, fetched time.Time) (*page, error) {
+	html, err := render.Page(view)
+	if err != nil {
+		return nil, err
+	}
+	js, err := render.JSON(view)
+	if err != nil {
+		return nil, err
+	}
+	p := &page{view: view}
+	if p.html, err = newRepresentation(html, "text/html; charset=utf-8", fetched); err != nil {
+		return nil, err
+	}
+	if p.json, err = newRepresentation(js, "application/json", fetched); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 func toView(movies []ghibli.Movie, fetched time.Time) render.View {
@@ -150,9 +167,9 @@ func (s *server) moviesPage(c echo.Context) error {
 		return err
 	}
 	if snap.Stale {
-		return s.write(c, snap, snap.Value.stalePage(), "text/html; charset=utf-8")
+		return s.writeStale(c, snap, snap.Value.stalePage(), "text/html; charset=utf-8")
 	}
-	return s.write(c, snap, snap.Value.html, "text/html; charset=utf-8")
+	return s.write(c, snap, snap.Value.html)
 }
 
 func (s *server) moviesAPI(c echo.Context) error {
@@ -169,26 +186,51 @@ func (s *server) moviesAPI(c echo.Context) error {
 		if err != nil {
 			return err
 		}
-		return s.write(c, snap, b, "application/json")
+		return s.writeStale(c, snap, b, "application/json")
 	}
-	return s.write(c, snap, snap.Value.json, "application/json")
+	return s.write(c, snap, snap.Value.json)
 }
 
-// write sends one rendering of snap with headers that tell downstream
-// caches the truth about its freshness.
-func (s *server) write(c echo.Context, snap cache.Snapshot[*page], body []byte, contentType string) error {
+// write serves a fresh snapshot: the hit path. Everything it sends was
+// prepared when the snapshot was loaded.
+//
+// The caching headers tell downstream caches the truth: max-age is the
+// whole seconds left of the TTL and Age the whole seconds since the fetch
+// started. A cache that honours Age (RFC 9111) then drops its copy early,
+// one that ignores it drops it at the TTL; neither can outlive the promise.
+func (s *server) write(c echo.Context, snap cache.Snapshot[*page], r *representation) error {
+	req := c.Request()
+	v := r.negotiate(req.Header.Get(echo.HeaderAcceptEncoding))
+	age := snap.Age(time.Now())
+	left := max(s.cache.TTL()-age, 0) / time.Second
+	h := c.Response().Header()
+	h["Vary"] = varyAcceptEncoding
+	h["Etag"] = v.etagHeader
+	h["Last-Modified"] = r.lastModified
+	h["Cache-Control"] = cacheControlValues[min(int(left), len(cacheControlValues)-1)]
+	h["Age"] = ageValues[min(int(max(age, 0)/time.Second), len(ageValues)-1)]
+	if notModified(req.Header, v.etag, r.modTime) {
+		c.Response().WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	h["Content-Type"] = r.contentType
+	h["Content-Length"] = v.contentLength
+	if v.encoding != nil {
+		h["Content-Encoding"] = v.encoding
+	}
+	c.Response().WriteHeader(http.StatusOK)
+	_, err := c.Response().Write(v.body)
+	return err
+}
+
+// writeStale serves a snapshot past its TTL (-stale-if-error): rare and
+// degraded, so rendered on demand, uncompressed, and never to be cached.
+func (s *server) writeStale(c echo.Context, snap cache.Snapshot[*page], body []byte, contentType string) error {
 	h := c.Response().Header()
 	h.Set(echo.HeaderContentType, contentType)
 	h.Set(echo.HeaderContentLength, strconv.Itoa(len(body)))
 	h.Set("Last-Modified", snap.Fetched.UTC().Format(http.TimeFormat))
-	if snap.Stale {
-		h.Set("Cache-Control", "no-store")
-	} else {
-		// A downstream copy must not outlive the promise either: it may be
-		// reused only for what is left of this snapshot's TTL.
-		left := (s.cache.TTL() - snap.Age(time.Now())) / time.Second
-		h.Set("Cache-Control", "public, max-age="+strconv.Itoa(int(max(left, 0)))+", must-revalidate")
-	}
+	h.Set("Cache-Control", "no-store")
 	c.Response().WriteHeader(http.StatusOK)
 	_, err := c.Response().Write(body)
 	return err

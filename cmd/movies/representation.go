@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// representation is one rendering (the page or the JSON) of a snapshot,
+// prepared once per snapshot in every encoding with its validators and
+// header values, so that serving a hit is choosing a byte slice and
+// assigning headers: no compression, hashing or formatting per request.
+type representation struct {
+	contentType  []string
+	lastModified []string
+	modTime      time.Time // the fetch start, at Last-Modified's one-second resolution
+	identity     variant
+	gzip         variant
+}
+
+// variant is a representation in one content coding.
+type variant struct {
+	body          []byte
+	etag          string // quoted, strong
+	etagHeader    []string
+	contentLength []string
+	encoding      []string // Content-Encoding; nil for identity
+}
+
+// Header values shared by every response. Each slice has len == cap, so
+// anyone appending to a response's header gets a copy, never our array.
+var (
+	varyAcceptEncoding = []string{"Accept-Encoding"}
+	gzipEncoding       = []string{"gzip"}
+)
+
+// Cache-Control and Age values for every whole second a snapshot can live
+// (TTL is at most maxTTL), formatted once.
+var (
+	cacheControlValues = secondTable(func(n int) string {
+		return "public, max-age=" + strconv.Itoa(n) + ", must-revalidate"
+	})
+	ageValues = secondTable(strconv.Itoa)
+)
+
+func secondTable(f func(int) string) [][]string {
+	t := make([][]string, int(maxTTL/time.Second)+1)
+	for i := range t {
+		t[i] = []string{f(i)}
+	}
+	return t
+}
+
+// newRepresentation prepares body for serving. gzip at the best
+// compression costs about a millisecond once per snapshot and saves every
+// client most of the bytes.
+func newRepresentation(body []byte, contentType string, fetched time.Time) (*representation, error) {
+	sum := sha256.Sum256(body)
+	tag := hex.EncodeToString(sum[:12])
+	var gz bytes.Buffer
+	w, err := gzip.NewWriterLevel(&gz, gzip.BestCompression)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(body); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	modTime := fetched.UTC().Truncate(time.Second)
+	return &representation{
+		contentType:  []string{contentType},
+		lastModified: []string{modTime.Format(http.TimeFormat)},
+		modTime:      modTime,
+		identity:     newVariant(body, `"`+tag+`"`, nil),
+		gzip:         newVariant(gz.Bytes(), `"`+tag+`-gzip"`, gzipEncoding),
+	}, nil
+}
+
+func newVariant(body []byte, etag string, encoding []string) variant {
+	return variant{
+		body:          body,
+		etag:          etag,
+		etagHeader:    []string{etag},
+		contentLength: []string{strconv.Itoa(len(body))},
+		encoding:      encoding,
+	}
+}
+
+// negotiate picks the variant for a request's Accept-Encoding.
+func (r *representation) negotiate(acceptEncoding string) *variant {
+	if acceptsGzip(acceptEncoding) {
+		return &r.gzip
+	}
+	return &r.identity
+}
+
+// acceptsGzip reports whether an Accept-Encoding header admits gzip: listed
+// (or covered by *) with a q-value above zero. An explicit gzip;q=0 wins
+// over *. It allocates nothing.
+func acceptsGzip(header string) bool {
+	gzipQ, starQ := -1.0, -1.0
+	for header != "" {
+		var part string
+		part, header, _ = strings.Cut(header, ",")
+		coding, params, _ := strings.Cut(part, ";")
+		coding = strings.TrimSpace(coding)
+		q := 1.0
+		for params != "" {
+			var p string
+			p, params, _ = strings.Cut(params, ";")
+			if k, v, ok := strings.Cut(strings.TrimSpace(p), "="); ok && strings.EqualFold(k, "q") {
+				if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+					q = f
+				} else {
+					q = 0
+				}
+			}
+		}
+		switch {
+		case strings.EqualFold(coding, "gzip"), strings.EqualFold(coding, "x-gzip"):
+			gzipQ = q
+		case coding == "*":
+			starQ = q
+		}
+	}
+	if gzipQ >= 0 {
+		return gzipQ > 0
+	}
+	return starQ > 0
+}
+
+// notModified reports whether a conditional request may be answered 304.
+// If-None-Match, when present, decides alone (RFC 9110 section 13.2.2).
+func notModified(h http.Header, etag string, modTime time.Time) bool {
+	if inm := h.Get("If-None-Match"); inm != "" {
+		return etagMatches(inm, etag)
+	}
+	if ims := h.Get("If-Modified-Since"); ims != "" {
+		t, err := http.ParseTime(ims)
+		return err == nil && !modTime.After(t)
+	}
+	return false
+}
+
+// etagMatches applies If-None-Match's weak comparison of a list of tags.
+func etagMatches(list, etag string) bool {
+	for list != "" {
+		var tag string
+		tag, list, _ = strings.Cut(list, ",")
+		tag = strings.TrimSpace(tag)
+		if tag == "*" || strings.TrimPrefix(tag, "W/") == etag {
+			return true
+		}
+	}
+	return false
+}
