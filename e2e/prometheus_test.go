@@ -141,6 +141,7 @@ func TestPrometheus_RunsEveryDashboardQueryAndAlert(t *testing.T) {
 			}
 			n++
 			t.Logf("%s: %d series: %s", title, len(res), q)
+			checkSelectors(t, prom, title, q)
 		}
 	}
 
@@ -150,6 +151,7 @@ func TestPrometheus_RunsEveryDashboardQueryAndAlert(t *testing.T) {
 			t.Errorf("alert %s: %v", name, err)
 		}
 		n++
+		checkSelectors(t, prom, "alert "+name, expr)
 	}
 	t.Logf("%d dashboard and alert queries ran", n)
 
@@ -157,6 +159,28 @@ func TestPrometheus_RunsEveryDashboardQueryAndAlert(t *testing.T) {
 	waitFor(t, 15*time.Second, "every rule evaluated without error", func() error {
 		return prom.rulesHealthy(len(rules))
 	})
+}
+
+// selectorRE finds the series selectors of the service's metrics in a query.
+var selectorRE = regexp.MustCompile(`\b(?:movies_[a-z0-9_]+|up)(?:\{[^}]*\})?`)
+
+// checkSelectors requires every series selector of a query to match series
+// of the running replicas: a misspelt metric or label value parses fine and
+// makes a panel stay empty or an alert never fire. Only failed upstream
+// requests may be absent here, since the bundled upstream does not fail.
+func checkSelectors(t *testing.T, prom *promAPI, what, query string) {
+	t.Helper()
+	for _, sel := range selectorRE.FindAllString(query, -1) {
+		if strings.Contains(sel, `outcome!="ok"`) {
+			continue
+		}
+		res, err := prom.query("count(" + sel + ")")
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		} else if len(res) == 0 {
+			t.Errorf("%s: %s matches no series of the running replicas", what, sel)
+		}
+	}
 }
 
 // testPrometheusConfig is deploy/prometheus/prometheus.yml with the movies
