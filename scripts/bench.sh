@@ -1,0 +1,403 @@
+#!/usr/bin/env bash
+# Load benchmark of the movies server on this machine (issue 4's targets):
+#
+#   1. steady state: hit throughput and p99 of /movies/ against nginx serving
+#      the very same bytes as a static file, with and without
+#      Accept-Encoding: gzip, interleaved round by round, medians printed;
+#   2. expiry churn: -ttl 2s against an upstream answering in 200 ms, next to
+#      the same upstream with -ttl 1m;
+#   3. peak RSS of movies under 256 connections.
+#
+# It measures, it does not judge: it prints PASS or MISS for each target and
+# exits 0 either way (non-zero only if it could not measure). Everything runs
+# on 127.0.0.1 and is stopped on exit. With the defaults it takes about four
+# minutes. Knobs (environment):
+#
+#   BENCH_DURATION=10s     each steady-state wrk run (keep it well under the
+#                          1m TTL: see the note printed with the table)
+#   BENCH_CONNECTIONS=64   wrk connections for steady state and churn
+#   BENCH_ROUNDS=3         interleaved rounds; the median is reported
+#   BENCH_THREADS=2        wrk threads
+#   BENCH_CHURN_DURATION=20s, BENCH_RSS_DURATION=10s, BENCH_RSS_CONNECTIONS=256
+#   BENCH_KEEP=1           keep the work directory (wrk output, logs, nginx.conf)
+#
+# wrk and nginx come from Debian and are installed if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=${BENCH_DURATION:-10s}
+conns=${BENCH_CONNECTIONS:-64}
+rounds=${BENCH_ROUNDS:-3}
+threads=${BENCH_THREADS:-2}
+churn_duration=${BENCH_CHURN_DURATION:-20s}
+rss_duration=${BENCH_RSS_DURATION:-10s}
+rss_conns=${BENCH_RSS_CONNECTIONS:-256}
+warmup=2s
+upstream_latency_ms=200
+churn_ttl=2s
+
+# Targets, from issue 4.
+min_ratio=0.8      # movies req/s over nginx req/s
+max_churn_ratio=1.5 # churn p99 over steady p99 (and below the upstream latency)
+max_rss_mib=40
+
+# --- tools -----------------------------------------------------------------
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v curl >/dev/null || missing+=(curl)
+command -v gzip >/dev/null || missing+=(gzip)
+if ((${#missing[@]})); then
+  sudo=()
+  ((EUID == 0)) || sudo=(sudo)
+  echo "bench: installing ${missing[*]} from Debian" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+ulimit -n 65536 2>/dev/null || true
+
+work=$(mktemp -d /tmp/movies-bench.XXXXXX)
+chmod 755 "$work" # nginx's workers run as nobody when started by root
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ ${BENCH_KEEP:-} == 1 ]]; then
+    echo "bench: work directory kept: $work" >&2
+  else
+    rm -rf "$work"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "bench: building ./cmd/movies and ./cmd/ghiblifake" >&2
+mkdir -p "$work/bin"
+go build -o "$work/bin/movies" ./cmd/movies
+go build -o "$work/bin/ghiblifake" ./cmd/ghiblifake
+
+# --- helpers ---------------------------------------------------------------
+
+# free_port prints a port nobody listens on, below the kernel's ephemeral
+# range so it cannot collide with wrk's or curl's own connections.
+free_port() {
+  local p
+  for _ in {1..200}; do
+    p=$((20000 + RANDOM % 12000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"
+      return
+    fi
+  done
+  echo "bench: no free port found" >&2
+  return 1
+}
+
+# wait_http URL PID waits for URL to answer 200 while PID lives.
+wait_http() {
+  local url=$1 pid=$2
+  for _ in {1..100}; do
+    if curl -fsS -o /dev/null "$url" 2>/dev/null; then
+      return
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench: the process behind $url exited; its log:" >&2
+      cat "$work"/*.log >&2 || true
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "bench: $url did not answer within 10s" >&2
+  return 1
+}
+
+# start_movies NAME FLAG... starts movies; sets movies_pid and movies_url.
+start_movies() {
+  local name=$1 port
+  shift
+  port=$(free_port)
+  "$work/bin/movies" -addr "127.0.0.1:$port" -log-level warn "$@" >"$work/movies-$name.log" 2>&1 &
+  movies_pid=$!
+  pids+=("$movies_pid")
+  movies_url="http://127.0.0.1:$port"
+  wait_http "$movies_url/healthz" "$movies_pid"
+  # The first request pays for the first fetch; no wrk run should.
+  curl -fsS -o /dev/null "$movies_url/movies/"
+}
+
+# stop PID ends one of our processes and forgets it, so cleanup cannot hit
+# a recycled pid.
+stop() {
+  local keep=() pid
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  for pid in "${pids[@]}"; do
+    [[ $pid == "$1" ]] || keep+=("$pid")
+  done
+  pids=("${keep[@]}")
+}
+
+# bench_run LABEL CONNS DURATION URL [WRK FLAG...] runs wrk and prints the
+# report line of bench/report.lua; wrk's own output is kept in the work dir.
+bench_run() {
+  local label=$1 c=$2 d=$3 url=$4
+  shift 4
+  wrk -t"$threads" -c"$c" -d"$d" --latency -s bench/report.lua "$@" "$url" >"$work/wrk-$label.txt" 2>&1 || {
+    echo "bench: wrk failed:" >&2
+    cat "$work/wrk-$label.txt" >&2
+    return 1
+  }
+  grep '^BENCH ' "$work/wrk-$label.txt"
+}
+
+# field NAME LINE prints NAME's value from a report line.
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
+median() { sort -g "$1" | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# metric NAME FILE sums every series of NAME in a /metrics scrape; "" if absent.
+metric() { awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2; found = 1 } END { if (found) printf "%.0f", s }' "$2"; }
+
+delta() {
+  local before after
+  before=$(metric "$1" "$2")
+  after=$(metric "$1" "$3")
+  if [[ -z $after ]]; then echo "absent"; else echo $((after - ${before:-0})); fi
+}
+
+vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+
+# verdict OK prints PASS or MISS.
+verdict() { if [[ $1 == 1 ]]; then echo PASS; else echo MISS; fi; }
+
+fmt_ms() { printf '%.2f ms' "$1"; }
+
+# --- the machine -------------------------------------------------------------
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- cmd pkg metrics go.mod go.sum 2>/dev/null || commit+=" + uncommitted changes"
+echo "# movies load benchmark"
+echo
+echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "- machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
+echo "- $(go version), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+echo "- movies at $commit; wrk -t$threads, load generator on the same machine"
+
+# --- 1. steady state against nginx -------------------------------------------
+
+start_movies steady -upstream builtin
+steady_pid=$movies_pid
+steady_base=$movies_url
+steady_url=$steady_base/movies/
+
+root=$work/www
+mkdir -p "$root/movies"
+curl -fsS -D "$work/identity.headers" -o "$root/movies/index.html" "$steady_url"
+curl -fsS -D "$work/gzip.headers" -o "$work/gzip.body" -H 'Accept-Encoding: gzip' "$steady_url"
+header() { tr -d '\r' <"$2" | awk -v h="$1" 'tolower($1) == tolower(h) ":" { $1 = ""; sub(/^ /, ""); print; exit }'; }
+movies_ce=$(header Content-Encoding "$work/gzip.headers")
+if [[ $movies_ce == gzip ]]; then
+  cp "$work/gzip.body" "$root/movies/index.html.gz"
+  if ! gzip -dc "$work/gzip.body" | cmp -s - "$root/movies/index.html"; then
+    echo "- note: the gzip body does not decompress to the identity body (a refresh between the two fetches?)"
+  fi
+  gz_note="movies sent Content-Encoding: gzip; nginx serves those bytes with gzip_static"
+else
+  # movies does not compress (yet): nginx gets its own gzip -9 of the same page.
+  gzip -9 -n -c "$root/movies/index.html" >"$root/movies/index.html.gz"
+  gz_note="movies sent Content-Encoding: ${movies_ce:-none (identity)} to Accept-Encoding: gzip, so its gzip row measures those bytes; nginx serves gzip -9 of the identity page"
+fi
+chmod -R a+rX "$root"
+
+# nginx sends the same extra headers as movies, so neither answer is cheaper
+# for being shorter; the ones nginx makes itself are left to it.
+add_headers=""
+while IFS= read -r line; do
+  line=${line%$'\r'}
+  name=${line%%:*}
+  value=${line#*: }
+  [[ $line == *:* && $name != HTTP/* ]] || continue
+  case ${name,,} in
+    date | content-length | content-type | last-modified | etag | content-encoding | vary | server | connection | keep-alive | transfer-encoding | accept-ranges) continue ;;
+  esac
+  [[ $value == *[\"\$\\]* ]] && continue
+  add_headers+="            add_header $name \"$value\" always;"$'\n'
+done <"$work/identity.headers"
+
+nginx_port=$(free_port)
+mkdir -p "$work/nginx"
+conf=$(<bench/nginx.conf.tmpl)
+conf=${conf//@PREFIX@/$work/nginx}
+conf=${conf//@ROOT@/$root}
+conf=${conf//@PORT@/$nginx_port}
+conf=${conf//@HEADERS@/${add_headers%$'\n'}}
+printf '%s\n' "$conf" >"$work/nginx/nginx.conf"
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" -g 'daemon off;' >"$work/nginx.log" 2>&1 &
+nginx_pid=$!
+pids+=("$nginx_pid")
+nginx_url=http://127.0.0.1:$nginx_port/movies/
+wait_http "$nginx_url" "$nginx_pid"
+
+# Both must serve the very same bytes, or the comparison means nothing.
+curl -fsS -D "$work/nginx-identity.headers" -o "$work/nginx-identity.body" "$nginx_url"
+curl -fsS -D "$work/nginx-gzip.headers" -o "$work/nginx-gzip.body" -H 'Accept-Encoding: gzip' "$nginx_url"
+if ! cmp -s "$work/nginx-identity.body" "$root/movies/index.html" || ! cmp -s "$work/nginx-gzip.body" "$root/movies/index.html.gz" ||
+  [[ $(header Content-Encoding "$work/nginx-gzip.headers") != gzip ]]; then
+  echo "bench: nginx does not serve the same bytes as movies; see $work (kept)" >&2
+  BENCH_KEEP=1
+  exit 1
+fi
+
+size() { wc -c <"$1" | tr -d ' '; }
+echo
+echo "## Steady state: movies vs nginx on the same bytes"
+echo
+echo "- /movies/ identity: $(size "$root/movies/index.html") B body; gzip: $(size "$work/gzip.body") B body from movies, $(size "$root/movies/index.html.gz") B from nginx ($gz_note)"
+echo "- response headers: movies $(size "$work/identity.headers") B, nginx $(size "$work/nginx-identity.headers") B (identity); movies $(size "$work/gzip.headers") B, nginx $(size "$work/nginx-gzip.headers") B (gzip)"
+echo "- movies -upstream builtin -ttl 1m (GOMAXPROCS $(nproc)); nginx worker_processes auto ($(nproc)), sendfile, gzip_static, open_file_cache, keep-alive unlimited"
+echo "- wrk -t$threads -c$conns -d$duration --latency, $rounds interleaved rounds (movies identity, nginx identity, movies gzip, nginx gzip), after a $warmup warm-up of each"
+echo
+
+gzip_h=(-H 'Accept-Encoding: gzip')
+bench_run warmup-movies "$conns" "$warmup" "$steady_url" >/dev/null
+bench_run warmup-nginx "$conns" "$warmup" "$nginx_url" >/dev/null
+bench_run warmup-movies-gz "$conns" "$warmup" "$steady_url" "${gzip_h[@]}" >/dev/null
+bench_run warmup-nginx-gz "$conns" "$warmup" "$nginx_url" "${gzip_h[@]}" >/dev/null
+curl -fsS -o "$work/steady-before.metrics" "$steady_base/metrics"
+mkdir -p "$work/res"
+for ((r = 1; r <= rounds; r++)); do
+  for run in movies:identity nginx:identity movies:gzip nginx:gzip; do
+    target=${run%%:*} enc=${run#*:}
+    url=$steady_url
+    [[ $target == nginx ]] && url=$nginx_url
+    extra=()
+    [[ $enc == gzip ]] && extra=("${gzip_h[@]}")
+    line=$(bench_run "$target-$enc-$r" "$conns" "$duration" "$url" "${extra[@]}")
+    rps=$(field rps "$line") p99=$(field p99_ms "$line") reqs=$(field requests "$line")
+    echo "$rps" >>"$work/res/$target-$enc.rps"
+    echo "$p99" >>"$work/res/$target-$enc.p99"
+    printf -- '- round %d %-6s %-8s %9.0f req/s  p99 %7.2f ms  max %7.2f ms  %6.0f B/response  errors %s, non-2xx %s\n' \
+      "$r" "$target" "$enc" "$rps" "$p99" "$(field max_ms "$line")" "$(awk -v b="$(field bytes "$line")" -v n="$reqs" 'BEGIN { print (n ? b / n : 0) }')" \
+      "$(field socket_errors "$line")" "$(field non2xx "$line")"
+  done
+done
+curl -fsS -o "$work/steady-after.metrics" "$steady_base/metrics"
+steady_hwm=$(vmhwm_kib "$steady_pid")
+nginx_hwm=""
+for pid in "$nginx_pid" $(pgrep -P "$nginx_pid" || true); do
+  nginx_hwm+="$(vmhwm_kib "$pid") "
+done
+stop "$nginx_pid"
+stop "$steady_pid"
+
+echo
+echo "| case | movies req/s | nginx req/s | ratio (target >= ${min_ratio}x) | movies p99 | nginx p99 |"
+echo "|---|---|---|---|---|---|"
+declare -A ratio_of
+for enc in identity gzip; do
+  m_rps=$(median "$work/res/movies-$enc.rps") n_rps=$(median "$work/res/nginx-$enc.rps")
+  m_p99=$(median "$work/res/movies-$enc.p99") n_p99=$(median "$work/res/nginx-$enc.p99")
+  ratio=$(awk -v m="$m_rps" -v n="$n_rps" 'BEGIN { printf "%.2f", (n ? m / n : 0) }')
+  ratio_of[$enc]=$ratio
+  label=$enc
+  [[ $enc == gzip ]] && label="gzip (movies sent: ${movies_ce:-identity})"
+  printf '| %s | %.0f | %.0f | %sx | %s | %s |\n' "$label" "$m_rps" "$n_rps" "$ratio" "$(fmt_ms "$m_p99")" "$(fmt_ms "$n_p99")"
+done
+echo
+echo "Medians of $rounds rounds. During these runs (1m TTL) movies loaded $(delta movies_cache_loads_total "$work/steady-before.metrics" "$work/steady-after.metrics") new snapshot(s): cache misses $(delta movies_cache_misses_total "$work/steady-before.metrics" "$work/steady-after.metrics"), hits $(delta movies_cache_hits_total "$work/steady-before.metrics" "$work/steady-after.metrics"), early refreshes $(delta movies_cache_early_refreshes_total "$work/steady-before.metrics" "$work/steady-after.metrics") (each run is far shorter than the TTL; without refresh-ahead the requests arriving during a refresh of the in-process builtin upstream wait for it)."
+
+# --- 2. expiry churn -----------------------------------------------------------
+
+"$work/bin/ghiblifake" -addr 127.0.0.1:0 -latency "${upstream_latency_ms}ms" >"$work/ghiblifake.log" 2>&1 &
+fake_pid=$!
+pids+=("$fake_pid")
+fake_url=""
+for _ in {1..100}; do
+  fake_url=$(sed -n 's/^listening on //p' "$work/ghiblifake.log")
+  [[ -n $fake_url ]] && break
+  kill -0 "$fake_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [[ -z $fake_url ]]; then
+  echo "bench: ghiblifake did not start:" >&2
+  cat "$work/ghiblifake.log" >&2
+  exit 1
+fi
+
+# slow_run NAME TTL starts movies on the slow upstream, warms it up, runs wrk
+# with the /metrics scraped around it, and stops it; sets line.
+slow_run() {
+  start_movies "$1" -upstream "$fake_url" -ttl "$2" -upstream-timeout 1s
+  bench_run "warmup-$1" "$conns" "$warmup" "$movies_url/movies/" >/dev/null
+  curl -fsS -o "$work/$1-before.metrics" "$movies_url/metrics"
+  line=$(bench_run "$1" "$conns" "$churn_duration" "$movies_url/movies/")
+  curl -fsS -o "$work/$1-after.metrics" "$movies_url/metrics"
+  stop "$movies_pid"
+}
+cache_deltas() {
+  local b=$work/$1-before.metrics a=$work/$1-after.metrics
+  echo "cache misses $(delta movies_cache_misses_total "$b" "$a"), hits $(delta movies_cache_hits_total "$b" "$a"), loads $(delta movies_cache_loads_total "$b" "$a"), early refreshes $(delta movies_cache_early_refreshes_total "$b" "$a")"
+}
+
+slow_run slow-steady 1m
+s_rps=$(field rps "$line") s_p50=$(field p50_ms "$line") s_p99=$(field p99_ms "$line") s_max=$(field max_ms "$line")
+s_non2xx=$(field non2xx "$line")
+slow_run churn "$churn_ttl"
+c_rps=$(field rps "$line") c_p50=$(field p50_ms "$line") c_p99=$(field p99_ms "$line") c_max=$(field max_ms "$line")
+c_non2xx=$(field non2xx "$line")
+
+churn_ratio=$(awk -v c="$c_p99" -v s="$s_p99" 'BEGIN { printf "%.2f", (s ? c / s : 0) }')
+echo
+echo "## Expiry churn: upstream answering in ${upstream_latency_ms} ms (ghiblifake)"
+echo
+echo "wrk -t$threads -c$conns -d$churn_duration --latency, identity, each against a fresh movies -upstream-timeout 1s after a $warmup warm-up."
+echo
+echo "| run | req/s | p50 | p99 | max |"
+echo "|---|---|---|---|---|"
+printf '| steady, -ttl 1m | %.0f | %s | %s | %s |\n' "$s_rps" "$(fmt_ms "$s_p50")" "$(fmt_ms "$s_p99")" "$(fmt_ms "$s_max")"
+printf '| churn, -ttl %s | %.0f | %s | %s | %s |\n' "$churn_ttl" "$c_rps" "$(fmt_ms "$c_p50")" "$(fmt_ms "$c_p99")" "$(fmt_ms "$c_max")"
+echo
+echo "- churn p99 / steady p99 = ${churn_ratio}x"
+echo "- steady run: $(cache_deltas slow-steady), non-2xx answers $s_non2xx"
+echo "- churn run: $(cache_deltas churn), non-2xx answers $c_non2xx; movies_upstream_requests_total (a load still in flight when the run ended shows in loads, not here):"
+awk 'FNR == NR { if (/^movies_upstream_requests_total/) before[$1] = $2; next }
+  /^movies_upstream_requests_total/ { printf "  - %s %.0f\n", $1, $2 - before[$1] }' \
+  "$work/churn-before.metrics" "$work/churn-after.metrics"
+
+# --- 3. peak RSS -------------------------------------------------------------
+
+# An upstream in another process, so the figure is movies alone (-upstream
+# builtin would add the fake's data and server to it).
+start_movies rss -upstream "$fake_url" -ttl 1m -upstream-timeout 1s
+line=$(bench_run rss "$rss_conns" "$rss_duration" "$movies_url/movies/")
+rss_hwm=$(vmhwm_kib "$movies_pid")
+stop "$movies_pid"
+stop "$fake_pid"
+
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+echo
+echo "## Peak RSS"
+echo
+echo "- movies, wrk -t$threads -c$rss_conns -d$rss_duration identity ($(printf '%.0f' "$(field rps "$line")") req/s, p99 $(fmt_ms "$(field p99_ms "$line")")): VmHWM $(mib "$rss_hwm")"
+echo "- for reference: the steady-state movies (-upstream builtin, so with the fake upstream in-process, after all its runs): VmHWM $(mib "$steady_hwm"); nginx master and workers: $(for k in $nginx_hwm; do printf '%s, ' "$(mib "$k")"; done | sed 's/, $//')"
+
+# --- targets -------------------------------------------------------------------
+
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 >= b + 0) ? 1 : 0 }'; }
+lt() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 < b + 0) ? 1 : 0 }'; }
+echo
+echo "## Targets"
+echo
+echo "- $(verdict "$(ge "${ratio_of[identity]}" "$min_ratio")") hit throughput, identity: ${ratio_of[identity]}x nginx (target >= ${min_ratio}x)"
+echo "- $(verdict "$(ge "${ratio_of[gzip]}" "$min_ratio")") hit throughput, Accept-Encoding: gzip (movies sent: ${movies_ce:-identity}): ${ratio_of[gzip]}x nginx (target >= ${min_ratio}x)"
+echo "- $(verdict "$(awk -v r="$churn_ratio" -v m="$max_churn_ratio" 'BEGIN { print (r + 0 <= m + 0) }')") expiry churn p99 within ${max_churn_ratio}x of steady: ${churn_ratio}x"
+echo "- $(verdict "$(lt "$c_p99" "$upstream_latency_ms")") expiry churn p99 below the upstream latency: $(fmt_ms "$c_p99") (target < ${upstream_latency_ms} ms)"
+echo "- $(verdict "$(lt "$rss_hwm" $((max_rss_mib * 1024)))") peak RSS at $rss_conns connections: $(mib "$rss_hwm") (target < $max_rss_mib MiB)"
+echo
+echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared: anything else running skews both sides of each comparison, not always equally)."
