@@ -88,9 +88,9 @@ var (
 	missesDesc = prometheus.NewDesc("movies_cache_misses_total",
 		"Requests that had to wait for an upstream fetch, as leader or joiner.", nil, nil)
 	coalescedDesc = prometheus.NewDesc("movies_cache_coalesced_total",
-		"Misses that joined a fetch another request had already started.", nil, nil)
+		"Misses that joined a fetch another request had already started and received its result.", nil, nil)
 	loadsDesc = prometheus.NewDesc("movies_cache_loads_total",
-		"Snapshot fetches started (each is one request per upstream endpoint).", nil, nil)
+		"Snapshot fetches started (each makes one or two requests per upstream endpoint).", nil, nil)
 	loadErrorsDesc = prometheus.NewDesc("movies_cache_load_errors_total",
 		"Snapshot fetches that failed.", nil, nil)
 	rejectedDesc = prometheus.NewDesc("movies_cache_backoff_rejections_total",

@@ -24,7 +24,7 @@ func TestNew_ExposesCacheStatsAndObservations(t *testing.T) {
 	m.ObserveHTTP("/movies/", 200, time.Millisecond)
 
 	want := `
-# HELP movies_cache_coalesced_total Misses that joined a fetch another request had already started.
+# HELP movies_cache_coalesced_total Misses that joined a fetch another request had already started and received its result.
 # TYPE movies_cache_coalesced_total counter
 movies_cache_coalesced_total 2
 # HELP movies_cache_hits_total Requests served from a fresh cached snapshot.

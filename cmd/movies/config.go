@@ -36,9 +36,6 @@ type config struct {
 	healthcheck     bool // probe a running server instead of serving
 }
 
-// errHelp is returned by parseConfig after printing usage for -h.
-var errHelp = flag.ErrHelp
-
 // parseConfig reads flags, each falling back to its MOVIES_* environment
 // variable and then to its default, and validates the result. Errors are
 // one line that names the flag or variable at fault.
@@ -71,7 +68,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		`base URL of the Ghibli API, or "builtin" to serve the bundled data offline`)
 	dur(&c.ttl, "ttl", "MOVIES_TTL", maxTTL, "how long a snapshot is served, from the start of its fetch (at most 1m)")
 	dur(&c.upstreamTimeout, "upstream-timeout", "MOVIES_UPSTREAM_TIMEOUT", 10*time.Second,
-		"bound on one upstream fetch (at most -ttl)")
+		"bound on one upstream fetch (at most half of -ttl)")
 	dur(&c.staleIfError, "stale-if-error", "MOVIES_STALE_IF_ERROR", 0,
 		"when the upstream fails, serve the last good snapshot up to this long past -ttl, marked stale (0: never)")
 	str(&c.metricsAddr, "metrics-addr", "MOVIES_METRICS_ADDR", "",
@@ -94,7 +91,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 			fs.SetOutput(usage)
 			fmt.Fprintln(usage, "Usage: movies [flags]")
 			fs.PrintDefaults()
-			return c, errHelp
+			return c, flag.ErrHelp
 		}
 		return c, err
 	}
@@ -111,8 +108,8 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	if c.ttl <= 0 || c.ttl > maxTTL {
 		return c, fmt.Errorf("invalid -ttl %s: must be above 0 and at most %s, the freshness promise", c.ttl, maxTTL)
 	}
-	if c.upstreamTimeout <= 0 || c.upstreamTimeout > c.ttl {
-		return c, fmt.Errorf("invalid -upstream-timeout %s: must be above 0 and at most -ttl %s (a slower fetch would bring data too old to serve)", c.upstreamTimeout, c.ttl)
+	if c.upstreamTimeout <= 0 || c.upstreamTimeout > c.ttl/2 {
+		return c, fmt.Errorf("invalid -upstream-timeout %s: must be above 0 and at most half of -ttl %s (a fetch must leave its data time to be served)", c.upstreamTimeout, c.ttl)
 	}
 	if c.staleIfError < 0 || c.staleIfError > 24*time.Hour {
 		return c, fmt.Errorf("invalid -stale-if-error %s: must be between 0 (off) and 24h", c.staleIfError)

@@ -105,7 +105,7 @@ func TestServer_HonoursUpstreamRetryAfter(t *testing.T) {
 func TestServer_StaleIfError(t *testing.T) {
 	t.Parallel()
 	up := startFake(t)
-	in := mustStart(t, up.URL, "-ttl", "300ms", "-upstream-timeout", "250ms", "-stale-if-error", "3s")
+	in := mustStart(t, up.URL, "-ttl", "300ms", "-upstream-timeout", "150ms", "-stale-if-error", "3s")
 	t.Cleanup(testClient.CloseIdleConnections)
 	first := mustAPI(t, in.URL)
 	up.SetBehavior("", ghiblitest.Behavior{Status: 500})

@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,7 +18,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -33,8 +33,11 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first signal starts a graceful shutdown, a second one
+	// should kill the process, not be swallowed: restore the default.
+	context.AfterFunc(ctx, stop)
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
-		if errors.Is(err, errHelp) {
+		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
 		fmt.Fprintln(os.Stderr, "movies:", err)
@@ -42,10 +45,13 @@ func main() {
 	}
 }
 
+// errUnhealthy marks a failed -healthcheck probe.
+var errUnhealthy = errors.New("healthcheck")
+
 // exitCode is 1 for a failed health check (what HEALTHCHECK expects) and
 // 2 for anything else that stops the program.
 func exitCode(err error) int {
-	if strings.HasPrefix(err.Error(), "healthcheck:") {
+	if errors.Is(err, errUnhealthy) {
 		return 1
 	}
 	return 2
@@ -77,13 +83,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	reg := prometheus.NewRegistry()
 	s := &server{log: log, csp: contentSecurityPolicy()}
-	var m *metrics.Metrics
+	// The collector reads the cache at scrape time, after it is built below.
+	m, err := metrics.New(reg, func() metrics.CacheStats { return cacheStats(s.cache) })
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	s.metrics = m
 	client := &ghibli.Client{
 		BaseURL:    baseURL,
 		HTTPClient: ghibli.NewHTTPClient(cfg.upstreamTimeout),
-		Observe: func(endpoint, cause string, d time.Duration) {
-			m.ObserveUpstream(endpoint, cause, d)
-		},
+		Observe:    m.ObserveUpstream,
 	}
 	defer client.HTTPClient.CloseIdleConnections()
 	s.cache = cache.New[*page](s.load(client), cache.Options{
@@ -99,11 +108,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return 0
 		},
 	})
-	m, err = metrics.New(reg, func() metrics.CacheStats { return cacheStats(s.cache) })
-	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
-	}
-	s.metrics = m
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 	})
@@ -164,7 +168,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// then in-flight ones get shutdownTimeout to finish.
 	s.ready.Store(false)
 	log.Info("shutting down", "drain_delay", cfg.drainDelay, "timeout", cfg.shutdownTimeout)
-	time.Sleep(cfg.drainDelay)
+	drain := time.NewTimer(cfg.drainDelay)
+	select {
+	case <-drain.C:
+	case err := <-serveErr:
+		drain.Stop()
+		return fmt.Errorf("serve: %w", err)
+	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
 	defer cancel()
 	var errs []error
@@ -244,16 +254,16 @@ func probe(ctx context.Context, addr string) error {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/healthz", nil)
 	if err != nil {
-		return fmt.Errorf("healthcheck: %w", err)
+		return fmt.Errorf("%w: %w", errUnhealthy, err)
 	}
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("healthcheck: %w", err)
+		return fmt.Errorf("%w: %w", errUnhealthy, err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("healthcheck: /healthz answered %s", resp.Status)
+		return fmt.Errorf("%w: /healthz answered %s", errUnhealthy, resp.Status)
 	}
 	return nil
 }

@@ -127,7 +127,7 @@ func (s *server) routes(metricsHandler http.Handler) *echo.Echo {
 	e.HTTPErrorHandler = s.handleError
 	// Outermost first: every response, even a panic's, gets an id, the
 	// security headers and a metric.
-	e.Use(s.requestID, s.securityHeaders, s.observe, s.recover)
+	e.Use(s.requestID, s.securityHeaders, s.observe, s.recover, onlyGetHead)
 
 	getHead := []string{http.MethodGet, http.MethodHead}
 	e.Match(getHead, "/movies/", s.moviesPage)
@@ -154,11 +154,7 @@ func (s *server) routes(metricsHandler http.Handler) *echo.Echo {
 
 // snapshot gets the snapshot to serve, or the error that explains why none.
 func (s *server) snapshot(c echo.Context) (cache.Snapshot[*page], error) {
-	snap, err := s.cache.Get(c.Request().Context())
-	if err != nil && c.Request().Context().Err() == nil {
-		err = &unavailableError{err}
-	}
-	return snap, err
+	return s.cache.Get(c.Request().Context())
 }
 
 func (s *server) moviesPage(c echo.Context) error {
@@ -239,13 +235,6 @@ func (s *server) writeStale(c echo.Context, snap cache.Snapshot[*page], body []b
 // errUnavailable is the message of every failure to get fresh data.
 const errUnavailable = "The Ghibli API could not be reached, so there is no fresh list of films to show. Please retry in a few seconds."
 
-// unavailableError means no fresh snapshot could be had. The cause was
-// logged once by the fetch that failed, not once per waiting request.
-type unavailableError struct{ err error }
-
-func (e *unavailableError) Error() string { return "no fresh data: " + e.err.Error() }
-func (e *unavailableError) Unwrap() error { return e.err }
-
 // retryAfter is the Retry-After, in whole seconds, for a failure to get
 // fresh data: until the cache's backoff ends, at least one second.
 func retryAfter(err error, now time.Time) int {
@@ -277,7 +266,9 @@ func (s *server) handleError(err error, c echo.Context) {
 		// convention, so the metric tells it apart from our failures.
 		c.Response().WriteHeader(499)
 		return
-	case errors.As(err, new(*unavailableError)):
+	case errors.As(err, new(*cache.UnavailableError)):
+		// No fresh snapshot could be had. The cause was logged once by
+		// the fetch that failed, not once per waiting request.
 		status, title, msg = http.StatusServiceUnavailable, "Films unavailable", errUnavailable
 		c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfter(err, time.Now())))
 	default:
@@ -323,6 +314,19 @@ func (s *server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		s.metrics.ObserveHTTP(route, c.Response().Status, time.Since(start))
 		return nil
+	}
+}
+
+// onlyGetHead answers 405 to any other method on a known path. echo would
+// answer OPTIONS itself with a 204 and list OPTIONS in Allow; this server
+// has no CORS or other use for it.
+func onlyGetHead(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if m := c.Request().Method; m != http.MethodGet && m != http.MethodHead && c.Path() != "" {
+			c.Response().Header().Set(echo.HeaderAllow, "GET, HEAD")
+			return echo.ErrMethodNotAllowed
+		}
+		return next(c)
 	}
 }
 

@@ -3,7 +3,8 @@
 //
 // There is no background goroutine or ticker: a load happens only because a
 // caller of Get needs one. A value is fresh while its age, counted from the
-// moment its load started, is below the TTL; nothing older is ever returned.
+// moment its load started, is below the TTL; nothing older is ever
+// returned, unless Options.StaleIfError is set and then only marked Stale.
 // The package knows nothing of what it caches.
 package cache
 
@@ -112,7 +113,7 @@ type Options struct {
 type Stats struct {
 	Hits       uint64 // Get calls served from a fresh value
 	Misses     uint64 // Get calls that had to wait for a load, as leader or joiner
-	Coalesced  uint64 // misses that joined a load another caller started
+	Coalesced  uint64 // misses that joined a load another caller started, and got its result
 	Loads      uint64 // loads run
 	LoadErrors uint64 // loads that failed (including panics and ErrExpired)
 	Rejected   uint64 // Get calls that failed at once inside a backoff, without loading
@@ -214,7 +215,7 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 		// The load may have outlived its deadline (a loader that ignores
 		// ctx); never hand out what the promise forbids.
 		if s.Age(c.opts.Now()) >= c.opts.TTL {
-			return c.staleOr(c.unavailable(ErrExpired, false))
+			return c.staleOr(c.unavailable(ErrExpired))
 		}
 		return *s, nil
 	}
@@ -316,10 +317,10 @@ func (c *Cache[V]) backoff(now time.Time) error {
 	return &UnavailableError{Err: c.lastErr, RetryAt: c.retryAt, Backoff: true}
 }
 
-func (c *Cache[V]) unavailable(err error, backoff bool) error {
+func (c *Cache[V]) unavailable(err error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return &UnavailableError{Err: err, RetryAt: c.retryAt, Backoff: backoff}
+	return &UnavailableError{Err: err, RetryAt: c.retryAt}
 }
 
 // staleOr returns the last value if StaleIfError allows it, else err.

@@ -467,7 +467,9 @@ func TestCache_Jitter(t *testing.T) {
 			c := cache.New[int](f, cache.Options{TTL: ttl, MinBackoff: time.Second, Rand: func() float64 { return r }})
 			_, err := c.Get(context.Background())
 			var ue *cache.UnavailableError
-			errors.As(err, &ue)
+			if !errors.As(err, &ue) {
+				t.Fatalf("Get() error = %v, want an *UnavailableError", err)
+			}
 			got := ue.RetryAt.Sub(time.Now())
 			if want := time.Second - time.Duration(r*float64(time.Second/2)); got != want || got < time.Second/2 {
 				t.Errorf("Rand()=%v: retry in %v, want %v (never under half the backoff)", r, got, want)

@@ -59,10 +59,17 @@ type StatusError struct {
 	// RetryAfter is the upstream's Retry-After, in seconds form or as a
 	// date, converted to a duration; zero when absent or unparseable.
 	RetryAfter time.Duration
+	// Location is where a redirect pointed: the API has moved before, and
+	// the log should say where to.
+	Location string
 }
 
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("ghibli: get %s: status %d %s", e.Endpoint, e.StatusCode, http.StatusText(e.StatusCode))
+	msg := fmt.Sprintf("ghibli: get %s: status %d %s", e.Endpoint, e.StatusCode, http.StatusText(e.StatusCode))
+	if e.Location != "" {
+		msg += " to " + strconv.Quote(e.Location)
+	}
+	return msg
 }
 
 // Client fetches from the API. Its zero value is not usable: set BaseURL and
@@ -84,13 +91,12 @@ func NewHTTPClient(timeout time.Duration) *http.Client {
 	step := min(timeout, 5*time.Second)
 	return &http.Client{
 		Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: step, KeepAlive: 30 * time.Second}).DialContext,
-			TLSHandshakeTimeout:   step,
-			ResponseHeaderTimeout: timeout,
-			MaxIdleConnsPerHost:   4,
-			IdleConnTimeout:       90 * time.Second,
-			ForceAttemptHTTP2:     true,
+			Proxy:               http.ProxyFromEnvironment,
+			DialContext:         (&net.Dialer{Timeout: step, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout: step,
+			MaxIdleConnsPerHost: 4,
+			IdleConnTimeout:     90 * time.Second,
+			ForceAttemptHTTP2:   true,
 		},
 		Timeout: timeout,
 		// The API answers directly; a redirect would be a move we want to see
@@ -205,6 +211,7 @@ func (c *Client) do(ctx context.Context, endpoint, fields string, into any) erro
 			Endpoint:   endpoint,
 			StatusCode: resp.StatusCode,
 			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+			Location:   resp.Header.Get("Location"),
 		}
 	}
 	limit := c.MaxBodyBytes

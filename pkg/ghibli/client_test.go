@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -234,15 +236,29 @@ func TestClient_RetriesOnceOnTransientFailure(t *testing.T) {
 func TestClient_NoRetryPastTheDeadline(t *testing.T) {
 	srv := ghiblitest.NewServer(ghiblitest.Bundled())
 	defer srv.Close()
-	srv.SetBehavior(ghibli.EndpointFilms, ghiblitest.Behavior{Status: 500})
+	// The first attempt uses up all but 50ms of the deadline: less than
+	// twice the shortest retry wait, so no retry may start.
+	srv.SetBehavior(ghibli.EndpointFilms, ghiblitest.Behavior{Status: 500, Latency: 950 * time.Millisecond})
 	c := newClient(srv.URL)
 	closeIdle(t, c)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if _, err := c.Films(ctx); err == nil {
 		t.Fatal("Films() succeeded against a 500")
 	}
 	if got := srv.Requests(ghibli.EndpointFilms); got != 1 {
 		t.Errorf("upstream saw %d requests, want 1: no retry fits in the deadline", got)
+	}
+}
+
+func TestClient_RedirectIsAnErrorNamingTheTarget(t *testing.T) {
+	srv := httptest.NewServer(http.RedirectHandler("https://new.example/api/films", http.StatusMovedPermanently))
+	defer srv.Close()
+	c := newClient(srv.URL)
+	closeIdle(t, c)
+	_, err := c.Films(context.Background())
+	var se *ghibli.StatusError
+	if !errors.As(err, &se) || se.StatusCode != 301 || !strings.Contains(err.Error(), "https://new.example/api/films") {
+		t.Errorf("Films() error = %v, want a 301 StatusError naming where it points", err)
 	}
 }

@@ -268,12 +268,12 @@ func checkJoin(t *testing.T, films []ghibli.Film, people []ghibli.Person, movies
 			}
 		}
 	}
-	// Only the first person with an id brings its films URLs, while every
-	// film with an id brings its people URLs: Join does it so today, and
-	// whether a duplicate person's films should count too is open.
-	for _, p := range firstPerson {
+	// Both sides are a union: every person with an id brings its films
+	// URLs, as every film brings its people URLs (the first of each id
+	// gives the name and title).
+	for _, p := range people {
 		for _, u := range p.Films {
-			if id, ok := ghibli.TrailingID(u, "films"); ok && firstFilm[id].ID != "" {
+			if id, ok := ghibli.TrailingID(u, "films"); ok && p.ID != "" && firstFilm[id].ID != "" {
 				want[pair{id, p.ID}] = true
 			}
 		}

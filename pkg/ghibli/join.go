@@ -43,7 +43,8 @@ type Cast struct {
 // matched on the trailing id of each URL and never on its host: the data
 // still names a host the API has left. Films come in release order (then
 // title, then id) and people by name (then id), so the same data always
-// renders the same bytes. Duplicates, blank ids and URLs naming unknown ids
+// renders the same bytes. Records sharing an id are merged (the first gives
+// the title or name, all give links); blank ids and URLs naming unknown ids
 // are dropped; Join never fails.
 func Join(films []Film, people []Person) []Movie {
 	byFilm := make(map[string]*Movie, len(films))
@@ -73,7 +74,7 @@ func Join(films []Film, people []Person) []Movie {
 		seen[pair{filmID, personID}] = true
 		m.People = append(m.People, Cast{ID: p.ID, Name: p.Name})
 	}
-	for _, p := range byPerson {
+	for _, p := range people {
 		for _, u := range p.Films {
 			if id, ok := TrailingID(u, "films"); ok {
 				add(id, p.ID)

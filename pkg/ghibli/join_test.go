@@ -149,6 +149,12 @@ func TestJoin(t *testing.T) {
 			want:   map[string][]string{"f1": {"p1", "p2"}},
 		},
 		{
+			name:   "duplicate person ids: first name, links from both",
+			films:  []ghibli.Film{film("f1"), film("f2")},
+			people: []ghibli.Person{person("p1", "A", "/films/f1"), person("p1", "dup", "/films/f2")},
+			want:   map[string][]string{"f1": {"p1"}, "f2": {"p1"}},
+		},
+		{
 			name:   "blank film id dropped",
 			films:  []ghibli.Film{film(""), film("f1")},
 			people: nil,
