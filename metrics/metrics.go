@@ -78,8 +78,24 @@ func (m *Metrics) ObserveUpstream(endpoint, outcome string, d time.Duration) {
 // ObserveHTTP records one served request. handler must come from a fixed
 // set (the route pattern, never the raw path) to bound label cardinality.
 func (m *Metrics) ObserveHTTP(handler string, code int, d time.Duration) {
-	m.httpRequests.WithLabelValues(handler, strconv.Itoa(code)).Inc()
+	m.httpRequests.WithLabelValues(handler, statusText(code)).Inc()
 	m.httpDuration.WithLabelValues(handler).Observe(d.Seconds())
+}
+
+// statusCodes are the label values of every status code, formatted once:
+// ObserveHTTP runs on every request and should not allocate.
+var statusCodes = func() (t [600]string) {
+	for i := range t {
+		t[i] = strconv.Itoa(i)
+	}
+	return t
+}()
+
+func statusText(code int) string {
+	if code >= 0 && code < len(statusCodes) {
+		return statusCodes[code]
+	}
+	return strconv.Itoa(code)
 }
 
 var (

@@ -254,7 +254,7 @@ func TestServer_RecoversHandlerPanic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{log: slog.New(slog.NewTextHandler(&logs, nil)), metrics: m, csp: contentSecurityPolicy()}
+	s := &server{log: slog.New(slog.NewTextHandler(&logs, nil)), metrics: m, ids: newIDSource(), securityHeaders: newSecurityHeaders()}
 	e := s.routes(nil)
 	e.GET("/boom", func(echo.Context) error { panic("kaboom") })
 	rec := httptest.NewRecorder()

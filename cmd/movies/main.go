@@ -82,7 +82,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 
 	reg := prometheus.NewRegistry()
-	s := &server{log: log, csp: contentSecurityPolicy()}
+	s := &server{log: log, ids: newIDSource(), securityHeaders: newSecurityHeaders()}
 	// The collector reads the cache at scrape time, after it is built below.
 	m, err := metrics.New(reg, func() metrics.CacheStats { return cacheStats(s.cache) })
 	if err != nil {

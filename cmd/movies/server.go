@@ -54,7 +54,9 @@ type server struct {
 	metrics *metrics.Metrics
 	log     *slog.Logger
 	ready   atomic.Bool // false once shutdown has begun
-	csp     string
+	ids     *idSource
+	// Header values set on every response, built once.
+	securityHeaders map[string][]string
 }
 
 // load fetches a new snapshot and renders it; it runs inside the cache's
@@ -125,9 +127,7 @@ func (s *server) routes(metricsHandler http.Handler) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
-	// Outermost first: every response, even a panic's, gets an id, the
-	// security headers and a metric.
-	e.Use(s.requestID, s.securityHeaders, s.observe, s.recover, onlyGetHead)
+	e.Use(s.middleware)
 
 	getHead := []string{http.MethodGet, http.MethodHead}
 	e.Match(getHead, "/movies/", s.moviesPage)
@@ -154,7 +154,7 @@ func (s *server) routes(metricsHandler http.Handler) *echo.Echo {
 
 // snapshot gets the snapshot to serve, or the error that explains why none.
 func (s *server) snapshot(c echo.Context) (cache.Snapshot[*page], error) {
-	return s.cache.Get(c.Request().Context())
+	return s.cache.Get(requestContext(c))
 }
 
 func (s *server) moviesPage(c echo.Context) error {
@@ -253,7 +253,7 @@ func (s *server) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	ctx := c.Request().Context()
+	ctx := requestContext(c)
 	status, title, msg := http.StatusInternalServerError, "Internal error", "Something went wrong on our side."
 	var he *echo.HTTPError
 	switch {
@@ -285,27 +285,24 @@ func (s *server) handleError(err error, c echo.Context) {
 	_, _ = c.Response().Write(b)
 }
 
-// recover turns a handler panic into a 500 instead of a dead connection.
-func (s *server) recover(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				if r == http.ErrAbortHandler {
-					panic(r)
-				}
-				s.log.ErrorContext(c.Request().Context(), "handler panic", "path", c.Request().URL.Path, "panic", r)
-				err = fmt.Errorf("panic: %v", r)
-			}
-		}()
-		return next(c)
-	}
-}
-
-// observe records every request's route, status and duration.
-func (s *server) observe(next echo.HandlerFunc) echo.HandlerFunc {
+// middleware wraps every request: an id, the security headers, a metric,
+// panic recovery, and GET/HEAD only. It is one function rather than five
+// because echo builds each middleware's closure anew on every request.
+func (s *server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
-		if err := next(c); err != nil {
+		h := c.Response().Header()
+		// A client's id is kept only if it is short and plain, so it
+		// cannot forge log lines or bloat them.
+		if id := c.Request().Header[requestIDHeaderKey]; len(id) == 1 && validRequestID(id[0]) {
+			h[requestIDHeaderKey] = id
+		} else {
+			h[requestIDHeaderKey] = s.ids.next()
+		}
+		for k, v := range s.securityHeaders {
+			h[k] = v
+		}
+		if err := s.serve(next, c); err != nil {
 			c.Error(err) // run the error handler now so the status is final
 		}
 		route := c.Path()
@@ -317,29 +314,37 @@ func (s *server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// onlyGetHead answers 405 to any other method on a known path. echo would
-// answer OPTIONS itself with a 204 and list OPTIONS in Allow; this server
-// has no CORS or other use for it.
-func onlyGetHead(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		if m := c.Request().Method; m != http.MethodGet && m != http.MethodHead && c.Path() != "" {
-			c.Response().Header().Set(echo.HeaderAllow, "GET, HEAD")
-			return echo.ErrMethodNotAllowed
+// serve runs next, answering 405 to any method but GET and HEAD on a
+// known path (echo would answer OPTIONS itself with a 204 and list it in
+// Allow; this server has no use for it), and turning a panic into a 500
+// instead of a dead connection.
+func (s *server) serve(next echo.HandlerFunc, c echo.Context) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if r == http.ErrAbortHandler {
+				panic(r)
+			}
+			s.log.ErrorContext(requestContext(c), "handler panic", "path", c.Request().URL.Path, "panic", r)
+			err = fmt.Errorf("panic: %v", r)
 		}
-		return next(c)
+	}()
+	if m := c.Request().Method; m != http.MethodGet && m != http.MethodHead && c.Path() != "" {
+		c.Response().Header()[echo.HeaderAllow] = allowGetHead
+		return echo.ErrMethodNotAllowed
 	}
+	return next(c)
 }
 
-// securityHeaders sets the headers every response carries. The CSP allows
-// exactly what the page uses: one inline style block, by hash.
-func (s *server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		h := c.Response().Header()
-		h.Set("Content-Security-Policy", s.csp)
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
-		h.Set("X-Frame-Options", "DENY")
-		return next(c)
+var allowGetHead = []string{"GET, HEAD"}
+
+// newSecurityHeaders are the headers every response carries. The CSP
+// allows exactly what the page uses: one inline style block, by hash.
+func newSecurityHeaders() map[string][]string {
+	return map[string][]string{
+		"Content-Security-Policy": {contentSecurityPolicy()},
+		"X-Content-Type-Options":  {"nosniff"},
+		"Referrer-Policy":         {"no-referrer"},
+		"X-Frame-Options":         {"DENY"},
 	}
 }
 
@@ -349,24 +354,8 @@ func contentSecurityPolicy() string {
 		"; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 }
 
-// requestIDHeader carries a request's id in and out.
-const requestIDHeader = "X-Request-ID"
-
-// requestID echoes the client's X-Request-ID, or makes one, and puts it in
-// the request's context for the logs. A client's id is kept only if it is
-// short and plain, so it cannot forge log lines or bloat them.
-func (s *server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		req := c.Request()
-		id := req.Header.Get(requestIDHeader)
-		if !validRequestID(id) {
-			id = newRequestID()
-		}
-		c.Response().Header().Set(requestIDHeader, id)
-		c.SetRequest(req.WithContext(withRequestID(req.Context(), id)))
-		return next(c)
-	}
-}
+// requestIDHeaderKey is X-Request-ID in the canonical form header maps use.
+const requestIDHeaderKey = "X-Request-Id"
 
 func validRequestID(id string) bool {
 	if id == "" || len(id) > 128 {
