@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The project's one test command (the README shows it; .ci/run calls it).
-# It needs only Go; whatever else a test needs it installs from Debian
-# packages first, so that it passes on a fresh machine.
+# It needs only Go and root on a Debian machine: the real components the
+# end-to-end tests run against (Prometheus, HAProxy, Chromium) are
+# installed from Debian packages first when missing. All traffic stays on
+# loopback. Knobs: SOAK (default 1m), FUZZTIME per fuzz target (default 10s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+soak=${SOAK:-1m}
+fuzztime=${FUZZTIME:-10s}
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
@@ -14,5 +19,19 @@ fi
 echo "== go vet"
 go vet ./...
 
-echo "== go test -race"
-go test -race -count=1 ./...
+echo "== e2e dependencies (Prometheus, HAProxy, Chromium from Debian)"
+bash scripts/install-e2e-deps.sh
+
+echo "== go test -race (unit and in-process end-to-end)"
+go test -race -count=1 -skip '^TestSoak$' $(go list ./... | grep -v '/e2e$')
+
+echo "== soak against the real binary for $soak (no -race: it measures the server)"
+go test -count=1 -run '^TestSoak$' ./cmd/movies -soak="$soak"
+
+echo "== fuzz, $fuzztime per target"
+for target in FuzzClientAndJoin:./pkg/ghibli FuzzJoin:./pkg/ghibli FuzzPage:./pkg/render FuzzErrorPage:./pkg/render; do
+  go test -run='^$' -fuzz="^${target%%:*}\$" -fuzztime="$fuzztime" -fuzzminimizetime=2s "${target#*:}"
+done
+
+echo "== e2e against real Prometheus, HAProxy and Chromium (alone: it loads the machine)"
+go test -race -count=1 ./e2e/...
