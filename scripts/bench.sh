@@ -5,7 +5,7 @@
 #      the very same bytes as a static file, with and without
 #      Accept-Encoding: gzip, interleaved round by round, medians printed;
 #   2. expiry churn: -ttl 2s against an upstream answering in 200 ms, next to
-#      the same upstream with -ttl 1m;
+#      the same upstream with -ttl 1m, interleaved the same way;
 #   3. peak RSS of movies under 256 connections.
 #
 # It measures, it does not judge: it prints PASS or MISS for each target and
@@ -18,7 +18,8 @@
 #   BENCH_CONNECTIONS=64   wrk connections for steady state and churn
 #   BENCH_ROUNDS=3         interleaved rounds; the median is reported
 #   BENCH_THREADS=2        wrk threads
-#   BENCH_CHURN_DURATION=20s, BENCH_RSS_DURATION=10s, BENCH_RSS_CONNECTIONS=256
+#   BENCH_CHURN_DURATION=10s (each churn round: five 2s TTLs),
+#   BENCH_RSS_DURATION=10s, BENCH_RSS_CONNECTIONS=256
 #   BENCH_KEEP=1           keep the work directory (wrk output, logs, nginx.conf)
 #
 # wrk and nginx come from Debian and are installed if missing.
@@ -29,7 +30,7 @@ duration=${BENCH_DURATION:-10s}
 conns=${BENCH_CONNECTIONS:-64}
 rounds=${BENCH_ROUNDS:-3}
 threads=${BENCH_THREADS:-2}
-churn_duration=${BENCH_CHURN_DURATION:-20s}
+churn_duration=${BENCH_CHURN_DURATION:-10s}
 rss_duration=${BENCH_RSS_DURATION:-10s}
 rss_conns=${BENCH_RSS_CONNECTIONS:-256}
 warmup=2s
@@ -310,7 +311,7 @@ for enc in identity gzip; do
   printf '| %s | %.0f | %.0f | %sx | %s | %s |\n' "$label" "$m_rps" "$n_rps" "$ratio" "$(fmt_ms "$m_p99")" "$(fmt_ms "$n_p99")"
 done
 echo
-echo "Medians of $rounds rounds. During these runs (1m TTL) movies loaded $(delta movies_cache_loads_total "$work/steady-before.metrics" "$work/steady-after.metrics") new snapshot(s): cache misses $(delta movies_cache_misses_total "$work/steady-before.metrics" "$work/steady-after.metrics"), hits $(delta movies_cache_hits_total "$work/steady-before.metrics" "$work/steady-after.metrics"), early refreshes $(delta movies_cache_early_refreshes_total "$work/steady-before.metrics" "$work/steady-after.metrics") (each run is far shorter than the TTL; without refresh-ahead the requests arriving during a refresh of the in-process builtin upstream wait for it)."
+echo "Medians of $rounds rounds. During these runs (1m TTL) movies loaded $(delta movies_cache_loads_total "$work/steady-before.metrics" "$work/steady-after.metrics") new snapshot(s): cache misses $(delta movies_cache_misses_total "$work/steady-before.metrics" "$work/steady-after.metrics"), hits $(delta movies_cache_hits_total "$work/steady-before.metrics" "$work/steady-after.metrics"), early refreshes $(delta movies_cache_early_refreshes_total "$work/steady-before.metrics" "$work/steady-after.metrics") (each run is far shorter than the TTL; misses come from a snapshot that expired while movies sat idle during nginx's turns, or from expiries without refresh-ahead, and wait for the in-process builtin upstream, a few ms)."
 
 # --- 2. expiry churn -----------------------------------------------------------
 
@@ -330,45 +331,78 @@ if [[ -z $fake_url ]]; then
   exit 1
 fi
 
-# slow_run NAME TTL starts movies on the slow upstream, warms it up, runs wrk
-# with the /metrics scraped around it, and stops it; sets line.
-slow_run() {
-  start_movies "$1" -upstream "$fake_url" -ttl "$2" -upstream-timeout 1s
-  bench_run "warmup-$1" "$conns" "$warmup" "$movies_url/movies/" >/dev/null
-  curl -fsS -o "$work/$1-before.metrics" "$movies_url/metrics"
-  line=$(bench_run "$1" "$conns" "$churn_duration" "$movies_url/movies/")
-  curl -fsS -o "$work/$1-after.metrics" "$movies_url/metrics"
-  stop "$movies_pid"
-}
-cache_deltas() {
-  local b=$work/$1-before.metrics a=$work/$1-after.metrics
-  echo "cache misses $(delta movies_cache_misses_total "$b" "$a"), hits $(delta movies_cache_hits_total "$b" "$a"), loads $(delta movies_cache_loads_total "$b" "$a"), early refreshes $(delta movies_cache_early_refreshes_total "$b" "$a")"
-}
-
-slow_run slow-steady 1m
-s_rps=$(field rps "$line") s_p50=$(field p50_ms "$line") s_p99=$(field p99_ms "$line") s_max=$(field max_ms "$line")
-s_non2xx=$(field non2xx "$line")
-slow_run churn "$churn_ttl"
-c_rps=$(field rps "$line") c_p50=$(field p50_ms "$line") c_p99=$(field p99_ms "$line") c_max=$(field max_ms "$line")
-c_non2xx=$(field non2xx "$line")
-
-churn_ratio=$(awk -v c="$c_p99" -v s="$s_p99" 'BEGIN { printf "%.2f", (s ? c / s : 0) }')
+# Both movies run side by side, the steady one with -ttl 1m and the churning
+# one with -ttl 2s, and take turns under wrk, round by round, so that a
+# change in the machine's load hits both alike. Each turn starts with one
+# request: after idling through the other's turn the churning snapshot has
+# expired, and wrk should measure churn under load, not that cold start.
+declare -A slow_url slow_pid
+for name in slow-steady churn; do
+  ttl=1m
+  [[ $name == churn ]] && ttl=$churn_ttl
+  start_movies "$name" -upstream "$fake_url" -ttl "$ttl" -upstream-timeout 1s
+  slow_url[$name]=$movies_url
+  slow_pid[$name]=$movies_pid
+  bench_run "warmup-$name" "$conns" "$warmup" "$movies_url/movies/" >/dev/null
+done
 echo
 echo "## Expiry churn: upstream answering in ${upstream_latency_ms} ms (ghiblifake)"
 echo
-echo "wrk -t$threads -c$conns -d$churn_duration --latency, identity, each against a fresh movies -upstream-timeout 1s after a $warmup warm-up."
+echo "wrk -t$threads -c$conns -d$churn_duration --latency, identity, $rounds interleaved rounds after a $warmup warm-up of each; medians of the rounds below, max of their maxima."
+echo
+for ((r = 1; r <= rounds; r++)); do
+  for name in slow-steady churn; do
+    url=${slow_url[$name]}
+    curl -fsS -o /dev/null "$url/movies/"
+    curl -fsS -o "$work/$name-$r-before.metrics" "$url/metrics"
+    line=$(bench_run "$name-$r" "$conns" "$churn_duration" "$url/movies/")
+    curl -fsS -o "$work/$name-$r-after.metrics" "$url/metrics"
+    for f in rps p50_ms p99_ms max_ms non2xx; do
+      field "$f" "$line" >>"$work/res/$name.$f"
+    done
+    printf -- '- round %d %-11s %9.0f req/s  p99 %7.2f ms  max %7.2f ms\n' "$r" "$name" "$(field rps "$line")" "$(field p99_ms "$line")" "$(field max_ms "$line")"
+  done
+done
+for name in slow-steady churn; do
+  stop "${slow_pid[$name]}"
+done
+
+# sum_delta NAME RUN adds up NAME's deltas over RUN's rounds.
+sum_delta() {
+  local total=0 d
+  for ((r = 1; r <= rounds; r++)); do
+    d=$(delta "$1" "$work/$2-$r-before.metrics" "$work/$2-$r-after.metrics")
+    [[ $d == absent ]] && { echo absent; return; }
+    total=$((total + d))
+  done
+  echo "$total"
+}
+cache_deltas() {
+  echo "cache misses $(sum_delta movies_cache_misses_total "$1"), hits $(sum_delta movies_cache_hits_total "$1"), loads $(sum_delta movies_cache_loads_total "$1"), early refreshes $(sum_delta movies_cache_early_refreshes_total "$1"), non-2xx answers $(awk '{ s += $1 } END { print s + 0 }' "$work/res/$1.non2xx")"
+}
+max_of() { sort -g "$1" | tail -1; }
+
+s_p99=$(median "$work/res/slow-steady.p99_ms")
+c_p99=$(median "$work/res/churn.p99_ms")
+churn_ratio=$(awk -v c="$c_p99" -v s="$s_p99" 'BEGIN { printf "%.2f", (s ? c / s : 0) }')
 echo
 echo "| run | req/s | p50 | p99 | max |"
 echo "|---|---|---|---|---|"
-printf '| steady, -ttl 1m | %.0f | %s | %s | %s |\n' "$s_rps" "$(fmt_ms "$s_p50")" "$(fmt_ms "$s_p99")" "$(fmt_ms "$s_max")"
-printf '| churn, -ttl %s | %.0f | %s | %s | %s |\n' "$churn_ttl" "$c_rps" "$(fmt_ms "$c_p50")" "$(fmt_ms "$c_p99")" "$(fmt_ms "$c_max")"
+for name in slow-steady churn; do
+  label="steady, -ttl 1m"
+  [[ $name == churn ]] && label="churn, -ttl $churn_ttl"
+  printf '| %s | %.0f | %s | %s | %s |\n' "$label" "$(median "$work/res/$name.rps")" "$(fmt_ms "$(median "$work/res/$name.p50_ms")")" \
+    "$(fmt_ms "$(median "$work/res/$name.p99_ms")")" "$(fmt_ms "$(max_of "$work/res/$name.max_ms")")"
+done
 echo
 echo "- churn p99 / steady p99 = ${churn_ratio}x"
-echo "- steady run: $(cache_deltas slow-steady), non-2xx answers $s_non2xx"
-echo "- churn run: $(cache_deltas churn), non-2xx answers $c_non2xx; movies_upstream_requests_total (a load still in flight when the run ended shows in loads, not here):"
-awk 'FNR == NR { if (/^movies_upstream_requests_total/) before[$1] = $2; next }
-  /^movies_upstream_requests_total/ { printf "  - %s %.0f\n", $1, $2 - before[$1] }' \
-  "$work/churn-before.metrics" "$work/churn-after.metrics"
+echo "- steady runs: $(cache_deltas slow-steady)"
+echo "- churn runs: $(cache_deltas churn); movies_upstream_requests_total (a load still in flight when a run ended shows in loads, not here):"
+for ((r = 1; r <= rounds; r++)); do
+  awk 'FNR == NR { if (/^movies_upstream_requests_total/) before[$1] = $2; next }
+    /^movies_upstream_requests_total/ { print $1, $2 - before[$1] }' \
+    "$work/churn-$r-before.metrics" "$work/churn-$r-after.metrics"
+done | awk '{ s[$1] += $2 } END { for (k in s) printf "  - %s %.0f\n", k, s[k] }' | sort
 
 # --- 3. peak RSS -------------------------------------------------------------
 
