@@ -26,7 +26,7 @@ echo "== go test -race (unit and in-process end-to-end)"
 go test -race -count=1 -skip '^TestSoak$' $(go list ./... | grep -v '/e2e$')
 
 echo "== soak against the real binary for $soak (no -race: it measures the server)"
-go test -count=1 -run '^TestSoak$' ./cmd/movies -soak="$soak"
+go test -v -count=1 -run '^TestSoak$' ./cmd/movies -soak="$soak"
 
 echo "== fuzz, $fuzztime per target"
 for target in FuzzClientAndJoin:./pkg/ghibli FuzzJoin:./pkg/ghibli FuzzPage:./pkg/render FuzzErrorPage:./pkg/render; do
