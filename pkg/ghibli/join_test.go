@@ -242,3 +242,23 @@ func TestTrailingID(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkJoin joins the bundled data, as fetched: 22 films, 57 people.
+func BenchmarkJoin(b *testing.B) {
+	srv := ghiblitest.NewServer(ghiblitest.Bundled())
+	defer srv.Close()
+	c := newClient(srv.URL)
+	defer c.HTTPClient.CloseIdleConnections()
+	films, err := c.Films(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	people, err := c.People(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		ghibli.Join(films, people)
+	}
+}
