@@ -40,7 +40,7 @@ func warmServer(b *testing.B) (*server, http.Handler, []byte) {
 		b.Fatal(err)
 	}
 	s.metrics = m
-	s.cache = cache.New[*page](s.load(client), cache.Options{TTL: time.Minute, LoadTimeout: 5 * time.Second})
+	s.cache = cache.New[*page](s.load(client), cache.Options{TTL: time.Minute, LoadTimeout: 5 * time.Second, RefreshAhead: true})
 	snap, err := s.cache.Get(context.Background())
 	if err != nil {
 		b.Fatal(err)

@@ -56,13 +56,13 @@ func (s *idSource) next() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.batch) == 0 {
-		const width = 16 + 1 + 8 // prefix, dash, 8 hex digits of counter
+		const width = 16 + 1 + 16 // prefix, dash, 16 hex digits of counter
 		b := make([]byte, 0, idBatch*width)
 		for i := range uint64(idBatch) {
 			b = append(b, s.prefix...)
 			b = append(b, '-')
-			n := uint32(s.n + i)
-			for shift := 28; shift >= 0; shift -= 4 {
+			n := s.n + i
+			for shift := 60; shift >= 0; shift -= 4 {
 				b = append(b, "0123456789abcdef"[n>>shift&0xf])
 			}
 		}

@@ -181,12 +181,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	for _, srv := range servers {
 		errs = append(errs, srv.Shutdown(sctx))
 	}
+	// Requests are done (or out of time): a fetch still running now, an
+	// early refresh or one whose waiters left, serves nobody. End it rather
+	// than let it hold the exit for up to -upstream-timeout.
+	s.cache.Close()
+	s.cache.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
-	// An early refresh a last request started may still be running; it is
-	// bounded by the upstream timeout. Leave no goroutine behind.
-	s.cache.Wait()
 	log.Info("stopped")
 	return nil
 }

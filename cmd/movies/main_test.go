@@ -330,6 +330,11 @@ func TestServer_ServesChangedDataAfterTTL(t *testing.T) {
 			// fetched_at has second precision; anything beyond a TTL plus that is a broken promise.
 			t.Fatalf("served data fetched at %v at %v: older than the TTL", doc.FetchedAt, asked)
 		}
+		// From the fake's side: the old data stopped being served upstream
+		// at changed, so a request sent a TTL later must not see it.
+		if doc.Movies[0].Title != "Castle in the Sky (restored)" && asked.Sub(changed) >= ttl {
+			t.Fatalf("request sent %v after the upstream changed still got the old data", asked.Sub(changed))
+		}
 		if doc.Movies[0].Title == "Castle in the Sky (restored)" {
 			if doc.FetchedAt.Before(first.FetchedAt) || doc.FetchedAt.Before(changed.Truncate(time.Second)) {
 				t.Errorf("new data claims fetched_at %v, before the change at %v", doc.FetchedAt, changed)
@@ -655,7 +660,7 @@ func TestRun_Help(t *testing.T) {
 			flags++
 		}
 	}
-	if flags < 8 {
+	if flags != 11 { // every flag in config.go
 		t.Errorf("usage lists %d flags, want all of them:\n%s", flags, out.String())
 	}
 }
@@ -674,5 +679,41 @@ func TestRun_Healthcheck(t *testing.T) {
 	err := run(context.Background(), []string{"-healthcheck", "-addr", addr}, noEnv, io.Discard)
 	if err == nil || exitCode(err) != 1 {
 		t.Errorf("healthcheck of a stopped server = %v (exit %d), want an error and exit 1", err, exitCode(err))
+	}
+}
+
+// TestRun_ShutdownEndsUnwantedFetch: an early refresh still running at
+// shutdown serves nobody; it is cancelled rather than holding the exit for
+// the upstream timeout.
+func TestRun_ShutdownEndsUnwantedFetch(t *testing.T) {
+	up := startFake(t)
+	in := mustStart(t, up.URL, "-ttl", "4s", "-upstream-timeout", "2s")
+	t.Cleanup(testClient.CloseIdleConnections)
+	mustAPI(t, in.URL)
+	up.SetBehavior("", ghiblitest.Behavior{Hang: true})
+	// Hits until one falls in the refresh window and starts a refresh,
+	// which then hangs upstream.
+	before := up.Requests("")
+	for deadline := time.Now().Add(10 * time.Second); up.Requests("") == before; time.Sleep(50 * time.Millisecond) {
+		if r := mustGet(t, in.URL+"/movies/"); r.status != 200 {
+			t.Fatalf("status %d inside the TTL", r.status)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no early refresh within 10s")
+		}
+	}
+	if err := in.stop(t); err != nil {
+		t.Fatalf("run() = %v", err)
+	}
+	in.log.mu.Lock()
+	defer in.log.mu.Unlock()
+	var outcome any
+	for _, l := range in.log.lines {
+		if l["msg"] == "upstream fetch failed" {
+			outcome = l["outcome"]
+		}
+	}
+	if outcome != "canceled" {
+		t.Errorf("early refresh ended with outcome %v, want canceled by shutdown (not a timeout)", outcome)
 	}
 }

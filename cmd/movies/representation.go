@@ -19,8 +19,12 @@ type representation struct {
 	contentType  []string
 	lastModified []string
 	modTime      time.Time // the fetch start, at Last-Modified's one-second resolution
-	identity     variant
-	gzip         variant
+	// modTimeUnique is false when the previous snapshot started in the same
+	// second: Last-Modified then cannot tell the two apart, and only the
+	// ETag may answer 304.
+	modTimeUnique bool
+	identity      variant
+	gzip          variant
 }
 
 // variant is a representation in one content coding.
@@ -58,8 +62,9 @@ func secondTable(f func(int) string) [][]string {
 
 // newRepresentation prepares body for serving. gzip at the best
 // compression costs about a millisecond once per snapshot and saves every
-// client most of the bytes.
-func newRepresentation(body []byte, contentType string, fetched time.Time) (*representation, error) {
+// client most of the bytes. prevFetched is the previous snapshot's fetch
+// start (zero if none).
+func newRepresentation(body []byte, contentType string, fetched, prevFetched time.Time) (*representation, error) {
 	sum := sha256.Sum256(body)
 	tag := hex.EncodeToString(sum[:12])
 	var gz bytes.Buffer
@@ -75,11 +80,12 @@ func newRepresentation(body []byte, contentType string, fetched time.Time) (*rep
 	}
 	modTime := fetched.UTC().Truncate(time.Second)
 	return &representation{
-		contentType:  []string{contentType},
-		lastModified: []string{modTime.Format(http.TimeFormat)},
-		modTime:      modTime,
-		identity:     newVariant(body, `"`+tag+`"`, nil),
-		gzip:         newVariant(gz.Bytes(), `"`+tag+`-gzip"`, gzipEncoding),
+		contentType:   []string{contentType},
+		lastModified:  []string{modTime.Format(http.TimeFormat)},
+		modTime:       modTime,
+		modTimeUnique: !prevFetched.UTC().Truncate(time.Second).Equal(modTime),
+		identity:      newVariant(body, `"`+tag+`"`, nil),
+		gzip:          newVariant(gz.Bytes(), `"`+tag+`-gzip"`, gzipEncoding),
 	}, nil
 }
 
@@ -93,19 +99,30 @@ func newVariant(body []byte, etag string, encoding []string) variant {
 	}
 }
 
-// negotiate picks the variant for a request's Accept-Encoding.
-func (r *representation) negotiate(acceptEncoding string) *variant {
+// negotiate picks the variant for a request's Accept-Encoding lines.
+func (r *representation) negotiate(acceptEncoding []string) *variant {
 	if acceptsGzip(acceptEncoding) {
 		return &r.gzip
 	}
 	return &r.identity
 }
 
-// acceptsGzip reports whether an Accept-Encoding header admits gzip: listed
-// (or covered by *) with a q-value above zero. An explicit gzip;q=0 wins
-// over *. It allocates nothing.
-func acceptsGzip(header string) bool {
+// acceptsGzip reports whether Accept-Encoding, in however many header
+// lines, admits gzip: listed (or covered by *) with a q-value above zero.
+// An explicit gzip;q=0 wins over *. It allocates nothing.
+func acceptsGzip(lines []string) bool {
 	gzipQ, starQ := -1.0, -1.0
+	for _, header := range lines {
+		gzipQ, starQ = acceptEncodingLine(header, gzipQ, starQ)
+	}
+	if gzipQ >= 0 {
+		return gzipQ > 0
+	}
+	return starQ > 0
+}
+
+// acceptEncodingLine updates the q-values of gzip and * from one line.
+func acceptEncodingLine(header string, gzipQ, starQ float64) (float64, float64) {
 	for header != "" {
 		var part string
 		part, header, _ = strings.Cut(header, ",")
@@ -130,21 +147,25 @@ func acceptsGzip(header string) bool {
 			starQ = q
 		}
 	}
-	if gzipQ >= 0 {
-		return gzipQ > 0
-	}
-	return starQ > 0
+	return gzipQ, starQ
 }
 
-// notModified reports whether a conditional request may be answered 304.
-// If-None-Match, when present, decides alone (RFC 9110 section 13.2.2).
-func notModified(h http.Header, etag string, modTime time.Time) bool {
-	if inm := h.Get("If-None-Match"); inm != "" {
-		return etagMatches(inm, etag)
+// notModified reports whether a conditional request for v of r may be
+// answered 304. If-None-Match, when present, decides alone (RFC 9110
+// section 13.2.2); If-Modified-Since counts only while r's Last-Modified
+// second is its own.
+func notModified(h http.Header, r *representation, v *variant) bool {
+	if inm := h["If-None-Match"]; len(inm) > 0 {
+		for _, list := range inm {
+			if etagMatches(list, v.etag) {
+				return true
+			}
+		}
+		return false
 	}
-	if ims := h.Get("If-Modified-Since"); ims != "" {
+	if ims := h.Get("If-Modified-Since"); ims != "" && r.modTimeUnique {
 		t, err := http.ParseTime(ims)
-		return err == nil && !modTime.After(t)
+		return err == nil && !r.modTime.After(t)
 	}
 	return false
 }

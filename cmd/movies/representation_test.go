@@ -36,41 +36,74 @@ func TestAcceptsGzip(t *testing.T) {
 		{" gzip ;q=0.5 ", true},
 	}
 	for _, tt := range tests {
-		if got := acceptsGzip(tt.header); got != tt.want {
+		if got := acceptsGzip([]string{tt.header}); got != tt.want {
 			t.Errorf("acceptsGzip(%q) = %v, want %v", tt.header, got, tt.want)
+		}
+	}
+	// A header may come in several lines; they form one list.
+	for _, tt := range []struct {
+		lines []string
+		want  bool
+	}{
+		{nil, false},
+		{[]string{"br", "gzip"}, true},
+		{[]string{"*", "gzip;q=0"}, false},
+	} {
+		if got := acceptsGzip(tt.lines); got != tt.want {
+			t.Errorf("acceptsGzip(%q) = %v, want %v", tt.lines, got, tt.want)
 		}
 	}
 }
 
 func TestNotModified(t *testing.T) {
 	mod := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
-	const etag = `"abc"`
+	fetched := mod.Add(300 * time.Millisecond)
+	r, err := newRepresentation([]byte("page"), "text/plain", fetched, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	etag := r.identity.etag
 	tests := []struct {
 		name string
-		h    map[string]string
+		h    http.Header
 		want bool
 	}{
 		{"unconditional", nil, false},
-		{"matching tag", map[string]string{"If-None-Match": `"abc"`}, true},
-		{"weak form of the tag", map[string]string{"If-None-Match": `W/"abc"`}, true},
-		{"in a list", map[string]string{"If-None-Match": `"x", "abc"`}, true},
-		{"star", map[string]string{"If-None-Match": `*`}, true},
-		{"other tag", map[string]string{"If-None-Match": `"abd"`}, false},
-		{"other variant's tag", map[string]string{"If-None-Match": `"abc-gzip"`}, false},
-		{"tag decides over date", map[string]string{"If-None-Match": `"x"`, "If-Modified-Since": mod.Format(http.TimeFormat)}, false},
-		{"same date", map[string]string{"If-Modified-Since": mod.Format(http.TimeFormat)}, true},
-		{"later date", map[string]string{"If-Modified-Since": mod.Add(time.Hour).Format(http.TimeFormat)}, true},
-		{"earlier date", map[string]string{"If-Modified-Since": mod.Add(-time.Second).Format(http.TimeFormat)}, false},
-		{"garbage date", map[string]string{"If-Modified-Since": "yesterday"}, false},
+		{"matching tag", http.Header{"If-None-Match": {etag}}, true},
+		{"weak form of the tag", http.Header{"If-None-Match": {"W/" + etag}}, true},
+		{"in a list", http.Header{"If-None-Match": {`"x", ` + etag}}, true},
+		{"in a second header line", http.Header{"If-None-Match": {`"x"`, etag}}, true},
+		{"star", http.Header{"If-None-Match": {`*`}}, true},
+		{"other tag", http.Header{"If-None-Match": {`"abd"`}}, false},
+		{"other variant's tag", http.Header{"If-None-Match": {r.gzip.etag}}, false},
+		{"tag decides over date", http.Header{"If-None-Match": {`"x"`}, "If-Modified-Since": {mod.Format(http.TimeFormat)}}, false},
+		{"our Last-Modified", http.Header{"If-Modified-Since": {mod.Format(http.TimeFormat)}}, true},
+		{"later date", http.Header{"If-Modified-Since": {mod.Add(time.Hour).Format(http.TimeFormat)}}, true},
+		{"earlier date", http.Header{"If-Modified-Since": {mod.Add(-time.Second).Format(http.TimeFormat)}}, false},
+		{"garbage date", http.Header{"If-Modified-Since": {"yesterday"}}, false},
 	}
 	for _, tt := range tests {
-		h := http.Header{}
-		for k, v := range tt.h {
-			h.Set(k, v)
-		}
-		if got := notModified(h, etag, mod); got != tt.want {
+		if got := notModified(tt.h, r, &r.identity); got != tt.want {
 			t.Errorf("%s: notModified(%v) = %v, want %v", tt.name, tt.h, got, tt.want)
 		}
+	}
+
+	// A second snapshot in the same second shares Last-Modified with the
+	// first: a client holding the first must not be told it is current.
+	next, err := newRepresentation([]byte("new page"), "text/plain", fetched.Add(500*time.Millisecond), fetched)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := (http.Header{"If-Modified-Since": r.lastModified}); notModified(h, next, &next.identity) {
+		t.Error("If-Modified-Since of the previous snapshot in the same second answered 304")
+	}
+	// A snapshot in a later second is unambiguous again.
+	later, _ := newRepresentation([]byte("later"), "text/plain", fetched.Add(2*time.Second), next.modTime.Add(500*time.Millisecond))
+	if h := (http.Header{"If-Modified-Since": later.lastModified}); !notModified(h, later, &later.identity) {
+		t.Error("If-Modified-Since of a snapshot's own Last-Modified did not answer 304")
+	}
+	if h := (http.Header{"If-Modified-Since": r.lastModified}); notModified(h, later, &later.identity) {
+		t.Error("If-Modified-Since of an older snapshot answered 304")
 	}
 }
 
@@ -153,7 +186,7 @@ func TestServer_HTTPCaching(t *testing.T) {
 }
 
 // TestServer_RefreshAhead: under steady traffic, after the cold start no
-// request waits for the upstream, yet the data keeps changing.
+// request waits for the upstream, and an idle server fetches nothing.
 func TestServer_RefreshAhead(t *testing.T) {
 	t.Parallel()
 	up := startFake(t)

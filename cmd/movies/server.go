@@ -72,7 +72,11 @@ func (s *server) load(client *ghibli.Client) cache.LoaderFunc[*page] {
 		}
 		view := toView(movies, started)
 		s.log.InfoContext(ctx, "upstream fetch", append(attrs, "films", len(view.Movies), "links", countPeople(view))...)
-		p, err := newPage(view, started)
+		var prev time.Time
+		if last, ok := s.cache.Peek(); ok {
+			prev = last.Fetched
+		}
+		p, err := newPage(view, started, prev)
 		if err != nil {
 			s.log.ErrorContext(ctx, "render failed", "err", err)
 			return nil, fmt.Errorf("render: %w", err)
@@ -81,8 +85,9 @@ func (s *server) load(client *ghibli.Client) cache.LoaderFunc[*page] {
 	}
 }
 
-// newPage renders a snapshot in every form it is served in.
-func newPage(view render.View, fetched time.Time) (*page, error) {
+// newPage renders a snapshot in every form it is served in. prevFetched
+// is when the previous snapshot's fetch started (zero if none).
+func newPage(view render.View, fetched, prevFetched time.Time) (*page, error) {
 	html, err := render.Page(view)
 	if err != nil {
 		return nil, err
@@ -92,10 +97,10 @@ func newPage(view render.View, fetched time.Time) (*page, error) {
 		return nil, err
 	}
 	p := &page{view: view}
-	if p.html, err = newRepresentation(html, "text/html; charset=utf-8", fetched); err != nil {
+	if p.html, err = newRepresentation(html, "text/html; charset=utf-8", fetched, prevFetched); err != nil {
 		return nil, err
 	}
-	if p.json, err = newRepresentation(js, "application/json", fetched); err != nil {
+	if p.json, err = newRepresentation(js, "application/json", fetched, prevFetched); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -196,7 +201,7 @@ func (s *server) moviesAPI(c echo.Context) error {
 // one that ignores it drops it at the TTL; neither can outlive the promise.
 func (s *server) write(c echo.Context, snap cache.Snapshot[*page], r *representation) error {
 	req := c.Request()
-	v := r.negotiate(req.Header.Get(echo.HeaderAcceptEncoding))
+	v := r.negotiate(req.Header[echo.HeaderAcceptEncoding])
 	age := snap.Age(time.Now())
 	left := max(s.cache.TTL()-age, 0) / time.Second
 	h := c.Response().Header()
@@ -205,7 +210,7 @@ func (s *server) write(c echo.Context, snap cache.Snapshot[*page], r *representa
 	h["Last-Modified"] = r.lastModified
 	h["Cache-Control"] = cacheControlValues[min(int(left), len(cacheControlValues)-1)]
 	h["Age"] = ageValues[min(int(max(age, 0)/time.Second), len(ageValues)-1)]
-	if notModified(req.Header, v.etag, r.modTime) {
+	if notModified(req.Header, r, v) {
 		c.Response().WriteHeader(http.StatusNotModified)
 		return nil
 	}

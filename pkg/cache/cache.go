@@ -49,6 +49,9 @@ type Snapshot[V any] struct {
 	Stale bool
 }
 
+// Age is how old s is at now.
+func (s Snapshot[V]) Age(now time.Time) time.Duration { return now.Sub(s.Fetched) }
+
 // UnavailableError is returned by Get when no fresh value could be had:
 // the load failed, or an earlier failure's backoff has not passed yet.
 type UnavailableError struct {
@@ -65,9 +68,6 @@ func (e *UnavailableError) Error() string {
 }
 
 func (e *UnavailableError) Unwrap() error { return e.Err }
-
-// Age is how old s is at now.
-func (s Snapshot[V]) Age(now time.Time) time.Duration { return now.Sub(s.Fetched) }
 
 // Options configures a Cache.
 type Options struct {
@@ -130,14 +130,18 @@ type Cache[V any] struct {
 	group singleflight.Group
 	snap  atomic.Pointer[Snapshot[V]]
 
-	mu       sync.Mutex // guards the failure state below
+	mu       sync.Mutex // guards the failure state below, and Close against track
 	failures int        // consecutive failed loads
 	retryAt  time.Time  // no load starts before this
 	lastErr  error
 
-	lastLoad   atomic.Int64 // duration of the last successful load, ns
-	refreshing atomic.Bool  // an early refresh goroutine is running
-	background sync.WaitGroup
+	lastLoad   atomic.Int64   // duration of the last successful load, ns
+	refreshing atomic.Bool    // an early refresh goroutine is running
+	background sync.WaitGroup // early refresh goroutines and running loads
+
+	// closed ends every load, running or to come, once Close is called.
+	closed context.Context
+	close  context.CancelFunc
 
 	hits, misses, coalesced, loads, loadErrors, rejected, stale, early atomic.Uint64
 }
@@ -169,7 +173,9 @@ func New[V any](l Loader[V], o Options) *Cache[V] {
 	if o.MinRefreshWindow <= 0 {
 		o.MinRefreshWindow = 500 * time.Millisecond
 	}
-	return &Cache[V]{loader: l, opts: o}
+	c := &Cache[V]{loader: l, opts: o}
+	c.closed, c.close = context.WithCancel(context.Background())
+	return c
 }
 
 // flightKey is the one singleflight key: the cache holds a single value.
@@ -233,8 +239,11 @@ func (c *Cache[V]) refreshEarly(ctx context.Context, now time.Time) {
 	if c.backoff(now) != nil || !c.refreshing.CompareAndSwap(false, true) {
 		return
 	}
+	if !c.track() {
+		c.refreshing.Store(false)
+		return
+	}
 	c.early.Add(1)
-	c.background.Add(1)
 	// The hit's request ends now; the load must not end with it, but it
 	// keeps the request's values (its id) for the fetch's log line.
 	ctx = context.WithoutCancel(ctx)
@@ -245,9 +254,30 @@ func (c *Cache[V]) refreshEarly(ctx context.Context, now time.Time) {
 	}()
 }
 
-// Wait blocks until background refreshes started by RefreshAhead have
-// finished (each is bounded by LoadTimeout), so a shutting-down program
-// leaves no goroutine behind.
+// Close cancels every running load and makes later ones fail at once; Get
+// still serves a fresh value. A shutting-down program calls it once its
+// requests are done, so a refresh nobody waits for cannot hold up the exit.
+func (c *Cache[V]) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.close()
+}
+
+// track counts a load or refresh for Wait, unless the cache is closed: no
+// Add may race with a Wait that follows Close.
+func (c *Cache[V]) track() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Err() != nil {
+		return false
+	}
+	c.background.Add(1)
+	return true
+}
+
+// Wait blocks until every load and background refresh has returned (each is
+// bounded by LoadTimeout, and ended at once by Close), so a shutting-down
+// program leaves no goroutine behind.
 func (c *Cache[V]) Wait() { c.background.Wait() }
 
 // load runs inside the flight. early is set for a RefreshAhead load, which
@@ -265,9 +295,14 @@ func (c *Cache[V]) load(ctx context.Context, early bool) (*Snapshot[V], error) {
 		return nil, err
 	}
 	// The load belongs to every waiter, not to the leader: keep the leader's
-	// values (request id for logs) but not its cancellation.
+	// values (request id for logs) but not its cancellation. Close ends it.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.LoadTimeout)
 	defer cancel()
+	if !c.track() {
+		return nil, c.unavailable(context.Canceled)
+	}
+	defer c.background.Done()
+	defer context.AfterFunc(c.closed, cancel)()
 
 	c.loads.Add(1)
 	v, err := c.safeLoad(ctx, start)

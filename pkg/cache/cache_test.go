@@ -637,3 +637,31 @@ func TestCache_RefreshAhead_FailureServesNothingStale(t *testing.T) {
 		}
 	})
 }
+
+// TestCache_CloseEndsLoads: a load nobody waits for any more (an early
+// refresh, or one whose callers gave up) ends at Close, and Wait sees it.
+func TestCache_CloseEndsLoads(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var sawCancel atomic.Bool
+		l := cache.LoaderFunc[int](func(ctx context.Context, _ time.Time) (int, error) {
+			<-ctx.Done()
+			sawCancel.Store(errors.Is(ctx.Err(), context.Canceled))
+			return 0, ctx.Err()
+		})
+		c := cache.New[int](l, cache.Options{TTL: ttl})
+		ctx, cancel := context.WithCancel(context.Background())
+		go c.Get(ctx)
+		synctest.Wait()
+		cancel() // the only caller gives up; the load goes on
+		synctest.Wait()
+		start := time.Now()
+		c.Close()
+		c.Wait()
+		if !sawCancel.Load() || time.Since(start) != 0 {
+			t.Errorf("load cancelled %v after %v, want cancelled by Close at once", sawCancel.Load(), time.Since(start))
+		}
+		if _, err := c.Get(context.Background()); !errors.Is(err, context.Canceled) {
+			t.Errorf("Get() after Close = %v, want a cancelled load", err)
+		}
+	})
+}
