@@ -112,14 +112,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 	})
 
-	servers := []*http.Server{}
-	listen := func(flag, addr string, h http.Handler) (net.Listener, error) {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("listen on -%s %s: %w", flag, addr, err)
-		}
-		servers = append(servers, newHTTPServer(cfg, h, log))
-		return ln, nil
+	// One listener, or two with -metrics-addr.
+	type endpoint struct {
+		flag, addr string
+		handler    http.Handler
+	}
+	endpoints := []endpoint{{"addr", cfg.addr, s.routes(metricsHandler)}}
+	if cfg.metricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metricsHandler)
+		endpoints = []endpoint{{"addr", cfg.addr, s.routes(nil)}, {"metrics-addr", cfg.metricsAddr, mux}}
 	}
 	var lns []net.Listener
 	defer func() {
@@ -127,30 +129,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			ln.Close()
 		}
 	}()
-	if cfg.metricsAddr == "" {
-		ln, err := listen("addr", cfg.addr, s.routes(metricsHandler))
+	for _, ep := range endpoints {
+		ln, err := net.Listen("tcp", ep.addr)
 		if err != nil {
-			return err
-		}
-		lns = append(lns, ln)
-	} else {
-		ln, err := listen("addr", cfg.addr, s.routes(nil))
-		if err != nil {
-			return err
-		}
-		lns = append(lns, ln)
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", metricsHandler)
-		if ln, err = listen("metrics-addr", cfg.metricsAddr, mux); err != nil {
-			return err
+			return fmt.Errorf("listen on -%s %s: %w", ep.flag, ep.addr, err)
 		}
 		lns = append(lns, ln)
 	}
 
 	s.ready.Store(true)
+	servers := make([]*http.Server, len(endpoints))
 	serveErr := make(chan error, len(servers))
-	for i, srv := range servers {
-		go func() { serveErr <- srv.Serve(lns[i]) }()
+	for i, ep := range endpoints {
+		servers[i] = newHTTPServer(cfg, ep.handler, log)
+		go func() { serveErr <- servers[i].Serve(lns[i]) }()
 	}
 	attrs := []any{"addr", lns[0].Addr().String(), "upstream", cfg.upstream, "ttl", cfg.ttl}
 	if len(lns) > 1 {
@@ -158,22 +150,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	log.Info("listening", attrs...)
 
+	// Until a signal, or a listener fails; either way, shut everything
+	// down the same way so nothing is left running.
+	var failed error
 	select {
 	case err := <-serveErr:
-		return fmt.Errorf("serve: %w", err)
+		failed = fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
-	}
-
-	// Readiness goes first so load balancers stop sending new requests,
-	// then in-flight ones get shutdownTimeout to finish.
-	s.ready.Store(false)
-	log.Info("shutting down", "drain_delay", cfg.drainDelay, "timeout", cfg.shutdownTimeout)
-	drain := time.NewTimer(cfg.drainDelay)
-	select {
-	case <-drain.C:
-	case err := <-serveErr:
-		drain.Stop()
-		return fmt.Errorf("serve: %w", err)
+		// Readiness goes first so load balancers stop sending new
+		// requests, then in-flight ones get shutdownTimeout to finish.
+		s.ready.Store(false)
+		log.Info("shutting down", "drain_delay", cfg.drainDelay, "timeout", cfg.shutdownTimeout)
+		drain := time.NewTimer(cfg.drainDelay)
+		select {
+		case <-drain.C:
+		case err := <-serveErr:
+			drain.Stop()
+			failed = fmt.Errorf("serve: %w", err)
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
 	defer cancel()
@@ -186,6 +180,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// than let it hold the exit for up to -upstream-timeout.
 	s.cache.Close()
 	s.cache.Wait()
+	if failed != nil {
+		return failed
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}

@@ -157,13 +157,8 @@ func (s *server) routes(metricsHandler http.Handler) *echo.Echo {
 	return e
 }
 
-// snapshot gets the snapshot to serve, or the error that explains why none.
-func (s *server) snapshot(c echo.Context) (cache.Snapshot[*page], error) {
-	return s.cache.Get(requestContext(c))
-}
-
 func (s *server) moviesPage(c echo.Context) error {
-	snap, err := s.snapshot(c)
+	snap, err := s.cache.Get(requestContext(c))
 	if err != nil {
 		return err
 	}
@@ -174,7 +169,7 @@ func (s *server) moviesPage(c echo.Context) error {
 }
 
 func (s *server) moviesAPI(c echo.Context) error {
-	snap, err := s.snapshot(c)
+	snap, err := s.cache.Get(requestContext(c))
 	if err != nil {
 		return err
 	}
@@ -240,16 +235,6 @@ func (s *server) writeStale(c echo.Context, snap cache.Snapshot[*page], body []b
 // errUnavailable is the message of every failure to get fresh data.
 const errUnavailable = "The Ghibli API could not be reached, so there is no fresh list of films to show. Please retry in a few seconds."
 
-// retryAfter is the Retry-After, in whole seconds, for a failure to get
-// fresh data: until the cache's backoff ends, at least one second.
-func retryAfter(err error, now time.Time) int {
-	var ue *cache.UnavailableError
-	if errors.As(err, &ue) {
-		return max(1, int(math.Ceil(ue.RetryAt.Sub(now).Seconds())))
-	}
-	return 1
-}
-
 // handleError is the one place errors become responses. Failures to get
 // fresh data are 503 with Retry-After: the request may well work shortly,
 // and a 503 is what browsers, clients and load balancers treat as such.
@@ -260,7 +245,10 @@ func (s *server) handleError(err error, c echo.Context) {
 	}
 	ctx := requestContext(c)
 	status, title, msg := http.StatusInternalServerError, "Internal error", "Something went wrong on our side."
-	var he *echo.HTTPError
+	var (
+		he *echo.HTTPError
+		ue *cache.UnavailableError
+	)
 	switch {
 	case errors.As(err, &he):
 		status = he.Code
@@ -271,11 +259,13 @@ func (s *server) handleError(err error, c echo.Context) {
 		// convention, so the metric tells it apart from our failures.
 		c.Response().WriteHeader(499)
 		return
-	case errors.As(err, new(*cache.UnavailableError)):
+	case errors.As(err, &ue):
 		// No fresh snapshot could be had. The cause was logged once by
-		// the fetch that failed, not once per waiting request.
+		// the fetch that failed, not once per waiting request. Retry-After
+		// is when the cache's backoff lets the next fetch start.
 		status, title, msg = http.StatusServiceUnavailable, "Films unavailable", errUnavailable
-		c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfter(err, time.Now())))
+		retry := max(1, int(math.Ceil(time.Until(ue.RetryAt).Seconds())))
+		c.Response().Header().Set("Retry-After", strconv.Itoa(retry))
 	default:
 		s.log.ErrorContext(ctx, "request failed", "path", c.Request().URL.Path, "err", err)
 	}

@@ -233,13 +233,13 @@ func (c *Cache[V]) refreshWindow() time.Duration {
 }
 
 // refreshEarly starts one background load unless one is running or a
-// backoff forbids it. Only one goroutine at a time, so a burst of hits in
-// the window costs nothing more than an atomic.
+// backoff forbids it. The atomic comes first, so while a refresh runs a
+// burst of hits in the window costs each of them nothing more.
 func (c *Cache[V]) refreshEarly(ctx context.Context, now time.Time) {
-	if c.backoff(now) != nil || !c.refreshing.CompareAndSwap(false, true) {
+	if !c.refreshing.CompareAndSwap(false, true) {
 		return
 	}
-	if !c.track() {
+	if c.backoff(now) != nil || !c.track() {
 		c.refreshing.Store(false)
 		return
 	}
