@@ -1,7 +1,6 @@
-package render_test
+package render
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -9,8 +8,6 @@ import (
 	"time"
 
 	"golang.org/x/net/html"
-
-	"github.com/movies-dev/movies/pkg/render"
 )
 
 // The elements and attributes the templates write. Whatever the data, a
@@ -30,12 +27,12 @@ func set(xs ...string) map[string]bool {
 	return m
 }
 
-func oneFilm(filmID, title, released, director, personID, name string) render.View {
-	return render.View{
+func oneFilm(filmID, title, released, director, personID, name string) View {
+	return View{
 		FetchedAt: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC),
-		Movies: []render.Movie{{
+		Movies: []Movie{{
 			ID: filmID, Title: title, ReleaseDate: released, Director: director,
-			People: []render.Person{{ID: personID, Name: name}},
+			People: []Person{{ID: personID, Name: name}},
 		}},
 	}
 }
@@ -52,35 +49,35 @@ func FuzzPage(f *testing.F) {
 	f.Add("千と千尋の神隠し", "\u202eevil\u202c", "\ufeff", "\xff\xfe", "\xed\xa0\x80", "🐱\u200d")
 	f.Add("</article></main></body></html><p>", "<plaintext>", "<xmp>", "<noscript>", "<template>", "<textarea>")
 
-	ref := mustPage(f, oneFilm("f", "T", "1986", "D", "p", "N"))
-	refStyle := textOf(elementsNamed(ref, "style")...)
+	ref := mustParse(f, mustPage(f, oneFilm("f", "T", "1986", "D", "p", "N")))
+	refStyle := text(elements(ref, "style")...)
 	refShape := shape(ref)
 
 	f.Fuzz(func(t *testing.T, filmID, title, released, director, personID, name string) {
 		v := oneFilm(filmID, title, released, director, personID, name)
-		doc := mustPage(t, v)
+		doc := mustParse(t, mustPage(t, v))
 
 		checkOnly(t, doc, pageElements, pageAttrs)
 		if got := shape(doc); got != refShape {
 			t.Fatalf("page structure differs from a benign page's:\n got %s\nwant %s", got, refShape)
 		}
-		if got := elementsNamed(doc, "title"); len(got) != 1 || textOf(got...) != "Studio Ghibli films" {
-			t.Errorf("<title> = %q, want one, the constant", textOf(got...))
+		if got := elements(doc, "title"); len(got) != 1 || text(got...) != "Studio Ghibli films" {
+			t.Errorf("<title> = %q, want one, the constant", text(got...))
 		}
-		if got := elementsNamed(doc, "style"); len(got) != 1 || textOf(got...) != refStyle {
+		if got := elements(doc, "style"); len(got) != 1 || text(got...) != refStyle {
 			t.Errorf("<style> count = %d or content differs from the constant style", len(got))
 		}
-		dd := elementsNamed(doc, "dd")
-		article := elementsNamed(doc, "article")[0]
-		li := elementsNamed(doc, "li")[0]
+		dd := elements(doc, "dd")
+		article := elements(doc, "article")[0]
+		li := elements(doc, "li")[0]
 		for _, c := range []struct{ what, got, want string }{
-			{"<h2> text", textOf(elementsNamed(doc, "h2")...), title},
-			{"released <dd> text", textOf(dd[0]), orUnknown(released)},
-			{"director <dd> text", textOf(dd[1]), orUnknown(director)},
-			{"<li> text", textOf(li), name},
-			{"<article id>", attrOf(article, "id"), "film-" + filmID},
-			{"<article data-film-id>", attrOf(article, "data-film-id"), filmID},
-			{"<li data-person-id>", attrOf(li, "data-person-id"), personID},
+			{"<h2> text", text(elements(doc, "h2")...), title},
+			{"released <dd> text", text(dd[0]), orUnknown(released)},
+			{"director <dd> text", text(dd[1]), orUnknown(director)},
+			{"<li> text", text(li), name},
+			{"<article id>", attrVal(article, "id"), "film-" + filmID},
+			{"<article data-film-id>", attrVal(article, "data-film-id"), filmID},
+			{"<li data-person-id>", attrVal(li, "data-person-id"), personID},
 		} {
 			if want := parsed(c.want); c.got != want {
 				t.Errorf("%s = %q, want %q", c.what, c.got, want)
@@ -101,25 +98,25 @@ func FuzzErrorPage(f *testing.F) {
 	f.Add("<!--", "\x00\r\n\xff&amp;")
 	f.Add("Something went wrong", "</main></body></html><h1>")
 
-	ref := mustParse(f, render.ErrorPage(502, "T", "M"))
-	refStyle := textOf(elementsNamed(ref, "style")...)
+	ref := mustParse(f, ErrorPage(502, "T", "M"))
+	refStyle := text(elements(ref, "style")...)
 	refShape := shape(ref)
 
 	f.Fuzz(func(t *testing.T, title, message string) {
-		doc := mustParse(t, render.ErrorPage(502, title, message))
+		doc := mustParse(t, ErrorPage(502, title, message))
 
 		checkOnly(t, doc, errorElements, errorAttrs)
 		if got := shape(doc); got != refShape {
 			t.Fatalf("error page structure differs from a benign one's:\n got %s\nwant %s", got, refShape)
 		}
-		if got := elementsNamed(doc, "style"); len(got) != 1 || textOf(got...) != refStyle {
+		if got := elements(doc, "style"); len(got) != 1 || text(got...) != refStyle {
 			t.Errorf("<style> count = %d or content differs from the constant style", len(got))
 		}
-		p := elementsNamed(doc, "p")
+		p := elements(doc, "p")
 		for _, c := range []struct{ what, got, want string }{
-			{"<title> text", textOf(elementsNamed(doc, "title")...), "502 " + title},
-			{"<h1> text", textOf(elementsNamed(doc, "h1")...), title},
-			{"<p> text", textOf(p[0]), message},
+			{"<title> text", text(elements(doc, "title")...), "502 " + title},
+			{"<h1> text", text(elements(doc, "h1")...), title},
+			{"<p> text", text(p[0]), message},
 		} {
 			if want := parsed(c.want); c.got != want {
 				t.Errorf("%s = %q, want %q", c.what, c.got, want)
@@ -128,10 +125,10 @@ func FuzzErrorPage(f *testing.F) {
 	})
 }
 
-// checkJSON decodes render.JSON(v) and compares it with v.
-func checkJSON(t *testing.T, v render.View) {
+// checkJSON decodes JSON(v) and compares it with v.
+func checkJSON(t *testing.T, v View) {
 	t.Helper()
-	b, err := render.JSON(v)
+	b, err := JSON(v)
 	if err != nil {
 		t.Fatalf("JSON() error = %v", err)
 	}
@@ -184,39 +181,21 @@ func orUnknown(s string) string {
 	return s
 }
 
-func mustPage(tb testing.TB, v render.View) *html.Node {
-	tb.Helper()
-	b, err := render.Page(v)
-	if err != nil {
-		tb.Fatalf("Page() error = %v", err)
-	}
-	return mustParse(tb, b)
-}
-
-func mustParse(tb testing.TB, b []byte) *html.Node {
-	tb.Helper()
-	doc, err := html.Parse(bytes.NewReader(b))
-	if err != nil {
-		tb.Fatalf("html.Parse() error = %v", err)
-	}
-	return doc
-}
-
 // checkOnly reports elements and attributes outside the given sets, and
 // any event handler attribute.
-func checkOnly(t *testing.T, doc *html.Node, elements, attrs map[string]bool) {
+func checkOnly(t *testing.T, doc *html.Node, allowedElements, allowedAttrs map[string]bool) {
 	t.Helper()
 	for n := range doc.Descendants() {
 		if n.Type != html.ElementNode {
 			continue
 		}
-		if !elements[n.Data] {
+		if !allowedElements[n.Data] {
 			t.Errorf("unexpected element <%s>", n.Data)
 		}
 		for _, a := range n.Attr {
 			if strings.HasPrefix(strings.ToLower(a.Key), "on") {
 				t.Errorf("<%s> has event handler attribute %s=%q", n.Data, a.Key, a.Val)
-			} else if !attrs[a.Key] || a.Namespace != "" {
+			} else if !allowedAttrs[a.Key] || a.Namespace != "" {
 				t.Errorf("<%s> has unexpected attribute %s=%q", n.Data, a.Key, a.Val)
 			}
 		}
@@ -250,35 +229,4 @@ func depth(n *html.Node) int {
 		d++
 	}
 	return d
-}
-
-func elementsNamed(doc *html.Node, tag string) []*html.Node {
-	var out []*html.Node
-	for n := range doc.Descendants() {
-		if n.Type == html.ElementNode && n.Data == tag {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-func textOf(nodes ...*html.Node) string {
-	var sb strings.Builder
-	for _, n := range nodes {
-		for d := range n.Descendants() {
-			if d.Type == html.TextNode {
-				sb.WriteString(d.Data)
-			}
-		}
-	}
-	return sb.String()
-}
-
-func attrOf(n *html.Node, key string) string {
-	for _, a := range n.Attr {
-		if a.Key == key {
-			return a.Val
-		}
-	}
-	return ""
 }

@@ -14,8 +14,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/net/html"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -63,60 +61,6 @@ func checkGolden(t *testing.T, name string, got []byte) {
 	if !bytes.Equal(got, want) {
 		t.Errorf("output differs from %s (run go test ./pkg/render -update if intended)\ngot:\n%s\nwant:\n%s", path, got, want)
 	}
-}
-
-func mustPage(tb testing.TB, v View) []byte {
-	tb.Helper()
-	b, err := Page(v)
-	if err != nil {
-		tb.Fatalf("Page() error = %v", err)
-	}
-	return b
-}
-
-func mustParse(tb testing.TB, b []byte) *html.Node {
-	tb.Helper()
-	doc, err := html.Parse(bytes.NewReader(b))
-	if err != nil {
-		tb.Fatalf("html.Parse() error = %v", err)
-	}
-	return doc
-}
-
-// elements returns every element named tag under n, in document order.
-func elements(n *html.Node, tag string) []*html.Node {
-	var out []*html.Node
-	for d := range n.Descendants() {
-		if d.Type == html.ElementNode && d.Data == tag {
-			out = append(out, d)
-		}
-	}
-	return out
-}
-
-func attr(n *html.Node, key string) (string, bool) {
-	for _, a := range n.Attr {
-		if a.Key == key {
-			return a.Val, true
-		}
-	}
-	return "", false
-}
-
-// attrVal is attr for when a missing attribute may read as "".
-func attrVal(n *html.Node, key string) string {
-	v, _ := attr(n, key)
-	return v
-}
-
-func text(n *html.Node) string {
-	var sb strings.Builder
-	for d := range n.Descendants() {
-		if d.Type == html.TextNode {
-			sb.WriteString(d.Data)
-		}
-	}
-	return sb.String()
 }
 
 func TestPage_Golden(t *testing.T) {
