@@ -14,9 +14,9 @@ import (
 // page holds nothing else: anything more is markup that came from the data.
 var (
 	pageElements  = set("html", "head", "meta", "style", "title", "body", "header", "h1", "p", "time", "main", "article", "h2", "dl", "dt", "dd", "ul", "li")
-	errorElements = set("html", "head", "meta", "style", "title", "body", "main", "h1", "p")
+	errorElements = set("html", "head", "meta", "style", "title", "body", "main", "h1", "p", "a")
 	pageAttrs     = set("lang", "charset", "name", "content", "datetime", "id", "data-film-id", "data-person-id", "class")
-	errorAttrs    = set("lang", "charset", "name", "content", "class")
+	errorAttrs    = set("lang", "charset", "name", "content", "class", "href")
 )
 
 func set(xs ...string) map[string]bool {

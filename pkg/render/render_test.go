@@ -95,16 +95,27 @@ func TestPage_WellFormed(t *testing.T) {
 		t.Errorf(`<html lang> = %q, want "en"`, lang)
 	}
 	var charset, viewport bool
+	var description string
 	for _, m := range elements(doc, "meta") {
 		if v, _ := attr(m, "charset"); v == "utf-8" {
 			charset = true
 		}
-		if v, _ := attr(m, "name"); v == "viewport" {
+		switch v, _ := attr(m, "name"); v {
+		case "viewport":
 			viewport = true
+		case "description":
+			description = attrVal(m, "content")
 		}
 	}
 	if !charset || !viewport {
 		t.Errorf("meta charset = %v, meta viewport = %v, want both", charset, viewport)
+	}
+	// Search results show it as the summary: it must say what the page is.
+	if !strings.Contains(description, "Studio Ghibli film") {
+		t.Errorf(`<meta name="description"> content = %q, want a summary naming Studio Ghibli films`, description)
+	}
+	if got := elements(doc, "a"); len(got) != 0 {
+		t.Errorf("fresh page has %d links, want none", len(got))
 	}
 	if got := elements(doc, "title"); len(got) != 1 {
 		t.Errorf("<title> count = %d, want 1", len(got))
@@ -301,6 +312,43 @@ func TestErrorPage_FallsBackWhenTemplateFails(t *testing.T) {
 	}
 }
 
+// retryLink returns the one link of doc and its text, failing unless there
+// is exactly one and it leads to the film list.
+func retryLink(t *testing.T, b []byte) string {
+	t.Helper()
+	links := elements(mustParse(t, b), "a")
+	if len(links) != 1 {
+		t.Fatalf("%d links, want 1", len(links))
+	}
+	if got := attrVal(links[0], "href"); got != "/movies/" {
+		t.Errorf(`link href = %q, want "/movies/"`, got)
+	}
+	return text(links[0])
+}
+
+func TestErrorPage_LinksBackToTheList(t *testing.T) {
+	for _, tt := range []struct {
+		status int
+		want   string
+	}{
+		{503, "Try again"},
+		{500, "Try again"},
+		{404, "Go to the film list"},
+		{405, "Go to the film list"},
+	} {
+		t.Run(fmt.Sprint(tt.status), func(t *testing.T) {
+			if got := retryLink(t, ErrorPage(tt.status, "Title", "Message.")); got != tt.want {
+				t.Errorf("link text = %q, want %q", got, tt.want)
+			}
+		})
+	}
+	t.Run("fallback", func(t *testing.T) {
+		if got, want := retryLink(t, fallbackErrorPage), "Try again"; got != want {
+			t.Errorf("link text = %q, want %q", got, want)
+		}
+	})
+}
+
 func TestJSON_RoundTrips(t *testing.T) {
 	v := fixedView()
 	v.FetchedAt = time.Date(2026, 11, 27, 21, 0, 0, 0, time.FixedZone("JST", 9*60*60))
@@ -447,6 +495,9 @@ func TestStale(t *testing.T) {
 	clock := stale.FetchedAt.UTC().Format("15:04:05") + " UTC"
 	if !strings.Contains(p, banner) || !strings.Contains(p, clock) {
 		t.Errorf("stale page lacks the banner with the fetch time %q", clock)
+	}
+	if got, want := retryLink(t, []byte(p)), "Try again"; got != want {
+		t.Errorf("stale banner link text = %q, want %q", got, want)
 	}
 
 	for _, tt := range []struct {
