@@ -3,9 +3,10 @@
 // Prometheus (scraping it, loading deploy/prometheus/rules.yml and running
 // every query of the Grafana dashboard), HAProxy (deploy/haproxy/haproxy.cfg,
 // through a rolling restart under load) and headless Chromium (the page as a
-// browser renders it).
+// browser renders it, audited by axe-core for WCAG 2.1 AA in light and dark).
 //
-// The components come from Debian packages (scripts/install-e2e-deps.sh).
+// The components come from Debian packages, and axe-core from npm at the
+// version e2e/axe/package-lock.json pins (scripts/install-e2e-deps.sh).
 // A test whose component is missing skips, except under CI=true, where it
 // fails: CI must never pass by skipping.
 package e2e
