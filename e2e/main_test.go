@@ -189,17 +189,40 @@ func tail(s string, n int) string {
 	return s
 }
 
-// startReplica runs the movies binary on addr with the bundled data and
-// waits until it is ready.
+// startMovies is the one way tests run the movies binary: with JSON logs,
+// the bundled data and -addr 127.0.0.1:0 unless args say otherwise (later
+// flags win), it waits until the process has written its -ready-file and
+// returns the process and its base URL. Nothing is parsed from the logs.
+func startMovies(t testing.TB, name string, args ...string) (*process, string) {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready")
+	args = append([]string{"-addr", "127.0.0.1:0", "-upstream", "builtin", "-log-format", "json", "-ready-file", ready}, args...)
+	p := startProcess(t, name, moviesBinary(t), args...)
+	var addr string
+	waitFor(t, 20*time.Second, name+" listening", func() error {
+		if p.exited() {
+			return fmt.Errorf("%w: exited: %v", errStop, p.err)
+		}
+		b, err := os.ReadFile(ready)
+		if err != nil {
+			return err
+		}
+		addr = strings.Fields(string(b))[0]
+		return nil
+	})
+	return p, "http://" + addr
+}
+
+// startReplica runs the movies binary on a given addr (a load balancer's
+// config names it, and it survives restarts) and waits until it is ready.
 func startReplica(t testing.TB, name, addr string, extra ...string) *process {
 	t.Helper()
-	args := append([]string{"-addr", addr, "-upstream", "builtin", "-log-format", "json"}, extra...)
-	p := startProcess(t, name, moviesBinary(t), args...)
+	p, url := startMovies(t, name, append([]string{"-addr", addr}, extra...)...)
 	waitFor(t, 10*time.Second, name+" ready", func() error {
 		if p.exited() {
 			return fmt.Errorf("%w: exited: %v", errStop, p.err)
 		}
-		return wantStatus("http://"+addr+"/readyz", http.StatusOK)
+		return wantStatus(url+"/readyz", http.StatusOK)
 	})
 	return p
 }

@@ -1,10 +1,13 @@
 // Package metrics defines the server's Prometheus metrics on a registry the
 // caller passes in. It holds no state of its own about the cache: the cache
 // keeps plain counters and this package reads them at scrape time, so the
-// numbers cannot drift from what the cache did.
+// numbers cannot drift from what the cache did. It imports only Prometheus:
+// the cache's counters arrive as a struct whose field tags name them.
 package metrics
 
 import (
+	"fmt"
+	"reflect"
 	"strconv"
 	"time"
 
@@ -14,17 +17,6 @@ import (
 
 const namespace = "movies"
 
-// CacheStats is what the collector reads from the cache on each scrape.
-type CacheStats struct {
-	Hits, Misses, Coalesced, Loads, LoadErrors uint64
-	Rejected, Stale, Early                     uint64
-	// HasSnapshot says whether any snapshot was ever loaded; SnapshotAge is
-	// then the age of the newest one, counted from its fetch start.
-	HasSnapshot bool
-	SnapshotAge time.Duration
-	TTL         time.Duration
-}
-
 // Metrics records what the server does. It is safe for concurrent use.
 type Metrics struct {
 	upstreamRequests *prometheus.CounterVec
@@ -33,9 +25,9 @@ type Metrics struct {
 	httpDuration     *prometheus.HistogramVec
 }
 
-// New registers the server's metrics, the Go runtime's and the process's on
-// reg. stats is called once per scrape.
-func New(reg prometheus.Registerer, stats func() CacheStats) (*Metrics, error) {
+// New registers the server's request metrics, the Go runtime's and the
+// process's on reg.
+func New(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: "upstream", Name: "requests_total",
@@ -58,7 +50,6 @@ func New(reg prometheus.Registerer, stats func() CacheStats) (*Metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.upstreamRequests, m.upstreamDuration, m.httpRequests, m.httpDuration,
-		&cacheCollector{stats: stats},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
@@ -99,52 +90,60 @@ func statusText(code int) string {
 }
 
 var (
-	hitsDesc = prometheus.NewDesc("movies_cache_hits_total",
-		"Requests served from a fresh cached snapshot.", nil, nil)
-	missesDesc = prometheus.NewDesc("movies_cache_misses_total",
-		"Requests that had to wait for an upstream fetch, as leader or joiner.", nil, nil)
-	coalescedDesc = prometheus.NewDesc("movies_cache_coalesced_total",
-		"Misses that joined a fetch another request had already started and received its result.", nil, nil)
-	loadsDesc = prometheus.NewDesc("movies_cache_loads_total",
-		"Snapshot fetches started (each makes one or two requests per upstream endpoint).", nil, nil)
-	loadErrorsDesc = prometheus.NewDesc("movies_cache_load_errors_total",
-		"Snapshot fetches that failed.", nil, nil)
-	rejectedDesc = prometheus.NewDesc("movies_cache_backoff_rejections_total",
-		"Requests failed at once, without a fetch, because an earlier fetch failed and its backoff had not passed.", nil, nil)
-	staleDesc = prometheus.NewDesc("movies_stale_served_total",
-		"Requests served a snapshot past its TTL because the upstream failed (-stale-if-error).", nil, nil)
-	earlyDesc = prometheus.NewDesc("movies_cache_early_refreshes_total",
-		"Fetches started ahead of expiry by a request that was itself served the still-fresh snapshot.", nil, nil)
-	ageDesc = prometheus.NewDesc("movies_snapshot_age_seconds",
+	ageDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "snapshot_age_seconds"),
 		"Age of the newest snapshot, from the start of its fetch; absent before the first.", nil, nil)
-	ttlDesc = prometheus.NewDesc("movies_cache_ttl_seconds",
+	ttlDesc = prometheus.NewDesc(prometheus.BuildFQName(namespace, "cache", "ttl_seconds"),
 		"The age at which a snapshot stops being served.", nil, nil)
 )
 
-// cacheCollector turns the cache's counters into metrics at scrape time.
-type cacheCollector struct{ stats func() CacheStats }
-
-func (c *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{hitsDesc, missesDesc, coalescedDesc, loadsDesc, loadErrorsDesc, rejectedDesc, staleDesc, earlyDesc, ageDesc, ttlDesc} {
-		ch <- d
+// RegisterCache registers on reg the cache's counters, read at scrape time
+// from stats, and its snapshot's age against the TTL. S must be a struct
+// whose fields are all uint64 counters, each tagged with its metric name
+// (without the namespace) and help, as in
+//
+//	Hits uint64 `metric:"cache_hits_total" help:"Requests served from a fresh snapshot."`
+//
+// so a counter is defined once, where it is counted. age reports the
+// newest snapshot's age, or false before there is one.
+func RegisterCache[S any](reg prometheus.Registerer, stats func() S, ttl time.Duration, age func() (time.Duration, bool)) error {
+	t := reflect.TypeFor[S]()
+	if t.Kind() != reflect.Struct {
+		return fmt.Errorf("metrics: cache stats %s is not a struct", t)
 	}
+	c := &cacheCollector[S]{stats: stats, ttl: ttl, age: age}
+	for f := range t.Fields() {
+		name, help := f.Tag.Get("metric"), f.Tag.Get("help")
+		if f.Type.Kind() != reflect.Uint64 || name == "" || help == "" {
+			return fmt.Errorf("metrics: cache stats field %s: want a uint64 with metric and help tags", f.Name)
+		}
+		c.counters = append(c.counters, prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, nil, nil))
+	}
+	return reg.Register(c)
 }
 
-func (c *cacheCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.stats()
-	counter := func(d *prometheus.Desc, v uint64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+// cacheCollector turns the cache's counters into metrics at scrape time.
+type cacheCollector[S any] struct {
+	stats    func() S
+	counters []*prometheus.Desc // one per field of S, in order
+	ttl      time.Duration
+	age      func() (time.Duration, bool)
+}
+
+func (c *cacheCollector[S]) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.counters {
+		ch <- d
 	}
-	counter(hitsDesc, s.Hits)
-	counter(missesDesc, s.Misses)
-	counter(coalescedDesc, s.Coalesced)
-	counter(loadsDesc, s.Loads)
-	counter(loadErrorsDesc, s.LoadErrors)
-	counter(rejectedDesc, s.Rejected)
-	counter(staleDesc, s.Stale)
-	counter(earlyDesc, s.Early)
-	ch <- prometheus.MustNewConstMetric(ttlDesc, prometheus.GaugeValue, s.TTL.Seconds())
-	if s.HasSnapshot {
-		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, s.SnapshotAge.Seconds())
+	ch <- ageDesc
+	ch <- ttlDesc
+}
+
+func (c *cacheCollector[S]) Collect(ch chan<- prometheus.Metric) {
+	v := reflect.ValueOf(c.stats())
+	for i, d := range c.counters {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v.Field(i).Uint()))
+	}
+	ch <- prometheus.MustNewConstMetric(ttlDesc, prometheus.GaugeValue, c.ttl.Seconds())
+	if age, ok := c.age(); ok {
+		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, age.Seconds())
 	}
 }

@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -9,15 +10,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/movies-dev/movies/metrics"
+	"github.com/movies-dev/movies/pkg/cache"
 )
 
-func TestNew_ExposesCacheStatsAndObservations(t *testing.T) {
+func TestRegisterCache_ExposesCacheStatsAndObservations(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	stats := metrics.CacheStats{Hits: 5, Misses: 3, Coalesced: 2, Loads: 1, LoadErrors: 0,
-		HasSnapshot: true, SnapshotAge: 1500 * time.Millisecond, TTL: time.Minute}
-	m, err := metrics.New(reg, func() metrics.CacheStats { return stats })
+	stats := cache.Stats{Hits: 5, Misses: 3, Coalesced: 2, Loads: 1, LoadErrors: 0}
+	m, err := metrics.New(reg)
 	if err != nil {
 		t.Fatalf("New() error = %v", err)
+	}
+	age := func() (time.Duration, bool) { return 1500 * time.Millisecond, true }
+	if err := metrics.RegisterCache(reg, func() cache.Stats { return stats }, time.Minute, age); err != nil {
+		t.Fatalf("RegisterCache() error = %v", err)
 	}
 	m.ObserveUpstream("/films", "ok", 20*time.Millisecond)
 	m.ObserveUpstream("/films", "timeout", 3*time.Second)
@@ -64,9 +69,10 @@ movies_http_requests_total{code="200",handler="/movies/"} 1
 	}
 }
 
-func TestNew_NoAgeBeforeFirstSnapshot(t *testing.T) {
+func TestRegisterCache_NoAgeBeforeFirstSnapshot(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	if _, err := metrics.New(reg, func() metrics.CacheStats { return metrics.CacheStats{TTL: time.Minute} }); err != nil {
+	noAge := func() (time.Duration, bool) { return 0, false }
+	if err := metrics.RegisterCache(reg, func() cache.Stats { return cache.Stats{} }, time.Minute, noAge); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := testutil.GatherAndCount(reg, "movies_snapshot_age_seconds"); err != nil || n != 0 {
@@ -74,13 +80,36 @@ func TestNew_NoAgeBeforeFirstSnapshot(t *testing.T) {
 	}
 }
 
-func TestNew_RefusesDoubleRegistration(t *testing.T) {
+// TestRegisterCache_EveryCacheCounterIsExported: a counter added to
+// cache.Stats is exported without another edit, and a field without its
+// tags is refused rather than silently dropped.
+func TestRegisterCache_EveryCacheCounterIsExported(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	stats := func() metrics.CacheStats { return metrics.CacheStats{} }
-	if _, err := metrics.New(reg, stats); err != nil {
+	noAge := func() (time.Duration, bool) { return 0, false }
+	if err := metrics.RegisterCache(reg, func() cache.Stats { return cache.Stats{} }, time.Minute, noAge); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := metrics.New(reg, stats); err == nil {
+	fields := reflect.TypeFor[cache.Stats]().NumField()
+	// Every counter, plus the TTL gauge (the age is absent here).
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != fields+1 {
+		t.Errorf("series = %d, %v; want %d counters and the TTL", n, err, fields)
+	}
+
+	type untagged struct {
+		Hits   uint64 `metric:"x_total" help:"x"`
+		Misses uint64
+	}
+	if err := metrics.RegisterCache(prometheus.NewRegistry(), func() untagged { return untagged{} }, time.Minute, noAge); err == nil {
+		t.Error("RegisterCache() of a field without tags succeeded, want an error")
+	}
+}
+
+func TestNew_RefusesDoubleRegistration(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if _, err := metrics.New(reg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := metrics.New(reg); err == nil {
 		t.Error("second New() on the same registry succeeded, want an error")
 	}
 }

@@ -23,10 +23,10 @@ echo "== e2e dependencies (Prometheus, HAProxy, Chromium from Debian)"
 bash scripts/install-e2e-deps.sh
 
 echo "== go test -race (unit and in-process end-to-end)"
-go test -race -count=1 -skip '^TestSoak$' $(go list ./... | grep -v '/e2e$')
+go test -race -count=1 $(go list ./... | grep -v '/e2e$')
 
 echo "== soak against the real binary for $soak (no -race: it measures the server)"
-go test -v -count=1 -run '^TestSoak$' ./cmd/movies -soak="$soak"
+go test -v -count=1 -run '^TestSoak$' ./e2e -soak="$soak"
 
 echo "== fuzz, $fuzztime per target"
 for target in FuzzClientAndJoin:./pkg/ghibli FuzzJoin:./pkg/ghibli FuzzPage:./pkg/render FuzzErrorPage:./pkg/render; do
@@ -34,4 +34,4 @@ for target in FuzzClientAndJoin:./pkg/ghibli FuzzJoin:./pkg/ghibli FuzzPage:./pk
 done
 
 echo "== e2e against real Prometheus, HAProxy and Chromium (alone: it loads the machine)"
-go test -race -count=1 ./e2e/...
+go test -race -count=1 -skip '^TestSoak$' ./e2e/...

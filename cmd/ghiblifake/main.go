@@ -3,8 +3,9 @@
 // upstream in another process: scripts/bench.sh points movies at it with
 // -latency 200ms to measure expiry churn.
 //
-// It is a [ghiblitest.Handler] on a listener and nothing more, so it answers
-// exactly what the tests' fake answers. Its first line on stdout is
+// It is a [ghiblitest.Handler] served by [builtin.Start], the very function
+// that serves `movies -upstream builtin`, so it answers exactly what the
+// tests' fake and the offline server answer. Its first line on stdout is
 // "listening on http://HOST:PORT", which lets a script ask for port 0. It
 // stops on SIGINT or SIGTERM, releasing requests still waiting out the
 // latency.
@@ -20,13 +21,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/movies-dev/movies/pkg/ghibli/builtin"
 	"github.com/movies-dev/movies/pkg/ghibli/ghiblitest"
 )
 
@@ -67,18 +67,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	h := ghiblitest.NewHandler(ghiblitest.Bundled())
 	h.SetBehavior("", ghiblitest.Behavior{Latency: *latency})
 
-	ln, err := net.Listen("tcp", *addr)
+	up, err := builtin.Start(*addr, h)
 	if err != nil {
 		return fmt.Errorf("listen on -addr %s: %w", *addr, err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
+	fmt.Fprintf(stdout, "listening on %s\n", up.URL)
 
 	select {
-	case err := <-serveErr:
-		return fmt.Errorf("serve: %w", err)
+	case <-up.Done():
+		return fmt.Errorf("serve: %w", up.Err())
 	case <-ctx.Done():
 	}
 	// Requests still waiting out the latency would hold Shutdown for that
@@ -86,7 +83,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	h.Close()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	if err := up.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil

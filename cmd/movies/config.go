@@ -12,11 +12,8 @@ import (
 	"time"
 
 	"github.com/movies-dev/movies/pkg/ghibli"
+	"github.com/movies-dev/movies/pkg/web"
 )
-
-// maxTTL is the product's promise: no page shows data older than a minute.
-// -ttl may tighten it, never loosen it.
-const maxTTL = time.Minute
 
 // builtinUpstream is the -upstream value that serves the bundled data.
 const builtinUpstream = "builtin"
@@ -29,6 +26,7 @@ type config struct {
 	upstreamTimeout time.Duration
 	staleIfError    time.Duration
 	metricsAddr     string // "" serves /metrics on addr
+	readyFile       string // "" writes none
 	drainDelay      time.Duration
 	shutdownTimeout time.Duration
 	logFormat       string
@@ -66,9 +64,9 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	str(&c.addr, "addr", "MOVIES_ADDR", ":8000", "address to listen on")
 	str(&c.upstream, "upstream", "MOVIES_UPSTREAM", ghibli.DefaultBaseURL,
 		`base URL of the Ghibli API, or "builtin" to serve the bundled data offline`)
-	dur(&c.ttl, "ttl", "MOVIES_TTL", maxTTL, "how long a snapshot is served, from the start of its fetch (at most 1m)")
-	dur(&c.upstreamTimeout, "upstream-timeout", "MOVIES_UPSTREAM_TIMEOUT", 10*time.Second,
-		"bound on one upstream fetch (at most half of -ttl)")
+	dur(&c.ttl, "ttl", "MOVIES_TTL", web.MaxTTL, "how long a snapshot is served, from the start of its fetch (at most 1m)")
+	dur(&c.upstreamTimeout, "upstream-timeout", "MOVIES_UPSTREAM_TIMEOUT", 0,
+		"bound on one upstream fetch, at most half of -ttl (default: the smaller of 10s and half of -ttl)")
 	dur(&c.staleIfError, "stale-if-error", "MOVIES_STALE_IF_ERROR", 0,
 		"when the upstream fails, serve the last good snapshot up to this long past -ttl, marked stale (0: never)")
 	str(&c.metricsAddr, "metrics-addr", "MOVIES_METRICS_ADDR", "",
@@ -77,6 +75,8 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		"on SIGTERM, keep serving this long with /readyz at 503 so load balancers stop sending traffic")
 	dur(&c.shutdownTimeout, "shutdown-timeout", "MOVIES_SHUTDOWN_TIMEOUT", 15*time.Second,
 		"on SIGTERM, how long in-flight requests get to finish")
+	str(&c.readyFile, "ready-file", "MOVIES_READY_FILE", "",
+		"once listening, write the listening addresses here (host:port, -addr first), for supervisors and tests using port 0")
 	str(&c.logFormat, "log-format", "MOVIES_LOG_FORMAT", "text", "log format: text or json")
 	str(&level, "log-level", "MOVIES_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 
@@ -84,7 +84,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		"probe /healthz of the server on -addr and exit 0 if it is healthy, 1 if not (for container health checks, which have no shell)")
 
 	if len(envErrs) > 0 {
-		return c, envErrs[0]
+		return c, errors.Join(envErrs...)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -103,10 +103,17 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		return c, fmt.Errorf("invalid -addr %q: want host:port or :port", c.addr)
 	}
 	if err := validateUpstream(c.upstream); err != nil {
-		return c, fmt.Errorf("invalid -upstream %q: %v", c.upstream, err)
+		return c, fmt.Errorf("invalid -upstream %q: %w", c.upstream, err)
 	}
-	if c.ttl <= 0 || c.ttl > maxTTL {
-		return c, fmt.Errorf("invalid -ttl %s: must be above 0 and at most %s, the freshness promise", c.ttl, maxTTL)
+	if c.ttl <= 0 || c.ttl > web.MaxTTL {
+		return c, fmt.Errorf("invalid -ttl %s: must be above 0 and at most %s, the freshness promise", c.ttl, web.MaxTTL)
+	}
+	timeoutGiven := getenv("MOVIES_UPSTREAM_TIMEOUT") != ""
+	fs.Visit(func(f *flag.Flag) { timeoutGiven = timeoutGiven || f.Name == "upstream-timeout" })
+	if !timeoutGiven {
+		// A short -ttl alone must just work: only a timeout someone chose
+		// can conflict with it.
+		c.upstreamTimeout = min(web.DefaultUpstreamTimeout, c.ttl/2)
 	}
 	if c.upstreamTimeout <= 0 || c.upstreamTimeout > c.ttl/2 {
 		return c, fmt.Errorf("invalid -upstream-timeout %s: must be above 0 and at most half of -ttl %s (a fetch must leave its data time to be served)", c.upstreamTimeout, c.ttl)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,54 +77,60 @@ type Options struct {
 	// LoadTimeout bounds one load. Zero or anything above TTL means TTL,
 	// since a load that outlives the TTL yields a value nobody may be served.
 	LoadTimeout time.Duration
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-
-	// MinBackoff and MaxBackoff bound the wait after a failed load before
-	// the next may start: MinBackoff after the first failure, doubling with
-	// each consecutive one up to MaxBackoff, each wait jittered down by up
-	// to half so replicas do not retry in step. Calls in that window fail at
-	// once. Zero means 250ms and 5s.
-	MinBackoff, MaxBackoff time.Duration
 	// RetryAfter, if set, extracts from a load error a wait the source asked
-	// for (an HTTP Retry-After); the backoff is then at least that, capped
-	// at MaxRetryAfter (zero means 30s).
-	RetryAfter    func(error) time.Duration
-	MaxRetryAfter time.Duration
+	// for (an HTTP Retry-After); the backoff after that failure is then at
+	// least that, capped at 30s.
+	RetryAfter func(error) time.Duration
 	// StaleIfError, if positive, lets Get return the last value up to this
 	// long past its TTL, marked Stale, when it cannot load a fresh one.
 	// Zero (the default) keeps the TTL a hard limit.
 	StaleIfError time.Duration
-	// Rand returns a number in [0, 1) for jitter; nil means math/rand/v2.
-	Rand func() float64
-
 	// RefreshAhead makes a hit on a value in the last stretch of its TTL
 	// start one load in the background (through the same flight) while it
 	// is served the still-fresh value, so under steady traffic nobody waits
 	// for a load. The stretch is four times the last load's duration, at
-	// least MinRefreshWindow (zero means 500ms) and at most half the TTL:
-	// long enough for a load like the last one to finish before expiry,
-	// short enough to cost few extra loads. Idle, nothing is loaded; if the
-	// early load fails, the value still expires at its TTL.
-	RefreshAhead     bool
-	MinRefreshWindow time.Duration
+	// least 500ms and at most half the TTL: long enough for a load like the
+	// last one to finish before expiry, short enough to cost few extra
+	// loads. Idle, nothing is loaded; if the early load fails, the value
+	// still expires at its TTL.
+	RefreshAhead bool
+	// Rand returns a number in [0, 1) for the backoff's jitter; nil means
+	// math/rand/v2. Tests set it for exact windows.
+	Rand func() float64
 }
 
-// Stats are the cache's counters since it was created.
+// Backoff after failed loads: the first waits minBackoff, each consecutive
+// one doubles up to maxBackoff, each jittered down by up to half so
+// replicas do not retry in step. Calls inside the window fail at once.
+const (
+	minBackoff       = 250 * time.Millisecond
+	maxBackoff       = 5 * time.Second
+	maxRetryAfter    = 30 * time.Second
+	minRefreshWindow = 500 * time.Millisecond
+)
+
+// Stats are the cache's counters since it was created. Each field is
+// defined here once: its tags name the Prometheus counter it is exported
+// as (package metrics reads them), and Stats copies every field, so a new
+// counter is a field and the one line that counts it.
 type Stats struct {
-	Hits       uint64 // Get calls served from a fresh value
-	Misses     uint64 // Get calls that had to wait for a load, as leader or joiner
-	Coalesced  uint64 // misses that joined a load another caller started, and got its result
-	Loads      uint64 // loads run
-	LoadErrors uint64 // loads that failed (including panics and ErrExpired)
-	Rejected   uint64 // Get calls that failed at once inside a backoff, without loading
-	Stale      uint64 // Get calls answered with a stale value (StaleIfError)
-	Early      uint64 // background loads started by RefreshAhead
+	Hits       uint64 `metric:"cache_hits_total" help:"Requests served from a fresh cached snapshot."`
+	Misses     uint64 `metric:"cache_misses_total" help:"Requests that had to wait for an upstream fetch, as leader or joiner."`
+	Coalesced  uint64 `metric:"cache_coalesced_total" help:"Misses that joined a fetch another request had already started and received its result."`
+	Loads      uint64 `metric:"cache_loads_total" help:"Snapshot fetches started (each makes one or two requests per upstream endpoint)."`
+	LoadErrors uint64 `metric:"cache_load_errors_total" help:"Snapshot fetches that failed (including panics and fetches that outlived the TTL)."`
+	Rejected   uint64 `metric:"cache_backoff_rejections_total" help:"Requests failed at once, without a fetch, because an earlier fetch failed and its backoff had not passed."`
+	Stale      uint64 `metric:"stale_served_total" help:"Requests served a snapshot past its TTL because the upstream failed (-stale-if-error)."`
+	Early      uint64 `metric:"cache_early_refreshes_total" help:"Fetches started ahead of expiry by a request that was itself served the still-fresh snapshot."`
 }
 
 // Cache is a read-through TTL cache of one value. It is safe for
 // concurrent use.
 type Cache[V any] struct {
+	// stats is first so its words are 64-bit aligned for the atomic adds
+	// on every platform; it is only touched through sync/atomic.
+	stats Stats
+
 	loader Loader[V]
 	opts   Options // defaults filled in
 
@@ -142,8 +149,6 @@ type Cache[V any] struct {
 	// closed ends every load, running or to come, once Close is called.
 	closed context.Context
 	close  context.CancelFunc
-
-	hits, misses, coalesced, loads, loadErrors, rejected, stale, early atomic.Uint64
 }
 
 // New returns a Cache that loads values with l. It panics if o.TTL is not
@@ -155,23 +160,8 @@ func New[V any](l Loader[V], o Options) *Cache[V] {
 	if o.LoadTimeout <= 0 || o.LoadTimeout > o.TTL {
 		o.LoadTimeout = o.TTL
 	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
-	if o.MinBackoff <= 0 {
-		o.MinBackoff = 250 * time.Millisecond
-	}
-	if o.MaxBackoff < o.MinBackoff {
-		o.MaxBackoff = max(5*time.Second, o.MinBackoff)
-	}
-	if o.MaxRetryAfter <= 0 {
-		o.MaxRetryAfter = 30 * time.Second
-	}
 	if o.Rand == nil {
 		o.Rand = rand.Float64
-	}
-	if o.MinRefreshWindow <= 0 {
-		o.MinRefreshWindow = 500 * time.Millisecond
 	}
 	c := &Cache[V]{loader: l, opts: o}
 	c.closed, c.close = context.WithCancel(context.Background())
@@ -188,19 +178,19 @@ const flightKey = ""
 // When no fresh value can be had the error is an *UnavailableError, unless
 // StaleIfError allows the last value, which then comes back marked Stale.
 func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
-	now := c.opts.Now()
+	now := time.Now()
 	if s := c.fresh(now); s != nil {
-		c.hits.Add(1)
+		atomic.AddUint64(&c.stats.Hits, 1)
 		if c.opts.RefreshAhead && s.Age(now) >= c.opts.TTL-c.refreshWindow() {
 			c.refreshEarly(ctx, now)
 		}
 		return *s, nil
 	}
 	if err := c.backoff(now); err != nil {
-		c.rejected.Add(1)
+		atomic.AddUint64(&c.stats.Rejected, 1)
 		return c.staleOr(err)
 	}
-	c.misses.Add(1)
+	atomic.AddUint64(&c.stats.Misses, 1)
 
 	led := false
 	ch := c.group.DoChan(flightKey, func() (any, error) {
@@ -212,7 +202,7 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 		return Snapshot[V]{}, ctx.Err()
 	case res := <-ch:
 		if !led {
-			c.coalesced.Add(1)
+			atomic.AddUint64(&c.stats.Coalesced, 1)
 		}
 		if res.Err != nil {
 			return c.staleOr(res.Err)
@@ -220,7 +210,7 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 		s := res.Val.(*Snapshot[V])
 		// The load may have outlived its deadline (a loader that ignores
 		// ctx); never hand out what the promise forbids.
-		if s.Age(c.opts.Now()) >= c.opts.TTL {
+		if s.Age(time.Now()) >= c.opts.TTL {
 			return c.staleOr(c.unavailable(ErrExpired))
 		}
 		return *s, nil
@@ -229,7 +219,7 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 
 // refreshWindow is how long before expiry RefreshAhead starts a load.
 func (c *Cache[V]) refreshWindow() time.Duration {
-	return min(max(4*time.Duration(c.lastLoad.Load()), c.opts.MinRefreshWindow), c.opts.TTL/2)
+	return min(max(4*time.Duration(c.lastLoad.Load()), minRefreshWindow), c.opts.TTL/2)
 }
 
 // refreshEarly starts one background load unless one is running or a
@@ -243,7 +233,7 @@ func (c *Cache[V]) refreshEarly(ctx context.Context, now time.Time) {
 		c.refreshing.Store(false)
 		return
 	}
-	c.early.Add(1)
+	atomic.AddUint64(&c.stats.Early, 1)
 	// The hit's request ends now; the load must not end with it, but it
 	// keeps the request's values (its id) for the fetch's log line.
 	ctx = context.WithoutCancel(ctx)
@@ -254,17 +244,19 @@ func (c *Cache[V]) refreshEarly(ctx context.Context, now time.Time) {
 	}()
 }
 
-// Close cancels every running load and makes later ones fail at once; Get
-// still serves a fresh value. A shutting-down program calls it once its
-// requests are done, so a refresh nobody waits for cannot hold up the exit.
+// Close cancels every running load, makes later ones fail at once, and
+// waits until every load and background refresh has returned, so a
+// shutting-down program leaves no goroutine behind and a refresh nobody
+// waits for cannot hold up its exit. Get still serves a fresh value.
 func (c *Cache[V]) Close() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.close()
+	c.mu.Unlock()
+	c.background.Wait()
 }
 
-// track counts a load or refresh for Wait, unless the cache is closed: no
-// Add may race with a Wait that follows Close.
+// track counts a load or refresh for Close, unless the cache is closed: no
+// Add may race with the Wait in Close.
 func (c *Cache[V]) track() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -275,15 +267,10 @@ func (c *Cache[V]) track() bool {
 	return true
 }
 
-// Wait blocks until every load and background refresh has returned (each is
-// bounded by LoadTimeout, and ended at once by Close), so a shutting-down
-// program leaves no goroutine behind.
-func (c *Cache[V]) Wait() { c.background.Wait() }
-
 // load runs inside the flight. early is set for a RefreshAhead load, which
 // is wanted while the value is fresh but inside the refresh window.
 func (c *Cache[V]) load(ctx context.Context, early bool) (*Snapshot[V], error) {
-	start := c.opts.Now()
+	start := time.Now()
 	// Re-check: between our miss and this flight starting, another flight
 	// may have finished and stored a fresh value, or failed and started a
 	// backoff; loading anyway would double the upstream traffic, and in an
@@ -304,19 +291,19 @@ func (c *Cache[V]) load(ctx context.Context, early bool) (*Snapshot[V], error) {
 	defer c.background.Done()
 	defer context.AfterFunc(c.closed, cancel)()
 
-	c.loads.Add(1)
+	atomic.AddUint64(&c.stats.Loads, 1)
 	v, err := c.safeLoad(ctx, start)
-	if err == nil && c.opts.Now().Sub(start) >= c.opts.TTL {
+	if err == nil && time.Now().Sub(start) >= c.opts.TTL {
 		err = ErrExpired
 	}
 	if err != nil {
-		c.loadErrors.Add(1)
+		atomic.AddUint64(&c.stats.LoadErrors, 1)
 		return nil, c.fail(err)
 	}
 	c.mu.Lock()
 	c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
 	c.mu.Unlock()
-	c.lastLoad.Store(int64(c.opts.Now().Sub(start)))
+	c.lastLoad.Store(int64(time.Now().Sub(start)))
 	s := &Snapshot[V]{Value: v, Fetched: start}
 	c.snap.Store(s)
 	return s, nil
@@ -327,17 +314,17 @@ func (c *Cache[V]) fail(err error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.failures++
-	wait := c.opts.MinBackoff << min(c.failures-1, 30)
-	if wait > c.opts.MaxBackoff || wait <= 0 {
-		wait = c.opts.MaxBackoff
+	wait := minBackoff << min(c.failures-1, 30)
+	if wait > maxBackoff || wait <= 0 {
+		wait = maxBackoff
 	}
 	wait -= time.Duration(c.opts.Rand() * float64(wait/2))
 	if c.opts.RetryAfter != nil {
-		if ra := min(c.opts.RetryAfter(err), c.opts.MaxRetryAfter); ra > wait {
+		if ra := min(c.opts.RetryAfter(err), maxRetryAfter); ra > wait {
 			wait = ra
 		}
 	}
-	c.retryAt = c.opts.Now().Add(wait)
+	c.retryAt = time.Now().Add(wait)
 	c.lastErr = err
 	return &UnavailableError{Err: err, RetryAt: c.retryAt}
 }
@@ -361,8 +348,8 @@ func (c *Cache[V]) unavailable(err error) error {
 // staleOr returns the last value if StaleIfError allows it, else err.
 func (c *Cache[V]) staleOr(err error) (Snapshot[V], error) {
 	if s := c.snap.Load(); s != nil && c.opts.StaleIfError > 0 &&
-		s.Age(c.opts.Now()) < c.opts.TTL+c.opts.StaleIfError {
-		c.stale.Add(1)
+		s.Age(time.Now()) < c.opts.TTL+c.opts.StaleIfError {
+		atomic.AddUint64(&c.stats.Stale, 1)
 		out := *s
 		out.Stale = true
 		return out, nil
@@ -403,16 +390,13 @@ func (c *Cache[V]) Peek() (Snapshot[V], bool) {
 // TTL returns the time to live the cache was built with.
 func (c *Cache[V]) TTL() time.Duration { return c.opts.TTL }
 
-// Stats returns the cache's counters.
+// Stats returns the cache's counters. It copies every field of Stats,
+// whatever they are, so a counter is never left out of the copy.
 func (c *Cache[V]) Stats() Stats {
-	return Stats{
-		Hits:       c.hits.Load(),
-		Misses:     c.misses.Load(),
-		Coalesced:  c.coalesced.Load(),
-		Loads:      c.loads.Load(),
-		LoadErrors: c.loadErrors.Load(),
-		Rejected:   c.rejected.Load(),
-		Stale:      c.stale.Load(),
-		Early:      c.early.Load(),
+	var out Stats
+	src, dst := reflect.ValueOf(&c.stats).Elem(), reflect.ValueOf(&out).Elem()
+	for i := range src.NumField() {
+		dst.Field(i).SetUint(atomic.LoadUint64(src.Field(i).Addr().Interface().(*uint64)))
 	}
+	return out
 }

@@ -354,11 +354,11 @@ func TestCache_BacksOffAfterFailures(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &failing{}
 		f.down.Store(true)
-		c := cache.New[int](f, cache.Options{TTL: ttl, MinBackoff: time.Second, MaxBackoff: 4 * time.Second,
-			Rand: func() float64 { return 0 }}) // no jitter: exact windows
+		c := cache.New[int](f, cache.Options{TTL: ttl, Rand: func() float64 { return 0 }}) // no jitter: exact windows
 
-		// Backoff doubles per consecutive failure up to the cap.
-		for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second} {
+		// Backoff doubles per consecutive failure from 250ms up to the 5s cap.
+		ms := time.Millisecond
+		for i, want := range []time.Duration{250 * ms, 500 * ms, time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second} {
 			_, err := c.Get(context.Background())
 			var ue *cache.UnavailableError
 			if !errors.As(err, &ue) || ue.Backoff {
@@ -386,11 +386,11 @@ func TestCache_BacksOffAfterFailures(t *testing.T) {
 		time.Sleep(ttl)
 		_, err := c.Get(context.Background())
 		var ue *cache.UnavailableError
-		if !errors.As(err, &ue) || ue.RetryAt.Sub(time.Now()) != time.Second {
-			t.Errorf("after a success the backoff should start over at 1s, got %v", err)
+		if !errors.As(err, &ue) || ue.RetryAt.Sub(time.Now()) != 250*time.Millisecond {
+			t.Errorf("after a success the backoff should start over at 250ms, got %v", err)
 		}
-		if got := c.Stats(); got.Rejected != 4 || got.LoadErrors != 5 {
-			t.Errorf("Stats() = %+v, want 4 rejected, 5 load errors", got)
+		if got := c.Stats(); got.Rejected != 7 || got.LoadErrors != 8 {
+			t.Errorf("Stats() = %+v, want 7 rejected, 8 load errors", got)
 		}
 	})
 }
@@ -402,8 +402,8 @@ func TestCache_OutageLoadRateIsBounded(t *testing.T) {
 		f := &failing{}
 		f.down.Store(true)
 		const minBackoff = 250 * time.Millisecond
-		c := cache.New[int](f, cache.Options{TTL: ttl, MinBackoff: minBackoff, MaxBackoff: minBackoff})
-		const callers, period = 50, 10 * time.Second
+		c := cache.New[int](f, cache.Options{TTL: ttl})
+		const callers, period = 50, 30 * time.Second
 		var wg sync.WaitGroup
 		for range callers {
 			wg.Go(func() {
@@ -417,6 +417,7 @@ func TestCache_OutageLoadRateIsBounded(t *testing.T) {
 		if max := int64(period/(minBackoff/2)) + 1; f.loads.Load() > max {
 			t.Errorf("%d loads in %v with %d callers, want at most %d", f.loads.Load(), period, callers, max)
 		}
+		// Without jitter: 0, 0.25, 0.75, 1.75, 3.75, 7.75, then every 5s.
 		if f.loads.Load() < 10 {
 			t.Errorf("%d loads in %v: the cache stopped trying", f.loads.Load(), period)
 		}
@@ -432,14 +433,14 @@ func TestCache_HonoursRetryAfter(t *testing.T) {
 	}{
 		{"longer than the backoff", 10 * time.Second, 10 * time.Second},
 		{"capped", time.Hour, 30 * time.Second},
-		{"shorter than the backoff", time.Millisecond, time.Second},
+		{"shorter than the backoff", time.Millisecond, 250 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := &failing{err: errSlowDown}
 				f.down.Store(true)
-				c := cache.New[int](f, cache.Options{TTL: ttl, MinBackoff: time.Second, Rand: func() float64 { return 0 },
+				c := cache.New[int](f, cache.Options{TTL: ttl, Rand: func() float64 { return 0 },
 					RetryAfter: func(err error) time.Duration {
 						if errors.Is(err, errSlowDown) {
 							return tt.retryAfter
@@ -464,14 +465,15 @@ func TestCache_Jitter(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := &failing{}
 			f.down.Store(true)
-			c := cache.New[int](f, cache.Options{TTL: ttl, MinBackoff: time.Second, Rand: func() float64 { return r }})
+			c := cache.New[int](f, cache.Options{TTL: ttl, Rand: func() float64 { return r }})
 			_, err := c.Get(context.Background())
 			var ue *cache.UnavailableError
 			if !errors.As(err, &ue) {
 				t.Fatalf("Get() error = %v, want an *UnavailableError", err)
 			}
 			got := ue.RetryAt.Sub(time.Now())
-			if want := time.Second - time.Duration(r*float64(time.Second/2)); got != want || got < time.Second/2 {
+			const first = 250 * time.Millisecond
+			if want := first - time.Duration(r*float64(first/2)); got != want || got < first/2 {
 				t.Errorf("Rand()=%v: retry in %v, want %v (never under half the backoff)", r, got, want)
 			}
 		})
@@ -565,7 +567,7 @@ func TestCache_RefreshAhead_NobodyWaitsUnderSteadyTraffic(t *testing.T) {
 				t.Fatalf("Get() returned a value %v old", s.Age(start))
 			}
 		}
-		c.Wait()
+		c.Close()
 		st := c.Stats()
 		if st.Misses != 1 || st.Early == 0 {
 			t.Errorf("Stats() = %+v, want 1 miss and early refreshes", st)
@@ -600,7 +602,8 @@ func TestCache_RefreshAhead_OneBackgroundLoadPerBurst(t *testing.T) {
 		for range 100 {
 			mustGet(t, c)
 		}
-		c.Wait()
+		time.Sleep(time.Second) // the refresh takes 100ms
+		synctest.Wait()
 		if st := c.Stats(); st.Early != 1 || l.loads.Load() != 2 {
 			t.Errorf("Stats() = %+v, loads %d; want 1 early refresh, 2 loads", st, l.loads.Load())
 		}
@@ -631,7 +634,7 @@ func TestCache_RefreshAhead_FailureServesNothingStale(t *testing.T) {
 				t.Fatalf("Get() = value from %v, %v old; want only the first, fresh", s.Value, s.Age(time.Now()))
 			}
 		}
-		c.Wait()
+		c.Close()
 		if served == 0 || failed == 0 {
 			t.Errorf("served %d, failed %d: want the fresh value until the TTL, errors after", served, failed)
 		}
@@ -639,7 +642,7 @@ func TestCache_RefreshAhead_FailureServesNothingStale(t *testing.T) {
 }
 
 // TestCache_CloseEndsLoads: a load nobody waits for any more (an early
-// refresh, or one whose callers gave up) ends at Close, and Wait sees it.
+// refresh, or one whose callers gave up) ends at Close, and Close waits for it.
 func TestCache_CloseEndsLoads(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var sawCancel atomic.Bool
@@ -656,7 +659,6 @@ func TestCache_CloseEndsLoads(t *testing.T) {
 		synctest.Wait()
 		start := time.Now()
 		c.Close()
-		c.Wait()
 		if !sawCancel.Load() || time.Since(start) != 0 {
 			t.Errorf("load cancelled %v after %v, want cancelled by Close at once", sawCancel.Load(), time.Since(start))
 		}

@@ -1,10 +1,9 @@
 // Package ghiblitest is a real fake of the public Studio Ghibli REST API for
 // tests, in the spirit of net/http/httptest.
 //
-// A [Handler] serves GET /films and GET /people (and /films/{id},
-// /people/{id}) the way the upstream json-server app does, including its
-// ?fields= and ?limit= query parameters, from an embedded copy of the
-// upstream dataset or any [Data] a test supplies. Per-endpoint [Behavior]s
+// A [Handler] is the production [builtin.Handler] (the upstream's routes,
+// ?fields= and ?limit=, over the bundled dataset or any [Data] a test
+// supplies) with fault injection on top. Per-endpoint [Behavior]s
 // make it misbehave the ways a real upstream does: errors, slowness, hangs,
 // broken or oversized bodies and dropped connections. A [Server] puts a
 // Handler on a loopback listener.
@@ -14,71 +13,41 @@ import (
 	"bytes"
 	"context"
 	_ "embed"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/movies-dev/movies/pkg/ghibli/builtin"
 )
 
 // Endpoints the fake serves, as accepted by [Handler.SetBehavior] and
 // [Handler.Requests].
 const (
-	Films  = "/films"
-	People = "/people"
+	Films  = builtin.Films
+	People = builtin.People
 )
 
 // Limits of the upstream's ?limit= parameter.
 const (
-	DefaultLimit = 50
-	MaxLimit     = 250
+	DefaultLimit = builtin.DefaultLimit
+	MaxLimit     = builtin.MaxLimit
 )
 
 // VersionHeader is the response header carrying the [Handler.Version] of the
-// data generation a response was built from, so a test can tell which
-// generation a client saw.
-const VersionHeader = "X-Ghiblitest-Version"
+// data generation a response was built from.
+const VersionHeader = builtin.VersionHeader
 
-//go:embed data.json
-var bundled []byte
-
-// Data is the upstream's dataset. Each object keeps the keys of the upstream
-// JSON; the fake serves them with sorted keys.
-type Data struct {
-	Films  []map[string]any
-	People []map[string]any
-}
+// Data is the upstream's dataset.
+type Data = builtin.Data
 
 // Bundled returns the dataset captured from the upstream (22 films,
 // 57 people). Each call decodes it afresh, so callers may mutate the result.
-func Bundled() Data {
-	var d Data
-	if err := json.Unmarshal(bundled, &d); err != nil {
-		panic("ghiblitest: embedded data.json: " + err.Error())
-	}
-	return d
-}
-
-// clone deep-copies d through JSON, which also normalises whatever value
-// types a test put in (ints become float64, structs become maps) to exactly
-// what a client decoding the upstream would see.
-func (d Data) clone() Data {
-	b, err := json.Marshal(d)
-	if err != nil {
-		panic("ghiblitest: data is not JSON-encodable: " + err.Error())
-	}
-	var c Data
-	if err := json.Unmarshal(b, &c); err != nil {
-		panic("ghiblitest: clone data: " + err.Error())
-	}
-	return c
-}
+func Bundled() Data { return builtin.Bundled() }
 
 // Behavior is how the fake answers one endpoint; the zero value answers
 // normally. When several fields are set, Latency is waited out first, then
@@ -113,25 +82,14 @@ type Behavior struct {
 	ResetConn bool
 }
 
-// generation is one immutable version of the served data. Its bodies are
-// memoised because the data cannot change under it.
-type generation struct {
-	version int64
-	data    Data
-	bodies  sync.Map // cache key -> []byte
-	nbodies atomic.Int64
-}
-
-// maxCachedBodies bounds the memo, since ?fields= lets clients make up
-// arbitrarily many keys.
-const maxCachedBodies = 1024
-
-// Handler is an http.Handler serving [Data] like the upstream. It is safe for
-// concurrent use; the data, behaviours and hook may be changed while requests
-// are in flight, and each request sees one consistent data generation.
+// Handler is a [builtin.Handler] that can misbehave: per-endpoint
+// Behaviors, request counts and a hook. It is safe for concurrent use; the
+// data, behaviours and hook may be changed while requests are in flight.
+// The data methods (SetData, Update, Version) are the builtin handler's.
 type Handler struct {
+	*builtin.Handler
+
 	mu        sync.RWMutex
-	gen       *generation
 	behaviors map[string]Behavior
 	onRequest func(*http.Request)
 
@@ -147,7 +105,7 @@ type Handler struct {
 func NewHandler(d Data) *Handler {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Handler{
-		gen:       &generation{data: d.clone()},
+		Handler:   builtin.NewHandler(d),
 		behaviors: make(map[string]Behavior),
 		closed:    ctx,
 		close:     cancel,
@@ -169,34 +127,6 @@ func (h *Handler) SetBehavior(endpoint string, b Behavior) {
 	default:
 		panic(fmt.Sprintf("ghiblitest: SetBehavior: unknown endpoint %q", endpoint))
 	}
-}
-
-// SetData replaces the served data with a copy of d and bumps the version.
-func (h *Handler) SetData(d Data) {
-	c := d.clone() // outside the lock: readers need not wait for it
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.gen = &generation{version: h.gen.version + 1, data: c}
-}
-
-// Update calls f on a copy of the served data and serves the result as a new
-// version, so readers see either all of f's changes or none. f runs under
-// the handler's lock: it must not call h's methods or keep d's contents
-// after it returns.
-func (h *Handler) Update(f func(d *Data)) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	d := h.gen.data.clone()
-	f(&d)
-	h.gen = &generation{version: h.gen.version + 1, data: d}
-}
-
-// Version is the number of SetData and Update calls so far; responses carry
-// the version they were built from in [VersionHeader].
-func (h *Handler) Version() int64 {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	return h.gen.version
 }
 
 // OnRequest sets a hook called synchronously at the start of each request,
@@ -239,7 +169,7 @@ func (h *Handler) Close() { h.close() }
 // ServeHTTP answers r like the upstream, as altered by the endpoint's
 // Behavior.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	endpoint, id, ok := route(r.URL.Path)
+	endpoint, id, ok := builtin.Route(r.URL.Path)
 	h.total.Add(1)
 	switch endpoint {
 	case Films:
@@ -249,7 +179,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	h.mu.RLock()
-	gen, b, hook := h.gen, h.behaviors[endpoint], h.onRequest
+	b, hook := h.behaviors[endpoint], h.onRequest
 	h.mu.RUnlock()
 	if hook != nil {
 		hook(r)
@@ -257,11 +187,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
+		builtin.WriteError(w, http.StatusMethodNotAllowed, "method not allowed")
 		return
 	}
 	if !ok {
-		writeError(w, http.StatusNotFound, "not found")
+		builtin.WriteError(w, http.StatusNotFound, "not found")
 		return
 	}
 
@@ -274,7 +204,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-h.closed.Done():
 			t.Stop()
-			writeError(w, http.StatusServiceUnavailable, "ghiblitest: handler closed")
+			builtin.WriteError(w, http.StatusServiceUnavailable, "ghiblitest: handler closed")
 			return
 		}
 	}
@@ -284,7 +214,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 		case <-h.closed.Done():
-			writeError(w, http.StatusServiceUnavailable, "ghiblitest: handler closed")
+			builtin.WriteError(w, http.StatusServiceUnavailable, "ghiblitest: handler closed")
 		}
 		return
 	case b.ResetConn:
@@ -294,165 +224,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if b.RetryAfter != "" {
 			w.Header().Set("Retry-After", b.RetryAfter)
 		}
-		writeError(w, b.Status, http.StatusText(b.Status))
+		builtin.WriteError(w, b.Status, http.StatusText(b.Status))
 		return
 	case b.Malformed:
-		writeBody(w, gen.version, []byte(malformedPage))
+		builtin.WriteJSON(w, h.Version(), []byte(malformedPage))
 		return
-	}
-
-	fields := parseFields(r.URL.Query()["fields"])
-	limit, err := parseLimit(r.URL.Query())
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	case b.HugeBytes > 0:
+		version, records := h.Records(endpoint)
+		h.streamHuge(w, version, records, b.HugeBytes)
 		return
-	}
-
-	records := gen.records(endpoint)
-	if b.HugeBytes > 0 {
-		h.streamHuge(w, gen.version, records, b.HugeBytes)
-		return
-	}
-
-	var body []byte
-	if id != "" {
-		rec := find(records, id)
-		if rec == nil {
-			writeError(w, http.StatusNotFound, "not found")
+	case b.Truncated:
+		version, body, status := h.Body(r.URL.Query(), endpoint, id)
+		if status != http.StatusOK {
+			builtin.WriteError(w, status, string(body))
 			return
 		}
-		body = mustMarshal(project(rec, fields))
-	} else {
-		body = gen.list(endpoint, records, fields, limit)
+		builtin.WriteJSON(w, version, body[:len(body)/2])
+		return
 	}
-	if b.Truncated {
-		body = body[:len(body)/2]
-	}
-	writeBody(w, gen.version, body)
-}
-
-// route splits a path into its endpoint and optional id; ok is false for
-// paths the upstream does not serve.
-func route(path string) (endpoint, id string, ok bool) {
-	for _, e := range []string{Films, People} {
-		rest, found := strings.CutPrefix(path, e)
-		if !found {
-			continue
-		}
-		switch {
-		case rest == "" || rest == "/":
-			return e, "", true
-		case rest[0] != '/':
-			return "", "", false // e.g. /filmsx
-		case !strings.Contains(rest[1:], "/"):
-			return e, rest[1:], true
-		default:
-			// /films/x/y: counted as the endpoint but not served.
-			return e, "", false
-		}
-	}
-	return "", "", false
-}
-
-func (g *generation) records(endpoint string) []map[string]any {
-	if endpoint == Films {
-		return g.data.Films
-	}
-	return g.data.People
-}
-
-// list returns the encoded list answer, memoised per generation.
-func (g *generation) list(endpoint string, records []map[string]any, fields []string, limit int) []byte {
-	key := endpoint + "\x00" + strconv.Itoa(limit) + "\x00" + strings.Join(fields, ",")
-	if b, ok := g.bodies.Load(key); ok {
-		return b.([]byte)
-	}
-	records = records[:min(limit, len(records))]
-	out := make([]map[string]any, len(records)) // never nil: an empty list is [], not null
-	for i, rec := range records {
-		out[i] = project(rec, fields)
-	}
-	body := mustMarshal(out)
-	if g.nbodies.Add(1) <= maxCachedBodies {
-		g.bodies.Store(key, body)
-	}
-	return body
-}
-
-func find(records []map[string]any, id string) map[string]any {
-	for _, rec := range records {
-		if s, ok := rec["id"].(string); ok && s == id {
-			return rec
-		}
-	}
-	return nil
-}
-
-// project keeps only fields of rec, or all of it if fields is empty. Unknown
-// fields are left out rather than rejected, as upstream does.
-func project(rec map[string]any, fields []string) map[string]any {
-	if len(fields) == 0 {
-		return rec
-	}
-	out := make(map[string]any, len(fields))
-	for _, f := range fields {
-		if v, ok := rec[f]; ok {
-			out[f] = v
-		}
-	}
-	return out
-}
-
-// parseFields flattens ?fields=a,b&fields=c into a sorted, deduplicated list
-// so equivalent queries share a memoised body.
-func parseFields(values []string) []string {
-	var fields []string
-	for _, v := range values {
-		for f := range strings.SplitSeq(v, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				fields = append(fields, f)
-			}
-		}
-	}
-	slices.Sort(fields)
-	return slices.Compact(fields)
-}
-
-func parseLimit(q map[string][]string) (int, error) {
-	v, ok := q["limit"]
-	if !ok || len(v) == 0 {
-		return DefaultLimit, nil
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(v[0]))
-	if err != nil || n < 1 {
-		return 0, fmt.Errorf("limit must be a positive integer, got %q", v[0])
-	}
-	return min(n, MaxLimit), nil
-}
-
-func mustMarshal(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		// Data is normalised by clone, so this cannot happen.
-		panic("ghiblitest: encode: " + err.Error())
-	}
-	return b
-}
-
-func writeBody(w http.ResponseWriter, version int64, body []byte) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.Header().Set(VersionHeader, strconv.FormatInt(version, 10))
-	w.WriteHeader(http.StatusOK)
-	w.Write(body) //nolint:errcheck // the client may be gone; nothing to do
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	body := mustMarshal(map[string]any{"code": status, "message": msg})
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(status)
-	w.Write(body) //nolint:errcheck // the client may be gone; nothing to do
+	h.Handler.ServeHTTP(w, r)
 }
 
 const malformedPage = `<!DOCTYPE html>
@@ -492,7 +282,7 @@ func (h *Handler) streamHuge(w http.ResponseWriter, version int64, records []map
 			if chunk.Len() > 0 {
 				chunk.WriteByte(',')
 			}
-			chunk.Write(mustMarshal(rec))
+			chunk.Write(builtin.MarshalRecord(rec))
 		}
 	}
 

@@ -6,7 +6,7 @@
 // process's peak RSS and ask the kernel to kill the binary if the test
 // process dies first (Pdeathsig), so a timed-out test leaves nothing behind.
 
-package main
+package e2e
 
 import (
 	"bytes"
@@ -21,8 +21,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -42,82 +40,28 @@ import (
 
 var soakFor = flag.Duration("soak", 10*time.Second, "how long TestSoak's clients run")
 
-var (
-	buildOnce   sync.Once
-	builtBinary string
-	buildErr    error
-)
-
-// mustBuild builds the program once per test process. Under go test the
-// test binary lives in the go command's work directory, which it deletes
-// afterwards, so the program is built next to it; otherwise (a test binary
-// run by hand) it goes to a temporary directory that is left behind.
-func mustBuild(tb testing.TB) string {
+// startFake starts the in-process fake upstream over the bundled data.
+func startFake(tb testing.TB) *ghiblitest.Server {
 	tb.Helper()
-	buildOnce.Do(func() {
-		dir := ""
-		if exe, err := os.Executable(); err == nil && strings.HasPrefix(filepath.Base(filepath.Dir(filepath.Dir(exe))), "go-build") {
-			dir = filepath.Dir(exe)
-		} else if dir, buildErr = os.MkdirTemp("", "movies-soak-"); buildErr != nil {
-			return
-		}
-		builtBinary = filepath.Join(dir, "movies")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, "go", "build", "-o", builtBinary, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		tb.Fatal(buildErr)
-	}
-	return builtBinary
+	up := ghiblitest.NewServer(ghiblitest.Bundled())
+	tb.Cleanup(up.Close)
+	return up
 }
 
-// childProcess is the built program running as a child process.
-type childProcess struct {
-	URL    string
-	cmd    *exec.Cmd
-	log    *logSink
-	stderr bytes.Buffer  // read only after exited
-	exited chan struct{} // closed when the process has exited and its output is drained
-}
-
-// mustStartBinary runs the program against upstream with extra flags and
-// waits until it listens. The process is killed, if still running, when
-// the test ends.
-func mustStartBinary(tb testing.TB, upstream string, args ...string) *childProcess {
-	tb.Helper()
-	p := &childProcess{log: &logSink{addr: make(chan string, 1)}, exited: make(chan struct{})}
-	args = append([]string{"-addr", "127.0.0.1:0", "-upstream", upstream, "-log-format", "json"}, args...)
-	p.cmd = exec.Command(mustBuild(tb), args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, &p.stderr
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		tb.Fatal(err)
+// logCount counts the JSON log lines in out whose msg is msg.
+func logCount(out, msg string) int {
+	n := 0
+	for line := range strings.Lines(out) {
+		var rec struct{ Msg string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == msg {
+			n++
+		}
 	}
-	go func() {
-		p.cmd.Wait() //nolint:errcheck // read from ProcessState
-		close(p.exited)
-	}()
-	tb.Cleanup(func() {
-		p.cmd.Process.Kill() //nolint:errcheck // it may have exited already
-		<-p.exited
-	})
-	select {
-	case addr := <-p.log.addr:
-		p.URL = "http://" + addr
-	case <-p.exited:
-		tb.Fatalf("movies exited before listening: %v\n%s", p.cmd.ProcessState, p.stderr.String())
-	case <-time.After(20 * time.Second):
-		tb.Fatal("movies did not start listening within 20s")
-	}
-	return p
+	return n
 }
 
 // peakRSS is the process's peak resident set size (VmHWM), in bytes.
-func (p *childProcess) peakRSS() (int64, error) {
+func (p *process) peakRSS() (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		return 0, err
@@ -255,7 +199,7 @@ func checkSoakResponse(api bool, status int, h http.Header, body []byte) (marker
 	case status != http.StatusOK:
 		return 0, fmt.Errorf("status %d: %.200s", status, body)
 	case api:
-		var doc apiMovies
+		var doc struct{ Movies []apiMovie }
 		if err := json.Unmarshal(body, &doc); err != nil || len(doc.Movies) != 22 {
 			return 0, fmt.Errorf("API 200 with %d movies (decode error %v)", len(doc.Movies), err)
 		}
@@ -325,13 +269,13 @@ func TestSoak(t *testing.T) {
 		attemptsMu.Unlock()
 	})
 
-	p := mustStartBinary(t, up.URL, "-ttl", ttl.String(), "-upstream-timeout", upstreamTimeout.String())
+	p, url := startMovies(t, "movies", "-upstream", up.URL, "-ttl", ttl.String(), "-upstream-timeout", upstreamTimeout.String())
 	client, tr := loopbackClient(clients)
 	t.Cleanup(tr.CloseIdleConnections)
 	metricsClient, mtr := loopbackClient(1)
 	t.Cleanup(mtr.CloseIdleConnections)
 
-	if r, err := client.Get(p.URL + "/movies/"); err != nil {
+	if r, err := client.Get(url + "/movies/"); err != nil {
 		t.Fatal(err)
 	} else {
 		io.Copy(io.Discard, r.Body)
@@ -340,7 +284,7 @@ func TestSoak(t *testing.T) {
 			t.Fatalf("first GET /movies/ = %d, want 200", r.StatusCode)
 		}
 	}
-	baseline, err := scrapeGauge(metricsClient, p.URL, "go_goroutines")
+	baseline, err := scrapeGauge(metricsClient, url, "go_goroutines")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +333,7 @@ func TestSoak(t *testing.T) {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				g, err := scrapeGauge(metricsClient, p.URL, "go_goroutines")
+				g, err := scrapeGauge(metricsClient, url, "go_goroutines")
 				if err != nil {
 					tally.violate("scrape /metrics: %v", err)
 					continue
@@ -409,7 +353,7 @@ func TestSoak(t *testing.T) {
 				}
 				ph := soakPhases[phase.Load()].name
 				sent := time.Now()
-				resp, err := client.Get(p.URL + path)
+				resp, err := client.Get(url + path)
 				var marker int
 				if err == nil {
 					var body []byte
@@ -469,7 +413,7 @@ func TestSoak(t *testing.T) {
 	tr.CloseIdleConnections()
 	var settled float64
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if settled, err = scrapeGauge(metricsClient, p.URL, "go_goroutines"); err != nil {
+		if settled, err = scrapeGauge(metricsClient, url, "go_goroutines"); err != nil {
 			t.Fatal(err)
 		}
 		if settled <= baseline+goroutineSlack || time.Now().After(deadline) {
@@ -634,7 +578,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	)
 	up := startFake(t)
 	up.SetBehavior("", ghiblitest.Behavior{Latency: latency})
-	p := mustStartBinary(t, up.URL, "-ttl", ttl.String(), "-upstream-timeout", (ttl / 2).String(),
+	p, url := startMovies(t, "movies", "-upstream", up.URL, "-ttl", ttl.String(), "-upstream-timeout", (ttl / 2).String(),
 		"-drain-delay", drainDelay.String(), "-shutdown-timeout", shutdownTimeout.String())
 	client, tr := loopbackClient(clients)
 	t.Cleanup(tr.CloseIdleConnections)
@@ -667,7 +611,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 				default:
 				}
 				rec := &tracedRequest{}
-				req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), rec.trace()), "GET", p.URL+"/movies/", nil)
+				req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), rec.trace()), "GET", url+"/movies/", nil)
 				res := shutdownResult{start: time.Now()}
 				resp, err := client.Do(req)
 				if err == nil {
@@ -696,7 +640,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 			default:
 			}
 			poll := readyzPoll{sent: time.Now()}
-			resp, err := poller.Get(p.URL + "/readyz")
+			resp, err := poller.Get(url + "/readyz")
 			if err == nil {
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
@@ -729,7 +673,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	close(resume)
 	exitWithin := drainDelay + shutdownTimeout + 3*time.Second
 	select {
-	case <-p.exited:
+	case <-p.done:
 	case <-time.After(exitWithin):
 		t.Errorf("still running %v after SIGTERM", exitWithin)
 	}
@@ -737,9 +681,9 @@ func TestShutdownUnderLoad(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("exit status %d after SIGTERM, want 0\n%s", code, p.stderr.String())
+		t.Errorf("exit status %d after SIGTERM, want 0\n%s", code, tail(p.out.String(), 4000))
 	}
-	if p.log.count("stopped") != 1 {
+	if logCount(p.out.String(), "stopped") != 1 {
 		t.Errorf("no %q log line", "stopped")
 	}
 

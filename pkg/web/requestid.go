@@ -1,10 +1,9 @@
-package main
+package web
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -78,9 +77,11 @@ func (s *idSource) next() []string {
 	return v
 }
 
-// requestIDHandler adds the request id found in a record's context, so
-// every line logged while serving a request, and by the fetch it led, can
-// be traced back to it.
+// NewLogHandler wraps h so each record logged with a request's context
+// (while serving it, and by the fetch it led) carries its request_id.
+func NewLogHandler(h slog.Handler) slog.Handler { return requestIDHandler{h} }
+
+// requestIDHandler adds the request id found in a record's context.
 type requestIDHandler struct{ slog.Handler }
 
 func (h requestIDHandler) Handle(ctx context.Context, r slog.Record) error {
@@ -98,10 +99,17 @@ func (h requestIDHandler) WithGroup(name string) slog.Handler {
 	return requestIDHandler{h.Handler.WithGroup(name)}
 }
 
-func newLogger(cfg config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.logLevel}
-	if cfg.logFormat == "json" {
-		return slog.New(requestIDHandler{slog.NewJSONHandler(w, opts)})
+// requestIDHeaderKey is X-Request-ID in the canonical form header maps use.
+const requestIDHeaderKey = "X-Request-Id"
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
 	}
-	return slog.New(requestIDHandler{slog.NewTextHandler(w, opts)})
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)) {
+			return false
+		}
+	}
+	return true
 }

@@ -1,4 +1,4 @@
-package main
+package snapshot
 
 import (
 	"bytes"
@@ -11,60 +11,40 @@ import (
 	"time"
 )
 
-// representation is one rendering (the page or the JSON) of a snapshot,
-// prepared once per snapshot in every encoding with its validators and
-// header values, so that serving a hit is choosing a byte slice and
-// assigning headers: no compression, hashing or formatting per request.
-type representation struct {
-	contentType  []string
-	lastModified []string
-	modTime      time.Time // the fetch start, at Last-Modified's one-second resolution
+// Representation is one rendering (the page or the JSON) of a snapshot in
+// every content coding, with its validators and header values. The header
+// values are one-element slices with len == cap, assigned straight into a
+// response's header map: anyone appending to them gets a copy, never the
+// prepared array. Callers must not modify them.
+type Representation struct {
+	ContentType  []string
+	LastModified []string
+
+	modTime time.Time // the fetch start, at Last-Modified's one-second resolution
 	// modTimeUnique is false when the previous snapshot started in the same
 	// second: Last-Modified then cannot tell the two apart, and only the
 	// ETag may answer 304.
 	modTimeUnique bool
-	identity      variant
-	gzip          variant
+	identity      Variant
+	gzip          Variant
 }
 
-// variant is a representation in one content coding.
-type variant struct {
-	body          []byte
-	etag          string // quoted, strong
-	etagHeader    []string
-	contentLength []string
-	encoding      []string // Content-Encoding; nil for identity
+// Variant is a representation in one content coding.
+type Variant struct {
+	Body          []byte
+	ETag          string   // quoted, strong
+	ETagHeader    []string // ETag as a header value
+	ContentLength []string
+	Encoding      []string // Content-Encoding; nil for identity
 }
 
-// Header values shared by every response. Each slice has len == cap, so
-// anyone appending to a response's header gets a copy, never our array.
-var (
-	varyAcceptEncoding = []string{"Accept-Encoding"}
-	gzipEncoding       = []string{"gzip"}
-)
+var gzipEncoding = []string{"gzip"}
 
-// Cache-Control and Age values for every whole second a snapshot can live
-// (TTL is at most maxTTL), formatted once.
-var (
-	cacheControlValues = secondTable(func(n int) string {
-		return "public, max-age=" + strconv.Itoa(n) + ", must-revalidate"
-	})
-	ageValues = secondTable(strconv.Itoa)
-)
-
-func secondTable(f func(int) string) [][]string {
-	t := make([][]string, int(maxTTL/time.Second)+1)
-	for i := range t {
-		t[i] = []string{f(i)}
-	}
-	return t
-}
-
-// newRepresentation prepares body for serving. gzip at the best
+// NewRepresentation prepares body for serving. gzip at the best
 // compression costs about a millisecond once per snapshot and saves every
 // client most of the bytes. prevFetched is the previous snapshot's fetch
 // start (zero if none).
-func newRepresentation(body []byte, contentType string, fetched, prevFetched time.Time) (*representation, error) {
+func NewRepresentation(body []byte, contentType string, fetched, prevFetched time.Time) (*Representation, error) {
 	sum := sha256.Sum256(body)
 	tag := hex.EncodeToString(sum[:12])
 	var gz bytes.Buffer
@@ -79,9 +59,9 @@ func newRepresentation(body []byte, contentType string, fetched, prevFetched tim
 		return nil, err
 	}
 	modTime := fetched.UTC().Truncate(time.Second)
-	return &representation{
-		contentType:   []string{contentType},
-		lastModified:  []string{modTime.Format(http.TimeFormat)},
+	return &Representation{
+		ContentType:   []string{contentType},
+		LastModified:  []string{modTime.Format(http.TimeFormat)},
 		modTime:       modTime,
 		modTimeUnique: !prevFetched.UTC().Truncate(time.Second).Equal(modTime),
 		identity:      newVariant(body, `"`+tag+`"`, nil),
@@ -89,18 +69,21 @@ func newRepresentation(body []byte, contentType string, fetched, prevFetched tim
 	}, nil
 }
 
-func newVariant(body []byte, etag string, encoding []string) variant {
-	return variant{
-		body:          body,
-		etag:          etag,
-		etagHeader:    []string{etag},
-		contentLength: []string{strconv.Itoa(len(body))},
-		encoding:      encoding,
+func newVariant(body []byte, etag string, encoding []string) Variant {
+	return Variant{
+		Body:          body,
+		ETag:          etag,
+		ETagHeader:    []string{etag},
+		ContentLength: []string{strconv.Itoa(len(body))},
+		Encoding:      encoding,
 	}
 }
 
-// negotiate picks the variant for a request's Accept-Encoding lines.
-func (r *representation) negotiate(acceptEncoding []string) *variant {
+// Identity is the uncompressed variant.
+func (r *Representation) Identity() *Variant { return &r.identity }
+
+// Negotiate picks the variant for a request's Accept-Encoding lines.
+func (r *Representation) Negotiate(acceptEncoding []string) *Variant {
 	if acceptsGzip(acceptEncoding) {
 		return &r.gzip
 	}
@@ -150,14 +133,14 @@ func acceptEncodingLine(header string, gzipQ, starQ float64) (float64, float64) 
 	return gzipQ, starQ
 }
 
-// notModified reports whether a conditional request for v of r may be
-// answered 304. If-None-Match, when present, decides alone (RFC 9110
+// NotModified reports whether a conditional request with header h for v
+// may be answered 304. If-None-Match, when present, decides alone (RFC 9110
 // section 13.2.2); If-Modified-Since counts only while r's Last-Modified
 // second is its own.
-func notModified(h http.Header, r *representation, v *variant) bool {
+func (r *Representation) NotModified(h http.Header, v *Variant) bool {
 	if inm := h["If-None-Match"]; len(inm) > 0 {
 		for _, list := range inm {
-			if etagMatches(list, v.etag) {
+			if etagMatches(list, v.ETag) {
 				return true
 			}
 		}

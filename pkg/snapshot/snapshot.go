@@ -1,0 +1,69 @@
+// Package snapshot prepares one catalogue for serving: it renders the page
+// and the JSON once, compresses each once, and computes their validators
+// and header values once, so serving a cache hit is choosing a byte slice
+// and assigning prepared headers. It knows nothing of the upstream, the
+// cache or the HTTP framework.
+package snapshot
+
+import (
+	"sync"
+	"time"
+
+	"github.com/movies-dev/movies/pkg/render"
+)
+
+// Snapshot is one catalogue, prepared in every form it is served in. It is
+// immutable once built, and safe for concurrent use.
+type Snapshot struct {
+	HTML, JSON *Representation
+	// View is the data the representations were rendered from, kept for
+	// the rare renderings that depend on the request (a stale one).
+	View render.View
+
+	staleOnce sync.Once
+	staleHTML []byte
+	staleErr  error
+}
+
+// New renders view in every form it is served in. prevFetched is when the
+// previous snapshot's fetch started (zero if none): Last-Modified has a
+// one-second resolution, and a snapshot whose second is not its own must
+// not answer If-Modified-Since.
+func New(view render.View, prevFetched time.Time) (*Snapshot, error) {
+	html, err := render.Page(view)
+	if err != nil {
+		return nil, err
+	}
+	js, err := render.JSON(view)
+	if err != nil {
+		return nil, err
+	}
+	s := &Snapshot{View: view}
+	if s.HTML, err = NewRepresentation(html, "text/html; charset=utf-8", view.FetchedAt, prevFetched); err != nil {
+		return nil, err
+	}
+	if s.JSON, err = NewRepresentation(js, "application/json", view.FetchedAt, prevFetched); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// StalePage is the page with the stale banner, rendered at most once per
+// snapshot: it shows only the fetch time, which does not change.
+func (s *Snapshot) StalePage() ([]byte, error) {
+	s.staleOnce.Do(func() {
+		v := s.View
+		v.Stale = true
+		s.staleHTML, s.staleErr = render.Page(v)
+	})
+	return s.staleHTML, s.staleErr
+}
+
+// StaleJSON is the JSON document marked stale with its age at now. The age
+// changes every second, so it is rendered per request: stale serving is the
+// rare, degraded path.
+func (s *Snapshot) StaleJSON(now time.Time) ([]byte, error) {
+	v := s.View
+	v.Stale, v.Age = true, now.Sub(v.FetchedAt)
+	return render.JSON(v)
+}

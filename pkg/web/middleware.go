@@ -1,0 +1,69 @@
+package web
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+)
+
+// securityHeaders are set on every response, built once.
+var securityHeaders = map[string][]string{
+	"Content-Security-Policy": {contentSecurityPolicy()},
+	"X-Content-Type-Options":  {"nosniff"},
+	"Referrer-Policy":         {"no-referrer"},
+	"X-Frame-Options":         {"DENY"},
+}
+
+var allowGetHead = []string{"GET, HEAD"}
+
+// middleware wraps every request: an id, the security headers, a metric,
+// panic recovery, and GET/HEAD only. It is one function rather than five
+// because echo builds each middleware's closure anew on every request.
+func (s *Server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		h := c.Response().Header()
+		// A client's id is kept only if it is short and plain, so it
+		// cannot forge log lines or bloat them.
+		if id := c.Request().Header[requestIDHeaderKey]; len(id) == 1 && validRequestID(id[0]) {
+			h[requestIDHeaderKey] = id
+		} else {
+			h[requestIDHeaderKey] = s.ids.next()
+		}
+		for k, v := range securityHeaders {
+			h[k] = v
+		}
+		if err := s.serve(next, c); err != nil {
+			c.Error(err) // run the error handler now so the status is final
+		}
+		route := c.Path()
+		if route == "" || c.Response().Status == http.StatusNotFound {
+			route = "other" // unknown paths must not become label values
+		}
+		s.metrics.ObserveHTTP(route, c.Response().Status, time.Since(start))
+		return nil
+	}
+}
+
+// serve runs next, answering 405 to any method but GET and HEAD on a
+// known path (echo would answer OPTIONS itself with a 204 and list it in
+// Allow; this server has no use for it), and turning a panic into a 500
+// instead of a dead connection.
+func (s *Server) serve(next echo.HandlerFunc, c echo.Context) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if r == http.ErrAbortHandler {
+				panic(r)
+			}
+			s.log.ErrorContext(requestContext(c), "handler panic", "path", c.Request().URL.Path, "panic", r)
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	if m := c.Request().Method; m != http.MethodGet && m != http.MethodHead && c.Path() != "" {
+		c.Response().Header()[echo.HeaderAllow] = allowGetHead
+		return echo.ErrMethodNotAllowed
+	}
+	return next(c)
+}

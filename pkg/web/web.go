@@ -1,0 +1,257 @@
+// Package web serves the Ghibli catalogue over HTTP: it wires the upstream
+// client, the read-through cache of prepared snapshots and the metrics
+// behind echo routes, and runs the listeners through a graceful shutdown.
+//
+// [New] is the one constructor: it returns a ready [Server], used alike by
+// cmd/movies, the benchmarks and the tests. Files: web.go wires and serves,
+// load.go fetches and prepares a snapshot, handlers.go answers the routes,
+// errors.go turns errors into responses, middleware.go wraps every request,
+// requestid.go makes request ids and carries them into the logs.
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/movies-dev/movies/metrics"
+	"github.com/movies-dev/movies/pkg/cache"
+	"github.com/movies-dev/movies/pkg/ghibli"
+	"github.com/movies-dev/movies/pkg/snapshot"
+)
+
+// MaxTTL is the product's promise: no page shows data older than a minute.
+// A Config may tighten it, never loosen it.
+const MaxTTL = time.Minute
+
+// Config is what a Server needs. Zero durations take the defaults noted.
+type Config struct {
+	// Upstream is the base URL of the Ghibli API. Required.
+	Upstream string
+	// TTL is how long a snapshot is served, from the start of its fetch;
+	// zero means MaxTTL, more than MaxTTL is an error.
+	TTL time.Duration
+	// UpstreamTimeout bounds one whole fetch; zero means the smaller of 10s
+	// and TTL/2. More than TTL/2 is an error: fetched data must have time
+	// to be served.
+	UpstreamTimeout time.Duration
+	// StaleIfError, if positive, serves the last snapshot up to this long
+	// past TTL, marked stale, while the upstream fails. At most 24h.
+	StaleIfError time.Duration
+	// DrainDelay is how long Serve keeps serving, with /readyz at 503,
+	// after its context ends, so load balancers stop sending traffic first.
+	DrainDelay time.Duration
+	// ShutdownTimeout is how long in-flight requests get to finish after
+	// the drain; zero means 15s.
+	ShutdownTimeout time.Duration
+	// SeparateMetrics takes /metrics off the main handler: it is then
+	// served only by MetricsHandler, on a listener of its own.
+	SeparateMetrics bool
+	// Log receives the server's logs; nil discards them. Wrap its handler
+	// with NewLogHandler so lines carry their request id.
+	Log *slog.Logger
+}
+
+// DefaultUpstreamTimeout is the bound on one fetch when Config leaves it
+// zero and the TTL allows it.
+const DefaultUpstreamTimeout = 10 * time.Second
+
+// withDefaults fills in zero values and validates the rest. Errors name the
+// field as the command line does, since that is where users meet them.
+func (c Config) withDefaults() (Config, error) {
+	if c.Upstream == "" {
+		return c, errors.New("web: no upstream")
+	}
+	if c.TTL == 0 {
+		c.TTL = MaxTTL
+	}
+	if c.TTL < 0 || c.TTL > MaxTTL {
+		return c, fmt.Errorf("invalid -ttl %s: must be above 0 and at most %s, the freshness promise", c.TTL, MaxTTL)
+	}
+	if c.UpstreamTimeout == 0 {
+		c.UpstreamTimeout = min(DefaultUpstreamTimeout, c.TTL/2)
+	}
+	if c.UpstreamTimeout <= 0 || c.UpstreamTimeout > c.TTL/2 {
+		return c, fmt.Errorf("invalid -upstream-timeout %s: must be above 0 and at most half of -ttl %s (a fetch must leave its data time to be served)", c.UpstreamTimeout, c.TTL)
+	}
+	if c.StaleIfError < 0 || c.StaleIfError > 24*time.Hour {
+		return c, fmt.Errorf("invalid -stale-if-error %s: must be between 0 (off) and 24h", c.StaleIfError)
+	}
+	if c.DrainDelay < 0 {
+		return c, fmt.Errorf("invalid -drain-delay %s: must not be negative", c.DrainDelay)
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 15 * time.Second
+	}
+	if c.ShutdownTimeout < 0 {
+		return c, fmt.Errorf("invalid -shutdown-timeout %s: must be above 0", c.ShutdownTimeout)
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// Server serves the catalogue. It is safe for concurrent use. Serve runs it
+// on listeners; Close releases it when Serve is not used.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	cache   *cache.Cache[*snapshot.Snapshot]
+	client  *ghibli.Client
+	metrics *metrics.Metrics
+	ready   atomic.Bool // false once shutdown has begun
+	ids     *idSource
+
+	handler        *echo.Echo
+	metricsHandler http.Handler
+}
+
+// New returns a Server ready to serve cfg, or the error in cfg.
+func New(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	client := &ghibli.Client{
+		BaseURL:    cfg.Upstream,
+		HTTPClient: ghibli.NewHTTPClient(cfg.UpstreamTimeout),
+		Observe:    m.ObserveUpstream,
+	}
+	c := cache.New[*snapshot.Snapshot](&loader{client: client, log: cfg.Log}, cache.Options{
+		TTL:          cfg.TTL,
+		LoadTimeout:  cfg.UpstreamTimeout,
+		StaleIfError: cfg.StaleIfError,
+		RefreshAhead: true,
+		RetryAfter: func(err error) time.Duration {
+			var se *ghibli.StatusError
+			if errors.As(err, &se) {
+				return se.RetryAfter
+			}
+			return 0
+		},
+	})
+	age := func() (time.Duration, bool) {
+		s, ok := c.Peek()
+		return s.Age(time.Now()), ok
+	}
+	if err := metrics.RegisterCache(reg, c.Stats, cfg.TTL, age); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(),
+		metricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+			ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
+		}),
+	}
+	s.ready.Store(true)
+	s.handler = s.routes()
+	return s, nil
+}
+
+// Handler is the server's HTTP handler: the catalogue, health and, unless
+// Config.SeparateMetrics, /metrics.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// MetricsHandler serves the Prometheus exposition.
+func (s *Server) MetricsHandler() http.Handler { return s.metricsHandler }
+
+// TTL is the freshness bound the server keeps.
+func (s *Server) TTL() time.Duration { return s.cfg.TTL }
+
+// Close ends any running fetch and waits for it, and closes idle upstream
+// connections. Serve calls it on the way out; call it yourself only when
+// serving through Handler.
+func (s *Server) Close() {
+	s.cache.Close()
+	s.client.HTTPClient.CloseIdleConnections()
+}
+
+// Serve serves Handler on ln, and MetricsHandler on metricsLn if it is not
+// nil, until ctx ends or a listener fails. Then it shuts down gracefully:
+// /readyz turns 503, requests keep being served for DrainDelay, in-flight
+// ones get ShutdownTimeout to finish, and a fetch nobody waits for any more
+// is ended. It returns nil after a shutdown that ctx asked for. Serve
+// closes the listeners.
+func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
+	defer s.Close()
+	type endpoint struct {
+		ln net.Listener
+		h  http.Handler
+	}
+	endpoints := []endpoint{{ln, s.handler}}
+	if metricsLn != nil {
+		endpoints = append(endpoints, endpoint{metricsLn, s.metricsHandler})
+	}
+	servers := make([]*http.Server, len(endpoints))
+	serveErr := make(chan error, len(endpoints))
+	for i, ep := range endpoints {
+		servers[i] = s.newHTTPServer(ep.h)
+		go func() { serveErr <- servers[i].Serve(ep.ln) }()
+	}
+
+	// Until ctx ends or a listener fails; either way, shut everything down
+	// the same way so nothing is left running.
+	var failed error
+	select {
+	case err := <-serveErr:
+		failed = fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+		// Readiness goes first so load balancers stop sending new
+		// requests, then in-flight ones get ShutdownTimeout to finish.
+		s.ready.Store(false)
+		s.log.Info("shutting down", "drain_delay", s.cfg.DrainDelay, "timeout", s.cfg.ShutdownTimeout)
+		drain := time.NewTimer(s.cfg.DrainDelay)
+		select {
+		case <-drain.C:
+		case err := <-serveErr:
+			drain.Stop()
+			failed = fmt.Errorf("serve: %w", err)
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	for _, srv := range servers {
+		errs = append(errs, srv.Shutdown(sctx))
+	}
+	if failed != nil {
+		return failed
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// newHTTPServer bounds what any one client can hold: slow headers
+// (slowloris), slow bodies, a client that never reads its response, idle
+// keep-alives and oversized headers each end that client's connection
+// without touching anyone else's.
+func (s *Server) newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		// A miss waits for the upstream, so writes get the fetch's budget
+		// on top of their own.
+		WriteTimeout:   s.cfg.UpstreamTimeout + 10*time.Second,
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: 32 << 10,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+}
