@@ -52,6 +52,10 @@ func TestServer_Routes(t *testing.T) {
 		{"GET", "/healthz", 200, "text/plain; charset=UTF-8", "ok", nil},
 		{"GET", "/readyz", 200, "text/plain; charset=UTF-8", "ok", nil},
 		{"GET", "/metrics", 200, "text/plain", "movies_cache_hits_total", nil},
+		{"GET", "/robots.txt", 200, "text/plain; charset=utf-8", "Allow: /movies/", map[string]string{"Cache-Control": "max-age=86400"}},
+		{"HEAD", "/robots.txt", 200, "text/plain; charset=utf-8", "", nil},
+		{"GET", "/favicon.ico", 200, "image/x-icon", "", map[string]string{"Cache-Control": "max-age=86400"}},
+		{"POST", "/favicon.ico", 405, "", "", map[string]string{"Allow": "GET, HEAD"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
@@ -851,6 +855,22 @@ func TestServer_HTTPCaching(t *testing.T) {
 		}
 		if r := doWith(t, in.URL+path, map[string]string{"If-None-Match": `"something-else"`}); r.status != 200 {
 			t.Errorf("%s: stale If-None-Match = %d, want 200", path, r.status)
+		}
+	}
+}
+
+// TestServer_ConstantAssets: robots.txt and the favicon are the exact bytes
+// render prepared, not a 404 per browser visit.
+func TestServer_ConstantAssets(t *testing.T) {
+	in := mustStart(t, Config{Upstream: "http://127.0.0.1:1"})
+	t.Cleanup(testClient.CloseIdleConnections)
+	for path, want := range map[string][]byte{"/robots.txt": render.RobotsTxt, "/favicon.ico": render.Favicon} {
+		r := mustGet(t, in.URL+path)
+		if r.status != 200 || r.body != string(want) {
+			t.Errorf("GET %s = %d with %d bytes, want 200 with the %d prepared bytes", path, r.status, len(r.body), len(want))
+		}
+		if r.header.Get("Content-Security-Policy") == "" {
+			t.Errorf("GET %s lacks the security headers", path)
 		}
 	}
 }
