@@ -54,6 +54,7 @@ func deployFile(t testing.TB, rel string) string {
 // skipping. scripts/install-e2e-deps.sh installs them all.
 func mustLookPath(t testing.TB, name string) string {
 	t.Helper()
+	skipIfShort(t)
 	path, err := exec.LookPath(name)
 	if err == nil {
 		return path
@@ -65,6 +66,15 @@ func mustLookPath(t testing.TB, name string) string {
 	return ""
 }
 
+// skipIfShort skips tests that start real processes under -short, which
+// is for the quick inner loop; CI and the test command never pass it.
+func skipIfShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end: skipped under -short")
+	}
+}
+
 var (
 	buildOnce sync.Once
 	buildPath string
@@ -74,6 +84,7 @@ var (
 // moviesBinary builds ./cmd/movies once for all tests.
 func moviesBinary(t testing.TB) string {
 	t.Helper()
+	skipIfShort(t)
 	buildOnce.Do(func() {
 		out := filepath.Join(tmpDir, "movies")
 		cmd := exec.Command("go", "build", "-o", out, "./cmd/movies")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -17,7 +18,18 @@ import (
 	"github.com/movies-dev/movies/pkg/ghibli/ghiblitest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	flag.Parse()
+	// These tests mostly wait on timers and loopback sockets, not on the
+	// CPU: unless -parallel was given, run more of them at once than the
+	// default GOMAXPROCS (2 on the CI machine).
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit {
+		flag.Set("test.parallel", "8")
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // logSink collects the server's JSON log lines.
 type logSink struct {

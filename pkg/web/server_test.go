@@ -27,6 +27,7 @@ import (
 )
 
 func TestServer_Routes(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	in := mustStart(t, Config{Upstream: up.URL})
 	t.Cleanup(testClient.CloseIdleConnections)
@@ -106,6 +107,7 @@ func mustAPI(t *testing.T, base string) apiMovies {
 }
 
 func TestServer_ListsEveryFilmAndItsPeople(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	in := mustStart(t, Config{Upstream: up.URL})
 	t.Cleanup(testClient.CloseIdleConnections)
@@ -138,6 +140,7 @@ func TestServer_ListsEveryFilmAndItsPeople(t *testing.T) {
 }
 
 func TestServer_CoalescesColdRequests(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	// A slow upstream keeps the flight open while all 64 requests arrive.
 	up.SetBehavior("", ghiblitest.Behavior{Latency: 300 * time.Millisecond})
@@ -219,6 +222,7 @@ func TestServer_ServesChangedDataAfterTTL(t *testing.T) {
 }
 
 func TestServer_UpstreamFailures(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		behavior ghiblitest.Behavior
@@ -297,6 +301,7 @@ func TestServer_UpstreamFailures(t *testing.T) {
 }
 
 func TestServer_EscapesUpstreamMarkup(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	up.Update(func(d *ghiblitest.Data) {
 		for _, p := range d.People {
@@ -352,6 +357,7 @@ func mustMetrics(t *testing.T, base string) map[string]float64 {
 }
 
 func TestServer_MetricsMatchTraffic(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	in := mustStart(t, Config{Upstream: up.URL})
 	t.Cleanup(testClient.CloseIdleConnections)
@@ -388,9 +394,10 @@ func TestServer_MetricsMatchTraffic(t *testing.T) {
 }
 
 func TestServe_GracefulShutdown(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	up.SetBehavior("", ghiblitest.Behavior{Latency: 500 * time.Millisecond})
-	in := mustStart(t, Config{Upstream: up.URL, DrainDelay: 2 * time.Second})
+	in := mustStart(t, Config{Upstream: up.URL, DrainDelay: time.Second})
 	t.Cleanup(testClient.CloseIdleConnections)
 
 	// A request in flight when shutdown begins must complete. Goroutines
@@ -436,8 +443,11 @@ func TestServe_GracefulShutdown(t *testing.T) {
 }
 
 func TestServe_ShutdownEndsUnwantedFetch(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
-	in := mustStart(t, Config{Upstream: up.URL, TTL: 4 * time.Second, UpstreamTimeout: 2 * time.Second})
+	// The refresh window is the last 500ms of the TTL; an upstream timeout
+	// longer than the test's wait shows the fetch ended by shutdown.
+	in := mustStart(t, Config{Upstream: up.URL, TTL: 2 * time.Second, UpstreamTimeout: time.Second})
 	t.Cleanup(testClient.CloseIdleConnections)
 	mustAPI(t, in.URL)
 	up.SetBehavior("", ghiblitest.Behavior{Hang: true})
@@ -711,6 +721,9 @@ func TestServer_RecoversHandlerPanic(t *testing.T) {
 // connections, and the slow-header ones are cut off.
 
 func TestServer_SlowClientsDoNotBlockOthers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out the 5s header timeout in real time")
+	}
 	t.Parallel()
 	up := startFake(t)
 	in := mustStart(t, Config{Upstream: up.URL})
@@ -862,6 +875,7 @@ func TestServer_HTTPCaching(t *testing.T) {
 // TestServer_ConstantAssets: robots.txt and the favicon are the exact bytes
 // render prepared, not a 404 per browser visit.
 func TestServer_ConstantAssets(t *testing.T) {
+	t.Parallel()
 	in := mustStart(t, Config{Upstream: "http://127.0.0.1:1"})
 	t.Cleanup(testClient.CloseIdleConnections)
 	for path, want := range map[string][]byte{"/robots.txt": render.RobotsTxt, "/favicon.ico": render.Favicon} {
