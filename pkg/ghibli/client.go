@@ -226,7 +226,7 @@ func (c *Client) do(ctx context.Context, endpoint, fields string, into any) erro
 		return c.fail(endpoint, fmt.Errorf("%w (over %d bytes)", ErrTooLarge, limit))
 	}
 	if err := json.Unmarshal(body, into); err != nil {
-		return c.fail(endpoint, fmt.Errorf("%w: %v", ErrMalformed, err))
+		return c.fail(endpoint, fmt.Errorf("%w: %w", ErrMalformed, err))
 	}
 	return nil
 }
