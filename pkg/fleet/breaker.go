@@ -1,0 +1,82 @@
+package fleet
+
+import (
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// breaker keeps calls away from a Redis that keeps failing, so a sick
+// Redis costs a few bounded calls, not latency on every request. After
+// threshold consecutive failures it opens for cooldown; then one call at a
+// time may probe (half-open): a success closes it, a failure opens it again
+// for twice as long, up to maxCooldown. It is safe for concurrent use.
+type breaker struct {
+	threshold   int
+	cooldown    time.Duration
+	maxCooldown time.Duration
+
+	mu        sync.Mutex
+	failures  int           // consecutive
+	openUntil time.Time     // calls are refused before this
+	wait      time.Duration // the current cooldown
+	probing   bool          // a half-open probe is in flight
+}
+
+// allow reports whether a call may go to Redis at now.
+func (b *breaker) allow(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.failures < b.threshold {
+		return true
+	}
+	if now.Before(b.openUntil) || b.probing {
+		return false
+	}
+	b.probing = true // half-open: this call is the probe
+	return true
+}
+
+// record notes a call's outcome at now and reports whether it opened the
+// breaker.
+func (b *breaker) record(now time.Time, ok bool) (opened bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	wasProbe := b.probing
+	b.probing = false
+	if ok {
+		b.failures, b.wait = 0, 0
+		return false
+	}
+	b.failures++
+	switch {
+	case wasProbe:
+		b.wait = min(2*b.wait, b.maxCooldown)
+	case b.failures == b.threshold:
+		b.wait = b.cooldown
+		opened = true
+	default:
+		return false
+	}
+	b.openUntil = now.Add(b.wait)
+	return opened
+}
+
+// isOpen reports whether calls are being refused at now.
+func (b *breaker) isOpen(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.failures >= b.threshold && (now.Before(b.openUntil) || b.probing)
+}
+
+// loadStats copies every counter of s with atomic loads, whatever fields
+// Stats has.
+func loadStats(s *Stats) Stats {
+	var out Stats
+	src, dst := reflect.ValueOf(s).Elem(), reflect.ValueOf(&out).Elem()
+	for i := range src.NumField() {
+		dst.Field(i).SetUint(atomic.LoadUint64(src.Field(i).Addr().Interface().(*uint64)))
+	}
+	return out
+}

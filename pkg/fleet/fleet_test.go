@@ -1,0 +1,389 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// redisServer is Debian's redis-server on a loopback port, started for
+// one test: the protocol is Lua running in the real thing, not a model.
+type redisServer struct {
+	URL  string
+	Addr string
+	cmd  *exec.Cmd
+}
+
+// startRedis starts redis-server, failing under CI=true if it is missing
+// (scripts/install-e2e-deps.sh installs it) and skipping otherwise.
+func startRedis(t testing.TB) *redisServer {
+	t.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis-server not found: CI must run this test; install it with scripts/install-e2e-deps.sh")
+		}
+		t.Skip("redis-server not found: run scripts/install-e2e-deps.sh")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(path, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	r := &redisServer{URL: "redis://" + addr, Addr: addr, cmd: cmd}
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	for deadline := time.Now().Add(5 * time.Second); c.Ping(context.Background()).Err() != nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server did not answer within 5s:\n%s", out.String())
+		}
+	}
+	return r
+}
+
+// client is a plain client for a test to poke at the keys.
+func (r *redisServer) client(t testing.TB) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+const testTTL = 2 * time.Second
+
+func validJSON(b []byte) error {
+	if !bytes.HasPrefix(b, []byte(`"`)) {
+		return errors.New("want a JSON string")
+	}
+	return nil
+}
+
+func newTier(t testing.TB, url string, mod ...func(*Options)) *Tier {
+	t.Helper()
+	o := Options{URL: url, Prefix: "test", TTL: testTTL, Lease: 500 * time.Millisecond, Validate: validJSON}
+	for _, f := range mod {
+		f(&o)
+	}
+	tier, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tier.Close() })
+	return tier
+}
+
+// fetcher counts its calls and answers a JSON string naming the call.
+type fetcher struct {
+	n     atomic.Int64
+	delay time.Duration
+	err   error
+}
+
+func (f *fetcher) fetch(ctx context.Context) ([]byte, error) {
+	n := f.n.Add(1)
+	select {
+	case <-time.After(f.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	return fmt.Appendf(nil, `"fetch %d"`, n), nil
+}
+
+func TestTier_OneFetchForTheWholeFleet(t *testing.T) {
+	r := startRedis(t)
+	f := &fetcher{delay: 50 * time.Millisecond}
+	var wg sync.WaitGroup
+	entries := make([]Entry, 5)
+	for i := range entries {
+		tier := newTier(t, r.URL)
+		wg.Go(func() {
+			e, err := tier.Load(context.Background(), time.Time{}, f.fetch)
+			if err != nil {
+				t.Errorf("replica %d: Load() error = %v", i, err)
+			}
+			entries[i] = e
+		})
+	}
+	wg.Wait()
+	if got := f.n.Load(); got != 1 {
+		t.Errorf("5 replicas made %d upstream fetches, want 1", got)
+	}
+	sources := map[string]int{}
+	for i, e := range entries {
+		sources[e.Source]++
+		if string(e.Data) != `"fetch 1"` || e.Gen != entries[0].Gen {
+			t.Errorf("replica %d got %s (gen %d), want the one fetch's data, gen %d", i, e.Data, e.Gen, entries[0].Gen)
+		}
+	}
+	if sources["leader"] != 1 || sources["shared"] != 4 {
+		t.Errorf("sources = %v, want 1 leader and 4 shared", sources)
+	}
+}
+
+// TestTier_DeadlineIsRedisExpiry: a reader's deadline comes from Redis's
+// PTTL, never later than the writer's, whatever the readers' clocks say.
+func TestTier_DeadlineIsRedisExpiry(t *testing.T) {
+	r := startRedis(t)
+	leader, reader := newTier(t, r.URL), newTier(t, r.URL)
+	f := &fetcher{delay: 300 * time.Millisecond}
+	led, err := leader.Load(context.Background(), time.Time{}, f.fetch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	got, found, err := reader.Read(context.Background(), time.Time{})
+	if err != nil || !found {
+		t.Fatalf("Read() = %v, %v", found, err)
+	}
+	if got.Deadline.After(led.Deadline) {
+		t.Errorf("reader's deadline %v is after the writer's %v", got.Deadline, led.Deadline)
+	}
+	if d := led.Deadline.Sub(got.Deadline); d > 50*time.Millisecond {
+		t.Errorf("reader's deadline is %v early, want within a round trip or so", d)
+	}
+	// The expiry in Redis is the TTL minus the fetch's own duration.
+	if pttl := r.client(t).PTTL(context.Background(), "test:snapshot").Val(); pttl > testTTL-450*time.Millisecond {
+		t.Errorf("PTTL = %v, want at most the TTL less the 300ms fetch and the 200ms since", pttl)
+	}
+}
+
+// TestTier_FencesASlowWriter: a leader slower than its lease is overtaken;
+// its late commit is refused and never replaces the newer snapshot.
+func TestTier_FencesASlowWriter(t *testing.T) {
+	r := startRedis(t)
+	slow, fast := newTier(t, r.URL), newTier(t, r.URL)
+	release := make(chan struct{})
+	slowDone := make(chan Entry)
+	go func() {
+		e, err := slow.Load(context.Background(), time.Time{}, func(ctx context.Context) ([]byte, error) {
+			<-release
+			return []byte(`"slow"`), nil
+		})
+		if err != nil {
+			t.Errorf("slow Load() error = %v", err)
+		}
+		slowDone <- e
+	}()
+	time.Sleep(600 * time.Millisecond) // past the 500ms lease
+	e, err := fast.Load(context.Background(), time.Time{}, func(context.Context) ([]byte, error) { return []byte(`"fast"`), nil })
+	if err != nil || e.Source != "leader" {
+		t.Fatalf("fast Load() = %+v, %v; want it to take the lock over and lead", e, err)
+	}
+	close(release)
+	slowEntry := <-slowDone
+	if slowEntry.Gen >= e.Gen {
+		t.Errorf("slow leader's generation %d, want below the overtaking one %d", slowEntry.Gen, e.Gen)
+	}
+	if st := slow.Stats(); st.CommitFenced != 1 {
+		t.Errorf("slow leader's stats = %+v, want its commit fenced", st)
+	}
+	if v := r.client(t).Get(context.Background(), "test:snapshot").Val(); !strings.Contains(v, `"fast"`) {
+		t.Errorf("Redis holds %s, want the newer snapshot", v)
+	}
+}
+
+// TestTier_TakesOverFromADeadLeader: a lock whose holder never commits
+// (killed mid-fetch) holds the others up for one lease, no longer.
+func TestTier_TakesOverFromADeadLeader(t *testing.T) {
+	r := startRedis(t)
+	dead, alive := newTier(t, r.URL), newTier(t, r.URL)
+	if gen, _, _, _, err := dead.lock(context.Background()); err != nil || gen == 0 {
+		t.Fatalf("lock() = %d, %v", gen, err)
+	}
+	start := time.Now()
+	f := &fetcher{}
+	e, err := alive.Load(context.Background(), time.Time{}, f.fetch)
+	took := time.Since(start)
+	if err != nil || e.Source != "leader" || f.n.Load() != 1 {
+		t.Fatalf("Load() = %+v, %v after %d fetches; want it to lead once the lease passed", e, err, f.n.Load())
+	}
+	if took < 400*time.Millisecond || took > 1500*time.Millisecond {
+		t.Errorf("took over after %v, want about the 500ms lease", took)
+	}
+	if st := alive.Stats(); st.WaitGaveUp != 1 || st.LockLost != 1 || st.LockWon != 1 {
+		t.Errorf("stats = %+v, want one lost lock, one wait given up, one won", st)
+	}
+}
+
+// TestTier_WaitersLearnOfALeadersFailure: waiters do not wait out the
+// lease when the leader's fetch fails; they are told at once.
+func TestTier_WaitersLearnOfALeadersFailure(t *testing.T) {
+	r := startRedis(t)
+	leader, waiter := newTier(t, r.URL, func(o *Options) { o.Lease = 5 * time.Second }), newTier(t, r.URL)
+	boom := errors.New("upstream down")
+	go leader.Load(context.Background(), time.Time{}, (&fetcher{delay: 200 * time.Millisecond, err: boom}).fetch)
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	_, err := waiter.Load(context.Background(), time.Time{}, (&fetcher{}).fetch)
+	if !errors.Is(err, ErrLeaderFailed) || time.Since(start) > time.Second {
+		t.Errorf("waiter's Load() = %v after %v, want ErrLeaderFailed well within the 5s lease", err, time.Since(start))
+	}
+}
+
+// TestTier_NothingInRedisIsTrusted: whatever sits under the key, the
+// replica never uses it unchecked; it counts it and fetches for itself.
+func TestTier_NothingInRedisIsTrusted(t *testing.T) {
+	r := startRedis(t)
+	c := r.client(t)
+	ctx := context.Background()
+	huge := strings.Repeat("x", 5<<20)
+	tests := []struct {
+		name string
+		set  func() error
+	}{
+		{"wrong type", func() error { return c.RPush(ctx, "test:snapshot", "a").Err() }},
+		{"huge", func() error { return c.Set(ctx, "test:snapshot", huge, time.Second).Err() }},
+		{"not JSON", func() error { return c.Set(ctx, "test:snapshot", "<script>", time.Second).Err() }},
+		{"invalid data", func() error {
+			return c.Set(ctx, "test:snapshot", `{"v":1,"gen":9,"fetched_at_ms":1,"data":[1]}`, time.Second).Err()
+		}},
+		{"no expiry", func() error {
+			return c.Set(ctx, "test:snapshot", `{"v":1,"gen":9,"fetched_at_ms":1,"data":"x"}`, 0).Err()
+		}},
+		{"expiry beyond the TTL", func() error {
+			return c.Set(ctx, "test:snapshot", `{"v":1,"gen":9,"fetched_at_ms":1,"data":"x"}`, time.Hour).Err()
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c.Del(ctx, "test:snapshot")
+			if err := tt.set(); err != nil {
+				t.Fatal(err)
+			}
+			tier := newTier(t, r.URL)
+			f := &fetcher{}
+			e, err := tier.Load(ctx, time.Time{}, f.fetch)
+			if err != nil || e.Source != "local" || f.n.Load() != 1 {
+				t.Errorf("Load() = %+v, %v; want a local fetch", e, err)
+			}
+			if st := tier.Stats(); st.Invalid != 1 || st.Fallbacks != 1 {
+				t.Errorf("stats = %+v, want 1 invalid value and 1 fallback", st)
+			}
+		})
+	}
+}
+
+// TestTier_RedisDownIsNoReasonToFail: with nothing listening, loads fetch
+// for themselves at once, and the breaker stops the calls after three.
+func TestTier_RedisDownIsNoReasonToFail(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	tier := newTier(t, "redis://user:s3cret-pw@"+addr+"/0")
+	f := &fetcher{}
+	for i := range 10 {
+		start := time.Now()
+		e, err := tier.Load(context.Background(), time.Time{}, f.fetch)
+		if err != nil || e.Source != "local" {
+			t.Fatalf("load %d = %+v, %v; want a local fetch", i, e, err)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Errorf("load %d took %v with Redis down", i, d)
+		}
+	}
+	st := tier.Stats()
+	if st.Fallbacks != 10 || st.BreakerOpened != 1 || !tier.BreakerOpen() {
+		t.Errorf("stats = %+v, open %v; want 10 fallbacks and the breaker open", st, tier.BreakerOpen())
+	}
+	if strings.Contains(tier.Redacted(), "s3cret") {
+		t.Errorf("Redacted() = %q shows the password", tier.Redacted())
+	}
+}
+
+func TestNew_RefusesBadURLsWithoutShowingThePassword(t *testing.T) {
+	for _, u := range []string{"ftp://user:s3cret@host", "redis://user:s3cret@host:notaport", "::"} {
+		_, err := New(Options{URL: u, TTL: time.Second, Lease: time.Second, Validate: validJSON})
+		if err == nil {
+			t.Errorf("New(%q) succeeded, want an error", u)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("New(%q) error %q shows the password", u, err)
+		}
+	}
+}
+
+// TestTier_NewsReachesOtherReplicas: a commit is announced, and another
+// replica hears of it promptly.
+func TestTier_NewsReachesOtherReplicas(t *testing.T) {
+	r := startRedis(t)
+	heard := make(chan struct{}, 10)
+	listener := newTier(t, r.URL, func(o *Options) { o.OnNews = func() { heard <- struct{}{} } })
+	writer := newTier(t, r.URL)
+	time.Sleep(100 * time.Millisecond) // let the subscription settle
+	start := time.Now()
+	if _, err := writer.Load(context.Background(), time.Time{}, (&fetcher{}).fetch); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-heard:
+		if d := time.Since(start); d > 250*time.Millisecond {
+			t.Errorf("news took %v", d)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no news within 2s")
+	}
+	if listener.Stats().NewsReceived != 1 {
+		t.Errorf("NewsReceived = %d, want 1", listener.Stats().NewsReceived)
+	}
+}
+
+func TestBreaker(t *testing.T) {
+	b := breaker{threshold: 3, cooldown: time.Second, maxCooldown: 4 * time.Second}
+	t0 := time.Unix(0, 0)
+	for i := range 2 {
+		if !b.allow(t0) || b.record(t0, false) {
+			t.Fatalf("failure %d: refused or opened below the threshold", i+1)
+		}
+	}
+	if !b.allow(t0) || !b.record(t0, false) {
+		t.Fatal("third failure did not open the breaker")
+	}
+	if b.allow(t0.Add(999 * time.Millisecond)) {
+		t.Error("open breaker allowed a call inside its cooldown")
+	}
+	// Half-open: one probe, not two.
+	probeAt := t0.Add(time.Second)
+	if !b.allow(probeAt) || b.allow(probeAt) {
+		t.Error("half-open breaker should allow exactly one probe")
+	}
+	b.record(probeAt, false) // the probe failed: twice the cooldown
+	if b.allow(probeAt.Add(1999*time.Millisecond)) || !b.allow(probeAt.Add(2*time.Second)) {
+		t.Error("a failed probe should reopen for twice the cooldown")
+	}
+	b.record(probeAt.Add(2*time.Second), true) // the probe succeeded
+	if !b.allow(probeAt.Add(2*time.Second)) || b.isOpen(probeAt.Add(2*time.Second)) {
+		t.Error("a successful probe should close the breaker")
+	}
+}
