@@ -31,7 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-		"net/url"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
