@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,7 @@ type Metrics struct {
 	upstreamDuration *prometheus.HistogramVec
 	httpRequests     *prometheus.CounterVec
 	httpDuration     *prometheus.HistogramVec
+	redisDuration    *prometheus.HistogramVec
 }
 
 // New registers the server's request metrics, the Go runtime's and the
@@ -47,9 +49,14 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time to serve HTTP requests, by route.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"handler"}),
+		redisDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "fleet", Name: "redis_call_duration_seconds",
+			Help:    "Latency of calls to Redis by the shared tier, by operation and result (ok or error).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+		}, []string{"op", "result"}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.upstreamRequests, m.upstreamDuration, m.httpRequests, m.httpDuration,
+		m.upstreamRequests, m.upstreamDuration, m.httpRequests, m.httpDuration, m.redisDuration,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
@@ -58,6 +65,15 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// ObserveRedis records one call to Redis by the shared tier.
+func (m *Metrics) ObserveRedis(op string, d time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.redisDuration.WithLabelValues(op, result).Observe(d.Seconds())
 }
 
 // ObserveUpstream records one request to the upstream.
@@ -97,53 +113,100 @@ var (
 )
 
 // RegisterCache registers on reg the cache's counters, read at scrape time
-// from stats, and its snapshot's age against the TTL. S must be a struct
-// whose fields are all uint64 counters, each tagged with its metric name
-// (without the namespace) and help, as in
+// from stats (see RegisterCounters), and its snapshot's age against the
+// TTL. age reports the newest snapshot's age, or false before there is one.
+func RegisterCache[S any](reg prometheus.Registerer, stats func() S, ttl time.Duration, age func() (time.Duration, bool)) error {
+	if err := RegisterCounters(reg, stats); err != nil {
+		return err
+	}
+	return reg.Register(&snapshotCollector{ttl: ttl, age: age})
+}
+
+// RegisterCounters registers on reg one counter per field of S, read at
+// scrape time from stats. S must be a struct whose fields are all uint64
+// counters, each tagged with its metric name (without the namespace), its
+// help and optionally constant labels, as in
 //
 //	Hits uint64 `metric:"cache_hits_total" help:"Requests served from a fresh snapshot."`
+//	Won  uint64 `metric:"fleet_locks_total" labels:"result=won" help:"..."`
 //
-// so a counter is defined once, where it is counted. age reports the
-// newest snapshot's age, or false before there is one.
-func RegisterCache[S any](reg prometheus.Registerer, stats func() S, ttl time.Duration, age func() (time.Duration, bool)) error {
+// so a counter is defined once, where it is counted.
+func RegisterCounters[S any](reg prometheus.Registerer, stats func() S) error {
 	t := reflect.TypeFor[S]()
 	if t.Kind() != reflect.Struct {
-		return fmt.Errorf("metrics: cache stats %s is not a struct", t)
+		return fmt.Errorf("metrics: stats %s is not a struct", t)
 	}
-	c := &cacheCollector[S]{stats: stats, ttl: ttl, age: age}
+	c := &counterCollector[S]{stats: stats}
 	for f := range t.Fields() {
 		name, help := f.Tag.Get("metric"), f.Tag.Get("help")
 		if f.Type.Kind() != reflect.Uint64 || name == "" || help == "" {
-			return fmt.Errorf("metrics: cache stats field %s: want a uint64 with metric and help tags", f.Name)
+			return fmt.Errorf("metrics: stats field %s.%s: want a uint64 with metric and help tags", t.Name(), f.Name)
 		}
-		c.counters = append(c.counters, prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, nil, nil))
+		labels := prometheus.Labels{}
+		if l := f.Tag.Get("labels"); l != "" {
+			for kv := range strings.SplitSeq(l, ",") {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("metrics: stats field %s.%s: labels %q: want k=v,k=v", t.Name(), f.Name, l)
+				}
+				labels[k] = v
+			}
+		}
+		c.descs = append(c.descs, prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, nil, labels))
 	}
 	return reg.Register(c)
 }
 
-// cacheCollector turns the cache's counters into metrics at scrape time.
-type cacheCollector[S any] struct {
-	stats    func() S
-	counters []*prometheus.Desc // one per field of S, in order
-	ttl      time.Duration
-	age      func() (time.Duration, bool)
+// counterCollector turns a stats struct into counters at scrape time.
+type counterCollector[S any] struct {
+	stats func() S
+	descs []*prometheus.Desc // one per field of S, in order
 }
 
-func (c *cacheCollector[S]) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range c.counters {
+func (c *counterCollector[S]) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
 		ch <- d
 	}
+}
+
+func (c *counterCollector[S]) Collect(ch chan<- prometheus.Metric) {
+	v := reflect.ValueOf(c.stats())
+	for i, d := range c.descs {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v.Field(i).Uint()))
+	}
+}
+
+// snapshotCollector reports the snapshot's age against the TTL.
+type snapshotCollector struct {
+	ttl time.Duration
+	age func() (time.Duration, bool)
+}
+
+func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- ageDesc
 	ch <- ttlDesc
 }
 
-func (c *cacheCollector[S]) Collect(ch chan<- prometheus.Metric) {
-	v := reflect.ValueOf(c.stats())
-	for i, d := range c.counters {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v.Field(i).Uint()))
-	}
+func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(ttlDesc, prometheus.GaugeValue, c.ttl.Seconds())
 	if age, ok := c.age(); ok {
 		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, age.Seconds())
 	}
+}
+
+// RegisterFleet registers on reg the shared tier's counters (see
+// RegisterCounters) and whether its circuit breaker is open.
+func RegisterFleet[S any](reg prometheus.Registerer, stats func() S, breakerOpen func() bool) error {
+	if err := RegisterCounters(reg, stats); err != nil {
+		return err
+	}
+	return reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "fleet", Name: "breaker_open",
+		Help: "1 while the circuit breaker keeps calls away from a failing Redis (the replica serves alone), else 0.",
+	}, func() float64 {
+		if breakerOpen() {
+			return 1
+		}
+		return 0
+	}))
 }

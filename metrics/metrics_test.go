@@ -11,6 +11,7 @@ import (
 
 	"github.com/movies-dev/movies/metrics"
 	"github.com/movies-dev/movies/pkg/cache"
+	"github.com/movies-dev/movies/pkg/fleet"
 )
 
 func TestRegisterCache_ExposesCacheStatsAndObservations(t *testing.T) {
@@ -111,5 +112,30 @@ func TestNew_RefusesDoubleRegistration(t *testing.T) {
 	}
 	if _, err := metrics.New(reg); err == nil {
 		t.Error("second New() on the same registry succeeded, want an error")
+	}
+}
+
+// TestRegisterFleet_LabelledCounters: the shared tier's counters share
+// metric names and differ by a constant label, as Prometheus expects.
+func TestRegisterFleet_LabelledCounters(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	stats := fleet.Stats{LockWon: 2, LockLost: 5, CommitFenced: 1}
+	if err := metrics.RegisterFleet(reg, func() fleet.Stats { return stats }, func() bool { return true }); err != nil {
+		t.Fatalf("RegisterFleet() error = %v", err)
+	}
+	want := `
+# HELP movies_fleet_breaker_open 1 while the circuit breaker keeps calls away from a failing Redis (the replica serves alone), else 0.
+# TYPE movies_fleet_breaker_open gauge
+movies_fleet_breaker_open 1
+# HELP movies_fleet_locks_total Attempts to take the fetch lock, by result.
+# TYPE movies_fleet_locks_total counter
+movies_fleet_locks_total{result="lost"} 5
+movies_fleet_locks_total{result="won"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "movies_fleet_locks_total", "movies_fleet_breaker_open"); err != nil {
+		t.Error(err)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Errorf("GatherAndLint() = %v, %v", problems, err)
 	}
 }
