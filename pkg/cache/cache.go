@@ -41,6 +41,14 @@ func (f LoaderFunc[V]) Load(ctx context.Context, started time.Time) (V, error) {
 	return f(ctx, started)
 }
 
+// A DatedLoader is a Loader whose value may be older than its load: one
+// another process fetched and shared. It returns with the value the instant
+// its age counts from, which must not be after started (zero means
+// started). New uses LoadDated when a Loader has it.
+type DatedLoader[V any] interface {
+	LoadDated(ctx context.Context, started time.Time) (V, time.Time, error)
+}
+
 // Snapshot is a value and the moment the load that produced it started.
 type Snapshot[V any] struct {
 	Value   V
@@ -292,8 +300,11 @@ func (c *Cache[V]) load(ctx context.Context, early bool) (*Snapshot[V], error) {
 	defer context.AfterFunc(c.closed, cancel)()
 
 	atomic.AddUint64(&c.stats.Loads, 1)
-	v, err := c.safeLoad(ctx, start)
-	if err == nil && time.Now().Sub(start) >= c.opts.TTL {
+	v, fetched, err := c.safeLoad(ctx, start)
+	if fetched.IsZero() || fetched.After(start) {
+		fetched = start
+	}
+	if err == nil && time.Now().Sub(fetched) >= c.opts.TTL {
 		err = ErrExpired
 	}
 	if err != nil {
@@ -304,9 +315,29 @@ func (c *Cache[V]) load(ctx context.Context, early bool) (*Snapshot[V], error) {
 	c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
 	c.mu.Unlock()
 	c.lastLoad.Store(int64(time.Now().Sub(start)))
-	s := &Snapshot[V]{Value: v, Fetched: start}
+	s := &Snapshot[V]{Value: v, Fetched: fetched}
 	c.snap.Store(s)
 	return s, nil
+}
+
+// Offer stores v, whose age counts from fetched, if it is still fresh and
+// newer than the cached value, and reports whether it did. It is how a
+// value that arrived without a Get (news of one another process fetched)
+// replaces an older one before it expires.
+func (c *Cache[V]) Offer(v V, fetched time.Time) bool {
+	if time.Since(fetched) >= c.opts.TTL {
+		return false
+	}
+	s := &Snapshot[V]{Value: v, Fetched: fetched}
+	for {
+		cur := c.snap.Load()
+		if cur != nil && !fetched.After(cur.Fetched) {
+			return false
+		}
+		if c.snap.CompareAndSwap(cur, s) {
+			return true
+		}
+	}
 }
 
 // fail records a failed load and starts its backoff.
@@ -359,13 +390,17 @@ func (c *Cache[V]) staleOr(err error) (Snapshot[V], error) {
 
 // safeLoad turns a panic in the loader into an error: singleflight would
 // otherwise re-panic it on a fresh goroutine and crash the process.
-func (c *Cache[V]) safeLoad(ctx context.Context, start time.Time) (v V, err error) {
+func (c *Cache[V]) safeLoad(ctx context.Context, start time.Time) (v V, fetched time.Time, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("cache: load panicked: %v", r)
 		}
 	}()
-	return c.loader.Load(ctx, start)
+	if d, ok := c.loader.(DatedLoader[V]); ok {
+		return d.LoadDated(ctx, start)
+	}
+	v, err = c.loader.Load(ctx, start)
+	return v, start, err
 }
 
 // fresh returns the cached snapshot if it is younger than the TTL at now.

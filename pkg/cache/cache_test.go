@@ -667,3 +667,60 @@ func TestCache_CloseEndsLoads(t *testing.T) {
 		}
 	})
 }
+
+// dated is a DatedLoader whose values are already some age old, as one
+// another process shared.
+type dated struct{ age time.Duration }
+
+func (d dated) Load(context.Context, time.Time) (int, error) { panic("Load called on a DatedLoader") }
+
+func (d dated) LoadDated(_ context.Context, started time.Time) (int, time.Time, error) {
+	return 7, started.Add(-d.age), nil
+}
+
+// TestCache_DatedLoaderAgesFromItsFetch: a value shared by another process
+// expires one TTL after that process's fetch, not after this load.
+func TestCache_DatedLoaderAgesFromItsFetch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cache.New[int](dated{age: 40 * time.Second}, cache.Options{TTL: ttl})
+		s := mustGet(t, c)
+		if got := s.Age(time.Now()); got != 40*time.Second {
+			t.Errorf("Age() = %v, want the 40s it had when shared", got)
+		}
+		time.Sleep(20 * time.Second)
+		mustGet(t, c)
+		if st := c.Stats(); st.Loads != 2 {
+			t.Errorf("Stats() = %+v, want a second load exactly one TTL after the first fetch", st)
+		}
+		// Already past the TTL when shared: never served.
+		old := cache.New[int](dated{age: ttl}, cache.Options{TTL: ttl})
+		if _, err := old.Get(context.Background()); !errors.Is(err, cache.ErrExpired) {
+			t.Errorf("Get() of a value shared past its TTL = %v, want ErrExpired", err)
+		}
+	})
+}
+
+// TestCache_OfferKeepsTheNewest: an offered value replaces an older one,
+// never a newer one, and never goes in expired.
+func TestCache_OfferKeepsTheNewest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cache.New[int64](&counter{}, cache.Options{TTL: ttl})
+		first := mustGet(t, c) // value 1, fetched now
+		time.Sleep(time.Second)
+		if c.Offer(100, first.Fetched.Add(-time.Millisecond)) {
+			t.Error("Offer() of an older value succeeded")
+		}
+		if !c.Offer(200, time.Now()) {
+			t.Error("Offer() of a newer value failed")
+		}
+		if s := mustGet(t, c); s.Value != 200 {
+			t.Errorf("Get() = %d after the offer, want 200", s.Value)
+		}
+		if c.Offer(300, time.Now().Add(-ttl)) {
+			t.Error("Offer() of an expired value succeeded")
+		}
+		if st := c.Stats(); st.Loads != 1 || st.Hits != 1 {
+			t.Errorf("Stats() = %+v, want the offer served as a hit without a load", st)
+		}
+	})
+}
