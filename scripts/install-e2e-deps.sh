@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests (e2e/) run against: Prometheus and
-# promtool, HAProxy, Chromium, Node.js and npm from Debian packages, and
+# promtool, HAProxy, Chromium, Node.js and npm, redis-server from Debian packages, and
 # axe-core (pinned by e2e/axe/package-lock.json) from npm into
 # e2e/axe/node_modules. Idempotent: does nothing when all are there. Needs
 # root (or sudo), Debian's package archive and the npm registry.
@@ -10,14 +10,14 @@ cd "$(dirname "$0")/.."
 # Debian package providing each command; Debian's prometheus package ships
 # promtool.
 declare -A pkg=([prometheus]=prometheus [promtool]=prometheus [haproxy]=haproxy
-  [chromium]=chromium [node]=nodejs [npm]=npm)
+  [chromium]=chromium [node]=nodejs [npm]=npm [redis-server]=redis-server)
 
 missing=()
 for bin in "${!pkg[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "e2e deps: prometheus, promtool, haproxy, chromium, node, npm all present"
+  echo "e2e deps: prometheus, promtool, haproxy, chromium, node, npm, redis-server all present"
 else
   echo "e2e deps: missing ${missing[*]}; installing from Debian packages"
   sudo=()

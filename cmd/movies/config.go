@@ -27,6 +27,7 @@ type config struct {
 	staleIfError    time.Duration
 	metricsAddr     string // "" serves /metrics on addr
 	readyFile       string // "" writes none
+	redis           string // "" runs alone
 	drainDelay      time.Duration
 	shutdownTimeout time.Duration
 	logFormat       string
@@ -75,6 +76,8 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		"on SIGTERM, keep serving this long with /readyz at 503 so load balancers stop sending traffic")
 	dur(&c.shutdownTimeout, "shutdown-timeout", "MOVIES_SHUTDOWN_TIMEOUT", 15*time.Second,
 		"on SIGTERM, how long in-flight requests get to finish")
+	str(&c.redis, "redis", "MOVIES_REDIS_URL", "",
+		"redis:// or rediss:// URL of a Redis the replicas share one upstream fetch and one snapshot through (default: none, each replica fetches alone)")
 	str(&c.readyFile, "ready-file", "MOVIES_READY_FILE", "",
 		"once listening, write the listening addresses here (host:port, -addr first), for supervisors and tests using port 0")
 	str(&c.logFormat, "log-format", "MOVIES_LOG_FORMAT", "text", "log format: text or json")
@@ -121,6 +124,11 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	if c.staleIfError < 0 || c.staleIfError > 24*time.Hour {
 		return c, fmt.Errorf("invalid -stale-if-error %s: must be between 0 (off) and 24h", c.staleIfError)
 	}
+	if c.redis != "" {
+		if err := validateRedis(c.redis); err != nil {
+			return c, fmt.Errorf("invalid -redis %s: %w", redactURL(c.redis), err)
+		}
+	}
 	if c.metricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.metricsAddr); err != nil {
 			return c, fmt.Errorf("invalid -metrics-addr %q: want host:port or :port", c.metricsAddr)
@@ -159,4 +167,28 @@ func validateUpstream(s string) error {
 		return errors.New("bad path")
 	}
 	return nil
+}
+
+// validateRedis checks a -redis URL's form; go-redis checks the rest.
+func validateRedis(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return errors.New("not a URL")
+	case u.Scheme != "redis" && u.Scheme != "rediss":
+		return errors.New("scheme must be redis or rediss")
+	case u.Host == "":
+		return errors.New("no host")
+	}
+	return nil
+}
+
+// redactURL masks a URL's password, so that no error or log line shows
+// it; a string that does not parse is not shown at all.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }

@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		DrainDelay:      cfg.drainDelay,
 		ShutdownTimeout: cfg.shutdownTimeout,
 		SeparateMetrics: cfg.metricsAddr != "",
+		Redis:           cfg.redis,
 		Log:             log,
 	})
 	if err != nil {
@@ -112,8 +113,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return fmt.Errorf("-ready-file: %w", err)
 		}
 	}
-	log.Info("listening", "addr", strings.Join(addrs, ","), "upstream", cfg.upstream,
-		"ttl", cfg.ttl, "upstream_timeout", cfg.upstreamTimeout)
+	attrs := []any{"addr", strings.Join(addrs, ","), "upstream", cfg.upstream, "ttl", cfg.ttl, "upstream_timeout", cfg.upstreamTimeout}
+	if cfg.redis != "" {
+		attrs = append(attrs, "redis", redactURL(cfg.redis))
+	}
+	log.Info("listening", attrs...)
 	if err := srv.Serve(ctx, ln, metricsLn); err != nil {
 		return err
 	}

@@ -140,6 +140,13 @@ func TestParseConfig(t *testing.T) {
 		{name: "every bad env var reported", env: map[string]string{"MOVIES_TTL": "x", "MOVIES_DRAIN_DELAY": "y"}, wantErr: "MOVIES_DRAIN_DELAY"},
 		{name: "bad duration", args: []string{"-ttl", "soon"}, wantErr: "-ttl"},
 		{name: "bad env duration", env: map[string]string{"MOVIES_UPSTREAM_TIMEOUT": "x"}, wantErr: "MOVIES_UPSTREAM_TIMEOUT"},
+		{name: "redis URL with password", args: []string{"-redis", "redis://u:s3cret@127.0.0.1:6379/2"}, check: func(t *testing.T, c config) {
+			if c.redis != "redis://u:s3cret@127.0.0.1:6379/2" {
+				t.Errorf("redis = %q", c.redis)
+			}
+		}},
+		{name: "redis bad scheme hides the password", args: []string{"-redis", "http://u:s3cret@h:1"}, wantErr: "invalid -redis http://u:xxxxx@h:1"},
+		{name: "redis from env", env: map[string]string{"MOVIES_REDIS_URL": "ftp://x"}, wantErr: "invalid -redis"},
 		{name: "bad addr", args: []string{"-addr", "8000"}, wantErr: "invalid -addr"},
 		{name: "bad log format", args: []string{"-log-format", "xml"}, wantErr: "invalid -log-format"},
 		{name: "bad log level", args: []string{"-log-level", "loud"}, wantErr: "invalid -log-level"},
@@ -187,7 +194,7 @@ func TestRun_Help(t *testing.T) {
 			flags++
 		}
 	}
-	if flags != 12 { // every flag in config.go
+	if flags != 13 { // every flag in config.go
 		t.Errorf("usage lists %d flags, want all of them:\n%s", flags, out.String())
 	}
 }

@@ -66,9 +66,10 @@ type Options struct {
 	// Observe, if set, is told of every Redis call: its operation, how long
 	// it took and its error.
 	Observe func(op string, d time.Duration, err error)
-	// OnNews, if set, is called (from the Tier's own goroutine) when
-	// another replica committed a snapshot, so the caller may adopt it.
-	OnNews func()
+	// OnNews, if set, is called (from the Tier's own goroutine) with the
+	// generation of a snapshot another replica committed, so the caller
+	// may adopt it. It must not block.
+	OnNews func(gen uint64)
 	// Log receives the tier's logs; nil discards them.
 	Log *slog.Logger
 }
@@ -416,7 +417,7 @@ func (t *Tier) decode(res []any, asked time.Time) (Entry, error) {
 	if !ok1 || !ok2 {
 		return Entry{}, errors.New("unexpected reply types")
 	}
-	if pttl <= 0 || time.Duration(pttl)*time.Millisecond > t.opts.TTL {
+	if pttl <= 1 || time.Duration(pttl)*time.Millisecond > t.opts.TTL {
 		// No expiry, or more than a TTL left: not written by this
 		// protocol, and serving it could break the promise.
 		return Entry{}, fmt.Errorf("the snapshot's expiry (%d ms) is not within the TTL", pttl)
@@ -435,9 +436,10 @@ func (t *Tier) decode(res []any, asked time.Time) (Entry, error) {
 		Data:      env.Data,
 		Gen:       env.Gen,
 		FetchedAt: time.UnixMilli(env.FetchedAtMS),
-		// asked is before Redis measured the PTTL: the local deadline
-		// errs early, never late.
-		Deadline: asked.Add(time.Duration(pttl) * time.Millisecond),
+		// asked is before Redis measured the PTTL, and Redis counts
+		// whole milliseconds (a PTTL may be up to 1ms generous): less
+		// one, the local deadline errs early, never late.
+		Deadline: asked.Add(time.Duration(pttl-1) * time.Millisecond),
 		Source:   "shared",
 	}, nil
 }
@@ -549,7 +551,7 @@ func (t *Tier) heard(payload string) {
 	if changed && !failed {
 		atomic.AddUint64(&t.stats.NewsReceived, 1)
 		if t.opts.OnNews != nil {
-			t.opts.OnNews()
+			t.opts.OnNews(gen)
 		}
 	}
 }

@@ -6,70 +6,24 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/movies-dev/movies/pkg/fleet/fleettest"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// redisServer is Debian's redis-server on a loopback port, started for
-// one test: the protocol is Lua running in the real thing, not a model.
-type redisServer struct {
-	URL  string
-	Addr string
-	cmd  *exec.Cmd
-}
-
-// startRedis starts redis-server, failing under CI=true if it is missing
-// (scripts/install-e2e-deps.sh installs it) and skipping otherwise.
-func startRedis(t testing.TB) *redisServer {
-	t.Helper()
-	path, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis-server not found: CI must run this test; install it with scripts/install-e2e-deps.sh")
-		}
-		t.Skip("redis-server not found: run scripts/install-e2e-deps.sh")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(path, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	r := &redisServer{URL: "redis://" + addr, Addr: addr, cmd: cmd}
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	for deadline := time.Now().Add(5 * time.Second); c.Ping(context.Background()).Err() != nil; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server did not answer within 5s:\n%s", out.String())
-		}
-	}
-	return r
-}
+func startRedis(t testing.TB) *fleettest.Redis { return fleettest.Start(t) }
 
 // client is a plain client for a test to poke at the keys.
-func (r *redisServer) client(t testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: r.Addr})
+func client(t testing.TB, r *fleettest.Redis) *redis.Client {
+	c := r.Client()
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -170,7 +124,7 @@ func TestTier_DeadlineIsRedisExpiry(t *testing.T) {
 		t.Errorf("reader's deadline is %v early, want within a round trip or so", d)
 	}
 	// The expiry in Redis is the TTL minus the fetch's own duration.
-	if pttl := r.client(t).PTTL(context.Background(), "test:snapshot").Val(); pttl > testTTL-450*time.Millisecond {
+	if pttl := client(t, r).PTTL(context.Background(), "test:snapshot").Val(); pttl > testTTL-450*time.Millisecond {
 		t.Errorf("PTTL = %v, want at most the TTL less the 300ms fetch and the 200ms since", pttl)
 	}
 }
@@ -205,7 +159,7 @@ func TestTier_FencesASlowWriter(t *testing.T) {
 	if st := slow.Stats(); st.CommitFenced != 1 {
 		t.Errorf("slow leader's stats = %+v, want its commit fenced", st)
 	}
-	if v := r.client(t).Get(context.Background(), "test:snapshot").Val(); !strings.Contains(v, `"fast"`) {
+	if v := client(t, r).Get(context.Background(), "test:snapshot").Val(); !strings.Contains(v, `"fast"`) {
 		t.Errorf("Redis holds %s, want the newer snapshot", v)
 	}
 }
@@ -252,7 +206,7 @@ func TestTier_WaitersLearnOfALeadersFailure(t *testing.T) {
 // replica never uses it unchecked; it counts it and fetches for itself.
 func TestTier_NothingInRedisIsTrusted(t *testing.T) {
 	r := startRedis(t)
-	c := r.client(t)
+	c := client(t, r)
 	ctx := context.Background()
 	huge := strings.Repeat("x", 5<<20)
 	tests := []struct {
@@ -339,7 +293,7 @@ func TestNew_RefusesBadURLsWithoutShowingThePassword(t *testing.T) {
 func TestTier_NewsReachesOtherReplicas(t *testing.T) {
 	r := startRedis(t)
 	heard := make(chan struct{}, 10)
-	listener := newTier(t, r.URL, func(o *Options) { o.OnNews = func() { heard <- struct{}{} } })
+	listener := newTier(t, r.URL, func(o *Options) { o.OnNews = func(uint64) { heard <- struct{}{} } })
 	writer := newTier(t, r.URL)
 	time.Sleep(100 * time.Millisecond) // let the subscription settle
 	start := time.Now()

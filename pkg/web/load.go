@@ -1,12 +1,20 @@
 package web
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
+	"github.com/movies-dev/movies/pkg/cache"
+	"github.com/movies-dev/movies/pkg/fleet"
 	"github.com/movies-dev/movies/pkg/ghibli"
 	"github.com/movies-dev/movies/pkg/render"
 	"github.com/movies-dev/movies/pkg/snapshot"
@@ -15,34 +23,215 @@ import (
 // loader fetches the catalogue and prepares a snapshot of it. It runs
 // inside the cache's flight, so once per TTL however many requests wait,
 // and logs once per fetch, so an outage logs once per attempt, not once per
-// request. It remembers its own last fetch (the snapshot's validators need
-// it) rather than asking the cache it fills.
+// request. It remembers its own last snapshot (the validators and the
+// shared tier need it) rather than asking the cache it fills.
+//
+// With a shared tier (-redis) it takes a snapshot another replica fetched,
+// leads the fleet's fetch, or waits for the replica that does; without one,
+// or whenever Redis fails, it fetches alone.
 type loader struct {
 	client *ghibli.Client
 	log    *slog.Logger
+	ttl    time.Duration
+	tier   *fleet.Tier // nil without -redis
 
-	mu          sync.Mutex
-	prevFetched time.Time // start of the last fetch that made a snapshot
+	mu   sync.Mutex
+	last struct {
+		fetched  time.Time // the last snapshot's age counts from here (local clock)
+		deadline time.Time // and it is served until here
+		gen      uint64    // its generation in the fleet; 0 if fetched alone
+	}
 }
 
+// Load is the Loader method; the cache prefers LoadDated.
 func (l *loader) Load(ctx context.Context, started time.Time) (*snapshot.Snapshot, error) {
+	s, _, err := l.LoadDated(ctx, started)
+	return s, err
+}
+
+// LoadDated returns a new snapshot and the instant its age counts from:
+// this load's start, or for a shared snapshot the (earlier) start of the
+// fetch another replica made.
+func (l *loader) LoadDated(ctx context.Context, started time.Time) (*snapshot.Snapshot, time.Time, error) {
+	var e fleet.Entry
+	var movies []ghibli.Movie
+	var err error
+	if l.tier == nil {
+		movies, err = l.fetch(ctx, started)
+		e = fleet.Entry{FetchedAt: started, Deadline: started.Add(l.ttl), Source: "local"}
+	} else {
+		e, err = l.tier.Load(ctx, l.haveDeadline(), func(ctx context.Context) ([]byte, error) {
+			movies, err = l.fetch(ctx, time.Now())
+			if err != nil {
+				return nil, err
+			}
+			return json.Marshal(movies)
+		})
+		if err == nil && e.Source == "shared" {
+			movies, err = decodeShared(e.Data)
+		}
+	}
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return l.prepare(ctx, movies, e)
+}
+
+// fetch asks the upstream and logs the outcome once.
+func (l *loader) fetch(ctx context.Context, started time.Time) ([]ghibli.Movie, error) {
 	movies, err := l.client.Movies(ctx)
 	attrs := []any{"duration", time.Since(started).Round(time.Millisecond), "outcome", ghibli.Cause(err)}
 	if err != nil {
 		l.log.ErrorContext(ctx, "upstream fetch failed", append(attrs, "err", err)...)
 		return nil, err
 	}
-	view := toView(movies, started)
-	l.log.InfoContext(ctx, "upstream fetch", append(attrs, "films", len(view.Movies), "links", countPeople(view))...)
+	l.log.InfoContext(ctx, "upstream fetch", append(attrs, "films", len(movies), "links", countPeople(movies))...)
+	return movies, nil
+}
+
+// prepare renders a snapshot of movies from e and remembers it.
+func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, e fleet.Entry) (*snapshot.Snapshot, time.Time, error) {
+	// The page shows the fetch's start on the clock of the replica that
+	// fetched; freshness counts on ours, from the deadline.
+	fetched := e.Deadline.Add(-l.ttl)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s, err := snapshot.New(view, l.prevFetched)
+	s, err := snapshot.New(toView(movies, e.FetchedAt), l.last.fetched)
 	if err != nil {
 		l.log.ErrorContext(ctx, "render failed", "err", err)
-		return nil, fmt.Errorf("render: %w", err)
+		return nil, time.Time{}, fmt.Errorf("render: %w", err)
 	}
-	l.prevFetched = started
-	return s, nil
+	if e.Source == "shared" {
+		l.log.DebugContext(ctx, "took the shared snapshot", "gen", e.Gen, "left", time.Until(e.Deadline).Round(time.Millisecond))
+	}
+	if fetched.After(l.last.fetched) {
+		l.last.fetched, l.last.deadline, l.last.gen = fetched, e.Deadline, e.Gen
+	}
+	return s, fetched, nil
+}
+
+// haveDeadline is when the snapshot this replica serves expires, or zero
+// if it has none fresh: the shared tier offers only something newer.
+func (l *loader) haveDeadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if time.Now().After(l.last.deadline) {
+		return time.Time{}
+	}
+	return l.last.deadline
+}
+
+// holds reports whether the snapshot this replica serves is generation
+// gen or a later one.
+func (l *loader) holds(gen uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last.gen >= gen
+}
+
+// adopter takes news of a snapshot another replica committed and puts it
+// in the cache at once, so no replica serves an older snapshot than one
+// the fleet has already served for longer than it takes news to travel.
+type adopter struct {
+	loader *loader
+	cache  *cache.Cache[*snapshot.Snapshot]
+	busy   atomic.Bool
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+// news is the tier's OnNews: it must not block, and one adoption at a
+// time is enough (the next poll or message brings any later one).
+func (a *adopter) news(gen uint64) {
+	if a.closed.Load() || a.loader.holds(gen) || !a.busy.CompareAndSwap(false, true) {
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer a.busy.Store(false)
+		have := a.loader.haveDeadline()
+		if have.IsZero() {
+			return // nothing fresh here to supersede: the next Get loads
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		e, found, err := a.loader.tier.Read(ctx, have)
+		if err != nil || !found {
+			return
+		}
+		movies, err := decodeShared(e.Data)
+		if err != nil {
+			return
+		}
+		s, fetched, err := a.loader.prepare(ctx, movies, e)
+		if err == nil {
+			a.cache.Offer(s, fetched)
+		}
+	}()
+}
+
+// close stops adoptions and waits for a running one.
+func (a *adopter) close() {
+	a.closed.Store(true)
+	a.wg.Wait()
+}
+
+// Bounds on a shared catalogue: far above the real one (22 films, 57
+// people), far below what could hurt.
+const (
+	maxSharedFilms  = 1000
+	maxSharedPeople = 1000
+	maxSharedField  = 1000
+)
+
+// decodeShared checks a catalogue read from Redis, where anything may have
+// been written: it must be valid UTF-8 JSON of exactly the shape we write,
+// within bounds, with ids and titles, and no markup or control characters
+// in any field (the templates would escape them; they are refused because
+// this replica never wrote them).
+func decodeShared(b []byte) ([]ghibli.Movie, error) {
+	if !utf8.Valid(b) {
+		return nil, errors.New("not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var movies []ghibli.Movie
+	if err := dec.Decode(&movies); err != nil {
+		return nil, fmt.Errorf("malformed catalogue: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data after the catalogue")
+	}
+	if len(movies) == 0 || len(movies) > maxSharedFilms {
+		return nil, fmt.Errorf("%d films, want 1 to %d", len(movies), maxSharedFilms)
+	}
+	for _, m := range movies {
+		if m.ID == "" || m.Title == "" || len(m.People) > maxSharedPeople {
+			return nil, errors.New("a film without id or title, or with too many people")
+		}
+		fields := []string{m.ID, m.Title, m.ReleaseDate, m.Director}
+		for _, p := range m.People {
+			if p.ID == "" {
+				return nil, errors.New("a person without an id")
+			}
+			fields = append(fields, p.ID, p.Name)
+		}
+		for _, f := range fields {
+			if len(f) > maxSharedField || strings.ContainsAny(f, "<>\x00") || strings.ContainsFunc(f, isControl) {
+				return nil, fmt.Errorf("a field with markup, control characters or over %d bytes", maxSharedField)
+			}
+		}
+	}
+	return movies, nil
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// validateShared is the shared tier's Validate.
+func validateShared(b []byte) error {
+	_, err := decodeShared(b)
+	return err
 }
 
 func toView(movies []ghibli.Movie, fetched time.Time) render.View {
@@ -57,9 +246,9 @@ func toView(movies []ghibli.Movie, fetched time.Time) render.View {
 	return v
 }
 
-func countPeople(v render.View) int {
+func countPeople(movies []ghibli.Movie) int {
 	n := 0
-	for _, m := range v.Movies {
+	for _, m := range movies {
 		n += len(m.People)
 	}
 	return n

@@ -561,11 +561,11 @@ func TestServer_HonoursUpstreamRetryAfter(t *testing.T) {
 func TestServer_StaleIfError(t *testing.T) {
 	t.Parallel()
 	up := startFake(t)
-	in := mustStart(t, Config{Upstream: up.URL, TTL: 300 * time.Millisecond, UpstreamTimeout: 150 * time.Millisecond, StaleIfError: 3 * time.Second})
+	in := mustStart(t, Config{Upstream: up.URL, TTL: time.Second, UpstreamTimeout: 500 * time.Millisecond, StaleIfError: 2 * time.Second})
 	t.Cleanup(testClient.CloseIdleConnections)
 	first := mustAPI(t, in.URL)
 	up.SetBehavior("", ghiblitest.Behavior{Status: 500})
-	time.Sleep(400 * time.Millisecond) // past the TTL
+	time.Sleep(1100 * time.Millisecond) // past the TTL
 
 	page := mustGet(t, in.URL+"/movies/")
 	if page.status != 200 || !strings.Contains(page.body, "the Ghibli API is unreachable") {
@@ -596,7 +596,7 @@ func TestServer_StaleIfError(t *testing.T) {
 		if r.status == 503 {
 			break
 		}
-		if time.Since(first.FetchedAt) > 300*time.Millisecond+3*time.Second+2*time.Second {
+		if time.Since(first.FetchedAt) > time.Second+2*time.Second+2*time.Second {
 			t.Fatalf("still %d at %v past the fetch, want 503 past TTL+stale-if-error", r.status, time.Since(first.FetchedAt))
 		}
 		if time.Now().After(deadline) {
@@ -821,7 +821,7 @@ func TestServer_HTTPCaching(t *testing.T) {
 	in := mustStart(t, Config{Upstream: up.URL})
 	for _, path := range []string{"/movies/", "/api/v1/movies"} {
 		plain := doWith(t, in.URL+path, nil)
-		gz := doWith(t, in.URL+path, map[string]string{"Accept-Encoding": "gzip, br"})
+		gz := doWith(t, in.URL+path, map[string]string{"Accept-Encoding": "gzip"})
 		if plain.status != 200 || gz.status != 200 {
 			t.Fatalf("%s: status %d / %d", path, plain.status, gz.status)
 		}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/movies-dev/movies/metrics"
 	"github.com/movies-dev/movies/pkg/cache"
+	"github.com/movies-dev/movies/pkg/fleet"
 	"github.com/movies-dev/movies/pkg/ghibli"
 	"github.com/movies-dev/movies/pkg/snapshot"
 )
@@ -53,6 +54,11 @@ type Config struct {
 	// ShutdownTimeout is how long in-flight requests get to finish after
 	// the drain; zero means 15s.
 	ShutdownTimeout time.Duration
+	// Redis, if set, is the URL of the Redis the replicas of a fleet share
+	// one upstream fetch and one snapshot through (package fleet). Redis is
+	// never a reason to fail a request: without it, or when it fails, the
+	// server fetches alone.
+	Redis string
 	// SeparateMetrics takes /metrics off the main handler: it is then
 	// served only by MetricsHandler, on a listener of its own.
 	SeparateMetrics bool
@@ -108,6 +114,8 @@ type Server struct {
 	log     *slog.Logger
 	cache   *cache.Cache[*snapshot.Snapshot]
 	client  *ghibli.Client
+	tier    *fleet.Tier // nil without Config.Redis
+	adopter *adopter    // nil without Config.Redis
 	metrics *metrics.Metrics
 	ready   atomic.Bool // false once shutdown has begun
 	ids     *idSource
@@ -132,7 +140,8 @@ func New(cfg Config) (*Server, error) {
 		HTTPClient: ghibli.NewHTTPClient(cfg.UpstreamTimeout),
 		Observe:    m.ObserveUpstream,
 	}
-	c := cache.New[*snapshot.Snapshot](&loader{client: client, log: cfg.Log}, cache.Options{
+	l := &loader{client: client, log: cfg.Log, ttl: cfg.TTL}
+	c := cache.New[*snapshot.Snapshot](l, cache.Options{
 		TTL:          cfg.TTL,
 		LoadTimeout:  cfg.UpstreamTimeout,
 		StaleIfError: cfg.StaleIfError,
@@ -152,8 +161,31 @@ func New(cfg Config) (*Server, error) {
 	if err := metrics.RegisterCache(reg, c.Stats, cfg.TTL, age); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	var a *adopter
+	if cfg.Redis != "" {
+		a = &adopter{loader: l, cache: c}
+		tier, err := fleet.New(fleet.Options{
+			URL: cfg.Redis, TTL: cfg.TTL,
+			// A waiting replica takes over from a leader that died after
+			// one lease, and must still have time to fetch before its own
+			// timeout: half of it.
+			Lease:    cfg.UpstreamTimeout / 2,
+			Validate: validateShared,
+			Observe:  m.ObserveRedis,
+			OnNews:   a.news,
+			Log:      cfg.Log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := metrics.RegisterFleet(reg, tier.Stats, tier.BreakerOpen); err != nil {
+			tier.Close()
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		l.tier = tier
+	}
 	s := &Server{
-		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(),
+		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier, adopter: a,
 		metricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 			ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
 		}),
@@ -173,11 +205,15 @@ func (s *Server) MetricsHandler() http.Handler { return s.metricsHandler }
 // TTL is the freshness bound the server keeps.
 func (s *Server) TTL() time.Duration { return s.cfg.TTL }
 
-// Close ends any running fetch and waits for it, and closes idle upstream
-// connections. Serve calls it on the way out; call it yourself only when
+// Close ends any running fetch and waits for it, stops listening to the
+// fleet, and closes idle upstream and Redis connections. Serve calls it on the way out; call it yourself only when
 // serving through Handler.
 func (s *Server) Close() {
-	s.cache.Close()
+	s.cache.Close() // first: a running load may be using the tier
+	if s.tier != nil {
+		s.adopter.close()
+		s.tier.Close()
+	}
 	s.client.HTTPClient.CloseIdleConnections()
 }
 

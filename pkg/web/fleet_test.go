@@ -1,0 +1,100 @@
+package web
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/movies-dev/movies/pkg/fleet/fleettest"
+	"github.com/movies-dev/movies/pkg/ghibli"
+	"github.com/movies-dev/movies/pkg/ghibli/builtin"
+)
+
+// TestFleet_ReplicasShareOneFetch: replicas on one Redis make one upstream
+// fetch between them, serve the same snapshot, and a replica that starts
+// later takes it from Redis instead of the upstream.
+func TestFleet_ReplicasShareOneFetch(t *testing.T) {
+	t.Parallel()
+	r := fleettest.Start(t)
+	up := startFake(t)
+	cfg := Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second}
+	a, b := mustStart(t, cfg), mustStart(t, cfg)
+	t.Cleanup(testClient.CloseIdleConnections)
+	docA, docB := mustAPI(t, a.URL), mustAPI(t, b.URL)
+	late := mustStart(t, cfg)
+	docLate := mustAPI(t, late.URL)
+	if got := up.Requests(""); got != 2 {
+		t.Errorf("3 replicas made %d upstream requests, want 2 (one fetch: /films and /people)", got)
+	}
+	for name, doc := range map[string]apiMovies{"b": docB, "late": docLate} {
+		if !doc.FetchedAt.Equal(docA.FetchedAt) || len(doc.Movies) != 22 {
+			t.Errorf("replica %s serves the snapshot fetched at %v (%d films), want a's from %v", name, doc.FetchedAt, len(doc.Movies), docA.FetchedAt)
+		}
+	}
+	if m := mustMetrics(t, late.URL); m[`movies_fleet_reads_total{result="hit"}`] != 1 {
+		t.Errorf("late replica: shared hits = %v, want 1", m[`movies_fleet_reads_total{result="hit"}`])
+	}
+}
+
+// TestFleet_NewsReplacesAnOlderSnapshot: when one replica fetches a newer
+// snapshot, the others serve it within moments, not at their own expiry.
+func TestFleet_NewsReplacesAnOlderSnapshot(t *testing.T) {
+	t.Parallel()
+	r := fleettest.Start(t)
+	up := startFake(t)
+	cfg := Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second}
+	a, b := mustStart(t, cfg), mustStart(t, cfg)
+	t.Cleanup(testClient.CloseIdleConnections)
+	mustAPI(t, a.URL)
+	mustAPI(t, b.URL)
+	// A new replica finds no shared snapshot (the key is gone, as after a
+	// Redis restart) and fetches changed data.
+	up.Update(func(d *builtin.Data) { d.Films[0]["title"] = "Castle in the Sky (new)" })
+	c := r.Client()
+	defer c.Close()
+	c.Del(t.Context(), "movies:snapshot")
+	third := mustStart(t, cfg)
+	const newTitle = "Castle in the Sky (new)"
+	if got := mustAPI(t, third.URL).Movies[0].Title; got != newTitle {
+		t.Fatalf("third replica served %q, want its own new fetch", got)
+	}
+	committed := time.Now()
+	for {
+		got := mustAPI(t, b.URL).Movies[0].Title
+		if got == newTitle {
+			if d := time.Since(committed); d > 250*time.Millisecond {
+				t.Errorf("replica b took %v to adopt the newer snapshot, want under 250ms", d)
+			}
+			break
+		}
+		if time.Since(committed) > time.Second {
+			t.Fatalf("replica b still serves %q a second after the newer snapshot was committed", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDecodeShared_RejectsWhatWeNeverWrite: data in Redis is checked like
+// upstream data, and more strictly: only what this program writes passes.
+func TestDecodeShared_RejectsWhatWeNeverWrite(t *testing.T) {
+	good, _ := json.Marshal([]ghibli.Movie{{ID: "1", Title: "Totoro", People: []ghibli.Cast{{ID: "p", Name: "Mei"}}}})
+	if _, err := decodeShared(good); err != nil {
+		t.Fatalf("decodeShared(our own) = %v", err)
+	}
+	for name, b := range map[string]string{
+		"invalid UTF-8":   "[{\"ID\":\"1\",\"Title\":\"\xff\"}]",
+		"markup":          `[{"ID":"1","Title":"<script>alert(1)</script>"}]`,
+		"control":         `[{"ID":"1","Title":"a\u0007b"}]`,
+		"unknown field":   `[{"ID":"1","Title":"x","Evil":true}]`,
+		"wrong type":      `{"ID":"1"}`,
+		"empty":           `[]`,
+		"no title":        `[{"ID":"1"}]`,
+		"trailing":        `[{"ID":"1","Title":"x"}] []`,
+		"person no id":    `[{"ID":"1","Title":"x","People":[{"Name":"y"}]}]`,
+		"not JSON at all": `PONG`,
+	} {
+		if _, err := decodeShared([]byte(b)); err == nil {
+			t.Errorf("decodeShared(%s) accepted it", name)
+		}
+	}
+}
