@@ -1,48 +1,188 @@
 package snapshot
 
 import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/andybalholm/brotli"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/movies-dev/movies/pkg/ghibli"
+	"github.com/movies-dev/movies/pkg/ghibli/builtin"
+	"github.com/movies-dev/movies/pkg/render"
 )
 
-func TestAcceptsGzip(t *testing.T) {
-	tests := []struct {
-		header string
-		want   bool
-	}{
-		{"", false},
-		{"gzip", true},
-		{"GZIP", true},
-		{"gzip, deflate, br", true},
-		{"br;q=1.0, gzip;q=0.8, *;q=0.1", true},
-		{"deflate", false},
-		{"gzip;q=0", false},
-		{"gzip; q=0.0", false},
-		{"*", true},
-		{"*;q=0", false},
-		{"gzip;q=0, *", false}, // an explicit refusal wins over *
-		{"identity", false},
-		{"x-gzip", true},
-		{"gzip;q=bogus", false},
-		{" gzip ;q=0.5 ", true},
-	}
-	for _, tt := range tests {
-		if got := acceptsGzip([]string{tt.header}); got != tt.want {
-			t.Errorf("acceptsGzip(%q) = %v, want %v", tt.header, got, tt.want)
+// bundledView is the catalogue the server shows for the bundled data, so
+// that sizes and timings here are those of the real page.
+func bundledView(tb testing.TB) render.View {
+	tb.Helper()
+	data := builtin.Bundled()
+	var films []ghibli.Film
+	var people []ghibli.Person
+	for _, c := range []struct {
+		from any
+		into any
+	}{{data.Films, &films}, {data.People, &people}} {
+		b, err := json.Marshal(c.from)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := json.Unmarshal(b, c.into); err != nil {
+			tb.Fatal(err)
 		}
 	}
-	// A header may come in several lines; they form one list.
+	v := render.View{FetchedAt: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
+	for _, m := range ghibli.Join(films, people) {
+		rm := render.Movie{ID: m.ID, Title: m.Title, ReleaseDate: m.ReleaseDate, Director: m.Director}
+		for _, p := range m.People {
+			rm.People = append(rm.People, render.Person{ID: p.ID, Name: p.Name})
+		}
+		v.Movies = append(v.Movies, rm)
+	}
+	return v
+}
+
+func mustRepresentation(tb testing.TB, body []byte) *Representation {
+	tb.Helper()
+	r, err := NewRepresentation(body, "text/plain", time.Now(), time.Time{})
+	if err != nil {
+		tb.Fatalf("NewRepresentation() error = %v", err)
+	}
+	return r
+}
+
+// decode undoes a variant's content coding with a decoder independent of
+// the encoder's settings.
+func decode(t *testing.T, v *Variant) []byte {
+	t.Helper()
+	var (
+		out []byte
+		err error
+	)
+	switch v.Coding {
+	case "identity":
+		return v.Body
+	case "br":
+		out, err = io.ReadAll(brotli.NewReader(bytes.NewReader(v.Body)))
+	case "zstd":
+		var d *zstd.Decoder
+		if d, err = zstd.NewReader(nil); err == nil {
+			out, err = d.DecodeAll(v.Body, nil)
+			d.Close()
+		}
+	case "gzip":
+		var zr *gzip.Reader
+		if zr, err = gzip.NewReader(bytes.NewReader(v.Body)); err == nil {
+			out, err = io.ReadAll(zr)
+		}
+	default:
+		t.Fatalf("unknown coding %q", v.Coding)
+	}
+	if err != nil {
+		t.Fatalf("decode %s: %v", v.Coding, err)
+	}
+	return out
+}
+
+func TestNewRepresentation_EveryVariantDecodesToTheBody(t *testing.T) {
+	snap, err := New(bundledView(t), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct {
-		lines []string
-		want  bool
+		name string
+		r    *Representation
 	}{
-		{nil, false},
-		{[]string{"br", "gzip"}, true},
-		{[]string{"*", "gzip;q=0"}, false},
+		{"page", snap.HTML},
+		{"JSON", snap.JSON},
+		{"empty", mustRepresentation(t, nil)},
+		{"one byte", mustRepresentation(t, []byte("x"))},
 	} {
-		if got := acceptsGzip(tt.lines); got != tt.want {
-			t.Errorf("acceptsGzip(%q) = %v, want %v", tt.lines, got, tt.want)
+		t.Run(tt.name, func(t *testing.T) {
+			body := tt.r.Identity().Body
+			var codings []string
+			for _, v := range tt.r.Variants() {
+				codings = append(codings, v.Coding)
+				if got := decode(t, v); !bytes.Equal(got, body) {
+					t.Errorf("%s decodes to %d bytes, want the %d-byte body", v.Coding, len(got), len(body))
+				}
+				if want := []string{strconv.Itoa(len(v.Body))}; fmt.Sprint(v.ContentLength) != fmt.Sprint(want) {
+					t.Errorf("%s: ContentLength = %q, want %q", v.Coding, v.ContentLength, want)
+				}
+				if v.Coding == "identity" {
+					if v.Encoding != nil {
+						t.Errorf("identity: Encoding = %q, want nil", v.Encoding)
+					}
+				} else if len(v.Encoding) != 1 || v.Encoding[0] != v.Coding {
+					t.Errorf("%s: Encoding = %q, want [%s]", v.Coding, v.Encoding, v.Coding)
+				}
+				if len(v.ETagHeader) != 1 || v.ETagHeader[0] != v.ETag {
+					t.Errorf("%s: ETagHeader = %q, want [%s]", v.Coding, v.ETagHeader, v.ETag)
+				}
+			}
+			if got, want := fmt.Sprint(codings), "[identity br zstd gzip]"; got != want {
+				t.Errorf("Variants() codings = %s, want %s", got, want)
+			}
+		})
+	}
+}
+
+// TestNewRepresentation_CompressesTheRealPage pins that every coding earns
+// its place on the bodies actually served, and logs the sizes (go test -v).
+func TestNewRepresentation_CompressesTheRealPage(t *testing.T) {
+	snap, err := New(bundledView(t), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range map[string]*Representation{"page": snap.HTML, "JSON": snap.JSON} {
+		size := map[string]int{}
+		for _, v := range r.Variants() {
+			size[v.Coding] = len(v.Body)
+		}
+		t.Logf("%s: identity %d, br %d, zstd %d, gzip %d bytes", name, size["identity"], size["br"], size["zstd"], size["gzip"])
+		for _, c := range []string{"br", "zstd", "gzip"} {
+			if size[c] > size["identity"]/2 {
+				t.Errorf("%s: %s %d bytes of %d; want at most half", name, c, size[c], size["identity"])
+			}
+		}
+		if size["br"] >= size["gzip"] {
+			t.Errorf("%s: br %d bytes, not below gzip's %d", name, size["br"], size["gzip"])
+		}
+		// What a browser that speaks every coding gets is the smallest.
+		v := r.Negotiate([]string{"gzip, deflate, br, zstd"})
+		for c, n := range size {
+			if n < len(v.Body) {
+				t.Errorf("%s: negotiated %s (%d bytes), but %s is %d", name, v.Coding, len(v.Body), c, n)
+			}
+		}
+	}
+}
+
+func TestNewRepresentation_EveryVariantHasItsOwnStrongETag(t *testing.T) {
+	r := mustRepresentation(t, []byte("page"))
+	seen := map[string]string{}
+	for _, v := range r.Variants() {
+		if len(v.ETag) < 3 || v.ETag[0] != '"' || v.ETag[len(v.ETag)-1] != '"' {
+			t.Errorf("%s: ETag %s is not a quoted strong tag", v.Coding, v.ETag)
+		}
+		if other, dup := seen[v.ETag]; dup {
+			t.Errorf("%s and %s share ETag %s", v.Coding, other, v.ETag)
+		}
+		seen[v.ETag] = v.Coding
+	}
+	// The same content in a later snapshot keeps its tags: a client's
+	// cached copy stays valid across refreshes that changed nothing.
+	again := mustRepresentation(t, []byte("page"))
+	for i, v := range again.Variants() {
+		if want := r.Variants()[i].ETag; v.ETag != want {
+			t.Errorf("%s: ETag %s for the same content, want %s", v.Coding, v.ETag, want)
 		}
 	}
 }
@@ -54,7 +194,8 @@ func TestNotModified(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	etag := r.identity.ETag
+	etag := r.Identity().ETag
+	gzipTag := r.variants[codingGzip].ETag
 	tests := []struct {
 		name string
 		h    http.Header
@@ -67,7 +208,7 @@ func TestNotModified(t *testing.T) {
 		{"in a second header line", http.Header{"If-None-Match": {`"x"`, etag}}, true},
 		{"star", http.Header{"If-None-Match": {`*`}}, true},
 		{"other tag", http.Header{"If-None-Match": {`"abd"`}}, false},
-		{"other variant's tag", http.Header{"If-None-Match": {r.gzip.ETag}}, false},
+		{"other variant's tag", http.Header{"If-None-Match": {gzipTag}}, false},
 		{"tag decides over date", http.Header{"If-None-Match": {`"x"`}, "If-Modified-Since": {mod.Format(http.TimeFormat)}}, false},
 		{"our Last-Modified", http.Header{"If-Modified-Since": {mod.Format(http.TimeFormat)}}, true},
 		{"later date", http.Header{"If-Modified-Since": {mod.Add(time.Hour).Format(http.TimeFormat)}}, true},
@@ -75,7 +216,7 @@ func TestNotModified(t *testing.T) {
 		{"garbage date", http.Header{"If-Modified-Since": {"yesterday"}}, false},
 	}
 	for _, tt := range tests {
-		if got := r.NotModified(tt.h, &r.identity); got != tt.want {
+		if got := r.NotModified(tt.h, r.Identity()); got != tt.want {
 			t.Errorf("%s: NotModified(%v) = %v, want %v", tt.name, tt.h, got, tt.want)
 		}
 	}
@@ -86,15 +227,57 @@ func TestNotModified(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := (http.Header{"If-Modified-Since": r.LastModified}); next.NotModified(h, &next.identity) {
+	if h := (http.Header{"If-Modified-Since": r.LastModified}); next.NotModified(h, next.Identity()) {
 		t.Error("If-Modified-Since of the previous snapshot in the same second answered 304")
 	}
 	// A snapshot in a later second is unambiguous again.
 	later, _ := NewRepresentation([]byte("later"), "text/plain", fetched.Add(2*time.Second), next.modTime.Add(500*time.Millisecond))
-	if h := (http.Header{"If-Modified-Since": later.LastModified}); !later.NotModified(h, &later.identity) {
+	if h := (http.Header{"If-Modified-Since": later.LastModified}); !later.NotModified(h, later.Identity()) {
 		t.Error("If-Modified-Since of a snapshot's own Last-Modified did not answer 304")
 	}
-	if h := (http.Header{"If-Modified-Since": r.LastModified}); later.NotModified(h, &later.identity) {
+	if h := (http.Header{"If-Modified-Since": r.LastModified}); later.NotModified(h, later.Identity()) {
 		t.Error("If-Modified-Since of an older snapshot answered 304")
+	}
+}
+
+// TestNotModified_OnlyByTheVariantsOwnTag: a cache holding the br body
+// must not be told that its bytes are the gzip variant, or it would serve
+// br to a client that asked for gzip.
+func TestNotModified_OnlyByTheVariantsOwnTag(t *testing.T) {
+	r := mustRepresentation(t, []byte("page"))
+	for _, held := range r.Variants() {
+		for _, served := range r.Variants() {
+			h := http.Header{"If-None-Match": held.ETagHeader}
+			if got, want := r.NotModified(h, served), held == served; got != want {
+				t.Errorf("If-None-Match %s for the %s variant: NotModified = %v, want %v", held.ETag, served.Coding, got, want)
+			}
+		}
+	}
+}
+
+// BenchmarkNewRepresentation measures the compression once per snapshot,
+// for each of the two bodies the server prepares.
+func BenchmarkNewRepresentation(b *testing.B) {
+	view := bundledView(b)
+	page, err := render.Page(view)
+	if err != nil {
+		b.Fatal(err)
+	}
+	js, err := render.JSON(view)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bb := range []struct {
+		name string
+		body []byte
+	}{{"page", page}, {"JSON", js}} {
+		b.Run(bb.name, func(b *testing.B) {
+			b.SetBytes(int64(len(bb.body)))
+			for b.Loop() {
+				if _, err := NewRepresentation(bb.body, "text/html", view.FetchedAt, time.Time{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
