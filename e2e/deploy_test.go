@@ -47,7 +47,7 @@ func TestCompose_ServicesAndMounts(t *testing.T) {
 	var c composeFile
 	readYAML(t, filepath.Join(root, "docker-compose.yml"), &c)
 
-	for _, name := range []string{"movies-a", "movies-b", "lb", "prometheus", "grafana"} {
+	for _, name := range []string{"movies-a", "movies-b", "redis", "lb", "prometheus", "grafana"} {
 		if _, ok := c.Services[name]; !ok {
 			t.Errorf("docker-compose.yml has no service %s", name)
 		}
@@ -71,6 +71,10 @@ func TestCompose_ServicesAndMounts(t *testing.T) {
 		}
 		if drain < 3*time.Second {
 			t.Errorf("%s: MOVIES_DRAIN_DELAY %s is shorter than HAProxy's checks need (see e2e/haproxy_test.go)", name, drain)
+		}
+		// Both replicas share one fetch through the stack's Redis.
+		if got := s.Environment["MOVIES_REDIS_URL"]; got != "redis://redis:6379/0" {
+			t.Errorf("%s: MOVIES_REDIS_URL = %q, want the stack's redis service", name, got)
 		}
 		if up := s.Environment["MOVIES_UPSTREAM"]; up != "" {
 			t.Errorf("%s: MOVIES_UPSTREAM = %q; the default stack uses the live API", name, up)

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/movies-dev/movies/pkg/fleet/fleettest"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -58,9 +59,12 @@ var grafanaVars = strings.NewReplacer(
 func TestPrometheus_RunsEveryDashboardQueryAndAlert(t *testing.T) {
 	promBin := mustLookPath(t, "prometheus")
 
+	// As in the compose stack: two replicas sharing a Redis, so the
+	// shared tier's panels have series too.
+	redis := fleettest.Start(t)
 	replicas := []string{freeAddr(t), freeAddr(t)}
 	for i, addr := range replicas {
-		startReplica(t, fmt.Sprintf("movies-%c", 'a'+i), addr)
+		startReplica(t, fmt.Sprintf("movies-%c", 'a'+i), addr, "-redis", redis.URL)
 	}
 
 	dir := t.TempDir()
