@@ -31,9 +31,19 @@ type Movie struct {
 }
 
 // View is one snapshot of the catalogue.
+//
+// A fresh page or document carries no time of its own: the same data
+// renders the same bytes whatever fetch produced it, so a cache or browser
+// holding them can be told with a 304 that they are still current. The
+// fetch time appears only on a stale rendering, which is never cached.
 type View struct {
-	FetchedAt time.Time // when the upstream fetch started; shown in UTC
-	Movies    []Movie
+	// FetchedAt is when the upstream fetch started; shown, in UTC, only
+	// on a stale rendering.
+	FetchedAt time.Time
+	// MaxAge is the promise the page states: the data was checked against
+	// the Ghibli API at most this long ago (the TTL).
+	MaxAge time.Duration
+	Movies []Movie
 	// Stale marks a snapshot served past its TTL because the upstream is
 	// unreachable: the page says so in a banner, the JSON gives its Age.
 	Stale bool
@@ -106,22 +116,23 @@ func StyleHash() string { return styleHash }
 // pageData is what the page template sees: the time is formatted here so
 // the template cannot show it in any zone but UTC.
 type pageData struct {
-	FetchedAt     string // RFC 3339, for the datetime attribute
-	FetchedAtText string // for people
-	Movies        []Movie
-	Stale         bool
-	StaleClock    string // HH:MM:SS UTC of the fetch, for the banner
+	MaxAge     string // "1 minute", for people
+	Movies     []Movie
+	Stale      bool
+	FetchedAt  string // RFC 3339, for the stale banner's datetime attribute
+	StaleClock string // HH:MM:SS UTC of the fetch, for the stale banner
 }
 
 // Page renders v as a complete HTML5 document.
 func Page(v View) ([]byte, error) {
 	t := v.FetchedAt.UTC()
 	d := pageData{
-		FetchedAt:     t.Format(time.RFC3339),
-		FetchedAtText: t.Format("2006-01-02 15:04:05 UTC"),
-		Movies:        v.Movies,
-		Stale:         v.Stale,
-		StaleClock:    t.Format("15:04:05 UTC"),
+		MaxAge: humanDuration(v.MaxAge),
+		Movies: v.Movies,
+		Stale:  v.Stale,
+	}
+	if v.Stale {
+		d.FetchedAt, d.StaleClock = t.Format(time.RFC3339), t.Format("15:04:05 UTC")
 	}
 	var buf bytes.Buffer
 	if err := templates.ExecuteTemplate(&buf, "page", d); err != nil {
@@ -134,10 +145,11 @@ func Page(v View) ([]byte, error) {
 // shape is pinned here, not by whoever adds a field to Movie.
 type (
 	jsonDoc struct {
-		FetchedAt string `json:"fetched_at"`
-		// Stale and AgeSeconds appear only on a stale snapshot, so the
-		// normal document keeps its documented shape.
+		// Stale, FetchedAt and AgeSeconds appear only on a stale
+		// snapshot: a fresh document is the data alone, so the same data
+		// is the same bytes and revalidates with a 304.
 		Stale      bool        `json:"stale,omitempty"`
+		FetchedAt  string      `json:"fetched_at,omitempty"`
 		AgeSeconds *int64      `json:"age_seconds,omitempty"`
 		Movies     []jsonMovie `json:"movies"`
 	}
@@ -156,21 +168,19 @@ type (
 
 // JSON renders v as a JSON document followed by a newline:
 //
-//	{"fetched_at": "<RFC 3339, UTC>", "movies": [{"id", "title",
-//	"release_date", "director", "people": [{"id", "name"}]}]}
+//	{"movies": [{"id", "title", "release_date", "director",
+//	"people": [{"id", "name"}]}]}
 //
-// A stale view adds "stale": true and "age_seconds" after "fetched_at".
+// A stale view starts with "stale": true, "fetched_at": "<RFC 3339, UTC>"
+// and "age_seconds".
 //
 // Empty movie and people lists are [] rather than null, so clients can
 // iterate without a nil check.
 func JSON(v View) ([]byte, error) {
-	doc := jsonDoc{
-		FetchedAt: v.FetchedAt.UTC().Format(time.RFC3339),
-		Movies:    make([]jsonMovie, 0, len(v.Movies)),
-	}
+	doc := jsonDoc{Movies: make([]jsonMovie, 0, len(v.Movies))}
 	if v.Stale {
 		age := int64(v.Age / time.Second)
-		doc.Stale, doc.AgeSeconds = true, &age
+		doc.Stale, doc.FetchedAt, doc.AgeSeconds = true, v.FetchedAt.UTC().Format(time.RFC3339), &age
 	}
 	for _, m := range v.Movies {
 		people := make([]jsonPerson, 0, len(m.People))
@@ -215,4 +225,24 @@ func errorPage(t *template.Template, d errorData) []byte {
 		return bytes.Clone(fallbackErrorPage)
 	}
 	return buf.Bytes()
+}
+
+// humanDuration says d the way the page does: "1 minute", "30 seconds",
+// "1.5 seconds".
+func humanDuration(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "a moment"
+	case d%time.Minute == 0:
+		if d == time.Minute {
+			return "1 minute"
+		}
+		return fmt.Sprintf("%d minutes", d/time.Minute)
+	case d == time.Second:
+		return "1 second"
+	case d%time.Second == 0:
+		return fmt.Sprintf("%d seconds", d/time.Second)
+	default:
+		return fmt.Sprintf("%g seconds", d.Seconds())
+	}
 }

@@ -27,10 +27,10 @@ type Representation struct {
 	ContentType  []string
 	LastModified []string
 
-	modTime time.Time // the fetch start, at Last-Modified's one-second resolution
-	// modTimeUnique is false when the previous snapshot started in the same
-	// second: Last-Modified then cannot tell the two apart, and only the
-	// ETag may answer 304.
+	modTime time.Time // when the data last changed, at Last-Modified's one-second resolution
+	// modTimeUnique is false when the previous, different data changed in
+	// the same second: Last-Modified then cannot tell the two apart, and
+	// only the ETag may answer 304.
 	modTimeUnique bool
 	variants      [numCodings]Variant // indexed by coding
 	// bySize lists the codings from the smallest body to the largest, so
@@ -73,8 +73,9 @@ var codingNames = [numCodings]string{
 // runs at its best compression (brotli 11, zstd's best, gzip 9): that
 // costs some 20 ms for the 12 KB page, once per snapshot
 // (BenchmarkNewRepresentation), and saves bytes on every response.
-// prevFetched is the previous snapshot's fetch start (zero if none).
-func NewRepresentation(body []byte, contentType string, fetched, prevFetched time.Time) (*Representation, error) {
+// changed is when the data last changed (its Last-Modified), prevChanged
+// when the data before it did (zero if none).
+func NewRepresentation(body []byte, contentType string, changed, prevChanged time.Time) (*Representation, error) {
 	var bodies [numCodings][]byte
 	bodies[codingIdentity] = body
 	var err error
@@ -92,12 +93,12 @@ func NewRepresentation(body []byte, contentType string, fetched, prevFetched tim
 	// codings apart, so a client's tag for one never validates another.
 	sum := sha256.Sum256(body)
 	tag := hex.EncodeToString(sum[:12])
-	modTime := fetched.UTC().Truncate(time.Second)
+	modTime := changed.UTC().Truncate(time.Second)
 	r := &Representation{
 		ContentType:   []string{contentType},
 		LastModified:  []string{modTime.Format(http.TimeFormat)},
 		modTime:       modTime,
-		modTimeUnique: !prevFetched.UTC().Truncate(time.Second).Equal(modTime),
+		modTimeUnique: !prevChanged.UTC().Truncate(time.Second).Equal(modTime),
 	}
 	for c := range numCodings {
 		etag, encoding := `"`+tag+`-`+codingNames[c]+`"`, []string{codingNames[c]}

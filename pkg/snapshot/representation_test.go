@@ -92,7 +92,7 @@ func decode(t *testing.T, v *Variant) []byte {
 }
 
 func TestNewRepresentation_EveryVariantDecodesToTheBody(t *testing.T) {
-	snap, err := New(bundledView(t), time.Time{})
+	snap, err := New(bundledView(t), time.Now(), time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestNewRepresentation_EveryVariantDecodesToTheBody(t *testing.T) {
 // TestNewRepresentation_CompressesTheRealPage pins that every coding earns
 // its place on the bodies actually served, and logs the sizes (go test -v).
 func TestNewRepresentation_CompressesTheRealPage(t *testing.T) {
-	snap, err := New(bundledView(t), time.Time{})
+	snap, err := New(bundledView(t), time.Now(), time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,5 +279,38 @@ func BenchmarkNewRepresentation(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestNew_SameDataSameValidators: two snapshots of the same data fetched at
+// different times are the same bytes and ETags, so a client holding the
+// first gets a 304 from the second.
+func TestNew_SameDataSameValidators(t *testing.T) {
+	changed := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	v1 := bundledView(t)
+	v1.FetchedAt = changed
+	v2 := v1
+	v2.FetchedAt = changed.Add(3 * time.Minute)
+	s1, err := New(v1, changed, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := New(v2, changed, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range [][2]*Representation{{s1.HTML, s2.HTML}, {s1.JSON, s2.JSON}} {
+		old, cur := r[0], r[1]
+		for i, v := range cur.Variants() {
+			if v.ETag != old.Variants()[i].ETag {
+				t.Errorf("%s: ETag %s, then %s for the same data", v.Coding, old.Variants()[i].ETag, v.ETag)
+			}
+			if !cur.NotModified(http.Header{"If-None-Match": {old.Variants()[i].ETag}}, v) {
+				t.Errorf("%s: the new snapshot does not validate the old one's ETag", v.Coding)
+			}
+		}
+		if !cur.NotModified(http.Header{"If-Modified-Since": old.LastModified}, cur.Identity()) {
+			t.Error("Last-Modified of unchanged data does not validate")
+		}
 	}
 }

@@ -25,11 +25,14 @@ type Snapshot struct {
 	staleErr  error
 }
 
-// New renders view in every form it is served in. prevFetched is when the
-// previous snapshot's fetch started (zero if none): Last-Modified has a
-// one-second resolution, and a snapshot whose second is not its own must
-// not answer If-Modified-Since.
-func New(view render.View, prevFetched time.Time) (*Snapshot, error) {
+// New renders view in every form it is served in. changed is when its data
+// last changed (the Last-Modified of every representation: a fresh
+// rendering carries no fetch time, so the same data is the same bytes and
+// the same validators from one snapshot to the next). prevChanged is when
+// the data before it changed (zero if none): Last-Modified has a one-second
+// resolution, and a snapshot whose second is not its own must not answer
+// If-Modified-Since.
+func New(view render.View, changed, prevChanged time.Time) (*Snapshot, error) {
 	html, err := render.Page(view)
 	if err != nil {
 		return nil, err
@@ -39,10 +42,10 @@ func New(view render.View, prevFetched time.Time) (*Snapshot, error) {
 		return nil, err
 	}
 	s := &Snapshot{View: view}
-	if s.HTML, err = NewRepresentation(html, "text/html; charset=utf-8", view.FetchedAt, prevFetched); err != nil {
+	if s.HTML, err = NewRepresentation(html, "text/html; charset=utf-8", changed, prevChanged); err != nil {
 		return nil, err
 	}
-	if s.JSON, err = NewRepresentation(js, "application/json", view.FetchedAt, prevFetched); err != nil {
+	if s.JSON, err = NewRepresentation(js, "application/json", changed, prevChanged); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -3,6 +3,7 @@ package web
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,6 +41,10 @@ type loader struct {
 		fetched  time.Time // the last snapshot's age counts from here (local clock)
 		deadline time.Time // and it is served until here
 		gen      uint64    // its generation in the fleet; 0 if fetched alone
+		// What identifies its data, and when that data was first seen
+		// (its Last-Modified), and when the data before it was.
+		data                 [sha256.Size]byte
+		changed, prevChanged time.Time
 	}
 }
 
@@ -94,9 +99,22 @@ func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, e fleet.Ent
 	// The page shows the fetch's start on the clock of the replica that
 	// fetched; freshness counts on ours, from the deadline.
 	fetched := e.Deadline.Add(-l.ttl)
+	canonical, err := json.Marshal(movies)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("render: %w", err)
+	}
+	data := sha256.Sum256(canonical)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s, err := snapshot.New(toView(movies, e.FetchedAt), l.last.fetched)
+	// Unchanged data keeps its Last-Modified, and with it its bytes and
+	// validators, so clients and caches revalidate with a 304.
+	changed, prevChanged := l.last.changed, l.last.prevChanged
+	if data != l.last.data {
+		changed, prevChanged = e.FetchedAt, l.last.changed
+	}
+	view := toView(movies, e.FetchedAt)
+	view.MaxAge = l.ttl
+	s, err := snapshot.New(view, changed, prevChanged)
 	if err != nil {
 		l.log.ErrorContext(ctx, "render failed", "err", err)
 		return nil, time.Time{}, fmt.Errorf("render: %w", err)
@@ -106,6 +124,7 @@ func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, e fleet.Ent
 	}
 	if fetched.After(l.last.fetched) {
 		l.last.fetched, l.last.deadline, l.last.gen = fetched, e.Deadline, e.Gen
+		l.last.data, l.last.changed, l.last.prevChanged = data, changed, prevChanged
 	}
 	return s, fetched, nil
 }
