@@ -7,12 +7,14 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/movies-dev/movies/metrics"
 	"github.com/movies-dev/movies/pkg/cache"
 	"github.com/movies-dev/movies/pkg/render"
 	"github.com/movies-dev/movies/pkg/snapshot"
 )
 
-// routes builds the echo router over the server's handlers.
+// routes builds the echo router over the server's handlers, and the
+// metric recorder of each route (s.routeMetrics).
 func (s *Server) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -43,6 +45,12 @@ func (s *Server) routes() *echo.Echo {
 		}
 		return c.String(http.StatusOK, "ok\n")
 	})
+	s.routeMetrics = map[string]*metrics.HTTPRoute{otherRoute: s.metrics.HTTPRoute(otherRoute)}
+	for _, r := range e.Routes() {
+		if s.routeMetrics[r.Path] == nil {
+			s.routeMetrics[r.Path] = s.metrics.HTTPRoute(r.Path)
+		}
+	}
 	return e
 }
 

@@ -8,15 +8,22 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
-// securityHeaders are set on every response, built once.
-var securityHeaders = map[string][]string{
-	"Content-Security-Policy": {contentSecurityPolicy()},
-	"X-Content-Type-Options":  {"nosniff"},
-	"Referrer-Policy":         {"no-referrer"},
-	"X-Frame-Options":         {"DENY"},
+// securityHeaders are set on every response, built once. A slice, not a
+// map: ranging over a map costs a hit more than the four assignments.
+var securityHeaders = []struct {
+	key   string
+	value []string
+}{
+	{"Content-Security-Policy", []string{contentSecurityPolicy()}},
+	{"X-Content-Type-Options", []string{"nosniff"}},
+	{"Referrer-Policy", []string{"no-referrer"}},
+	{"X-Frame-Options", []string{"DENY"}},
 }
 
 var allowGetHead = []string{"GET, HEAD"}
+
+// otherRoute is the metric's handler label for every path no route serves.
+const otherRoute = "other"
 
 // middleware wraps every request: an id, the security headers, a metric,
 // panic recovery, and GET/HEAD only. It is one function rather than five
@@ -32,17 +39,21 @@ func (s *Server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		} else {
 			h[requestIDHeaderKey] = s.ids.next()
 		}
-		for k, v := range securityHeaders {
-			h[k] = v
+		for _, f := range securityHeaders {
+			h[f.key] = f.value
 		}
 		if err := s.serve(next, c); err != nil {
 			c.Error(err) // run the error handler now so the status is final
 		}
-		route := c.Path()
-		if route == "" || c.Response().Status == http.StatusNotFound {
-			route = "other" // unknown paths must not become label values
+		route, status := c.Path(), c.Response().Status
+		if route == "" || status == http.StatusNotFound {
+			route = otherRoute // unknown paths must not become label values
 		}
-		s.metrics.ObserveHTTP(route, c.Response().Status, time.Since(start))
+		if m := s.routeMetrics[route]; m != nil {
+			m.Observe(status, time.Since(start))
+		} else {
+			s.metrics.ObserveHTTP(route, status, time.Since(start))
+		}
 		return nil
 	}
 }

@@ -122,6 +122,9 @@ type Server struct {
 
 	handler        *echo.Echo
 	metricsHandler http.Handler
+	// routeMetrics records each route's requests, by route path (and
+	// otherRoute); built with the routes, read-only after.
+	routeMetrics map[string]*metrics.HTTPRoute
 }
 
 // New returns a Server ready to serve cfg, or the error in cfg.
