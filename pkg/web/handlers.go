@@ -96,41 +96,74 @@ func (s *Server) moviesAPI(c echo.Context) error {
 // anyone appending to a response's header gets a copy, never our array.
 var varyAcceptEncoding = []string{"Accept-Encoding"}
 
-// Cache-Control and Age values for every whole second a snapshot can live
-// (TTL is at most MaxTTL), formatted once.
-var (
-	cacheControlValues = secondTable(func(n int) string {
-		return "public, max-age=" + strconv.Itoa(n) + ", must-revalidate"
-	})
-	ageValues = secondTable(strconv.Itoa)
-)
-
-func secondTable(f func(int) string) [][]string {
+// Cache-Control values for every whole second a snapshot can have left
+// (TTL is at most MaxTTL), formatted once. Each directive is there for a
+// cache that was seen to need it (README, "Behind a cache or CDN"):
+//
+//   - max-age=0, must-revalidate: browsers revalidate on every use. A
+//     browser behind nginx is sent the stored response's headers with a
+//     fresh Date and an Age nginx never updates, so any browser lifetime
+//     would be counted from the wrong moment; revalidating costs a 304.
+//   - s-maxage: shared caches (Varnish, CDNs, any RFC 9111 cache) keep the
+//     copy for the whole seconds the snapshot has left, counted from when
+//     they receive it. No Age header goes with it: an origin's response is
+//     not aged (RFC 9111 section 5.1), and Age with a lifetime that is
+//     already the time left would count the age twice.
+//   - stale-while-revalidate=0, stale-if-error=0: no grace. Varnish
+//     otherwise serves an expired copy for 10 s while it refetches, and
+//     nginx honours non-zero values even without proxy_cache_use_stale.
+var cacheControlValues = func() [][]string {
 	t := make([][]string, int(MaxTTL/time.Second)+1)
 	for i := range t {
-		t[i] = []string{f(i)}
+		t[i] = []string{"public, max-age=0, s-maxage=" + strconv.Itoa(i) +
+			", must-revalidate, stale-while-revalidate=0, stale-if-error=0"}
 	}
 	return t
+}()
+
+// accelExpires is the X-Accel-Expires value of one snapshot: nginx's own
+// lifetime header, which overrides Cache-Control and, unlike it, is read
+// from a 304 (a 304 without a lifetime makes nginx re-apply its stored
+// copy's lifetime from now: the copy would outlive the snapshot). nginx
+// hides it from clients. It is absolute, "@" and the Unix second, and nginx
+// keeps a copy until one whole second past it, so it names the second
+// before the one in which the snapshot's TTL ends. That needs nginx's
+// clock to agree with ours to within that margin, as NTP keeps them.
+type accelExpires struct {
+	fetched time.Time
+	value   []string
+}
+
+// accelExpiresFor returns the header value for the snapshot fetched at
+// fetched, formatted once per snapshot.
+func (s *Server) accelExpiresFor(fetched time.Time) []string {
+	if p := s.accel.Load(); p != nil && p.fetched.Equal(fetched) {
+		return p.value
+	}
+	end := fetched.Add(s.cfg.TTL).Unix() - 1 // Unix() rounds down
+	p := &accelExpires{fetched: fetched, value: []string{"@" + strconv.FormatInt(end, 10)}}
+	s.accel.Store(p)
+	return p.value
 }
 
 // write serves a fresh snapshot: the hit path. Everything it sends was
-// prepared when the snapshot was loaded.
+// prepared when the snapshot was loaded, or once per snapshot.
 //
-// The caching headers tell downstream caches the truth: max-age is the
-// whole seconds left of the TTL and Age the whole seconds since the fetch
-// started. A cache that honours Age (RFC 9111) then drops its copy early,
-// one that ignores it drops it at the TTL; neither can outlive the promise.
+// The caching headers let no copy, in any cache between here and the
+// reader, outlive the snapshot's TTL: see cacheControlValues and
+// accelExpires. A 304 carries them too, so a cache revalidating its copy
+// learns the new snapshot's lifetime; the validators are over the data, so
+// unchanged data revalidates across snapshots.
 func (s *Server) write(c echo.Context, snap cache.Snapshot[*snapshot.Snapshot], r *snapshot.Representation) error {
 	req := c.Request()
 	v := r.Negotiate(req.Header[echo.HeaderAcceptEncoding])
-	age := snap.Age(time.Now())
-	left := max(s.cfg.TTL-age, 0) / time.Second
+	left := max(s.cfg.TTL-snap.Age(time.Now()), 0) / time.Second
 	h := c.Response().Header()
 	h["Vary"] = varyAcceptEncoding
 	h["Etag"] = v.ETagHeader
 	h["Last-Modified"] = r.LastModified
 	h["Cache-Control"] = cacheControlValues[min(int(left), len(cacheControlValues)-1)]
-	h["Age"] = ageValues[min(int(max(age, 0)/time.Second), len(ageValues)-1)]
+	h["X-Accel-Expires"] = s.accelExpiresFor(snap.Fetched)
 	if r.NotModified(req.Header, v) {
 		c.Response().WriteHeader(http.StatusNotModified)
 		return nil

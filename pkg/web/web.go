@@ -119,6 +119,7 @@ type Server struct {
 	metrics *metrics.Metrics
 	ready   atomic.Bool // false once shutdown has begun
 	ids     *idSource
+	accel   atomic.Pointer[accelExpires] // the current snapshot's, made once
 
 	handler        *echo.Echo
 	metricsHandler http.Handler
