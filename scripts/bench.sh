@@ -318,7 +318,7 @@ done
 echo
 echo "- response head, identity: movies $(size "$resp/identity.headers") B, floor $(size "$work/floor-identity.headers") B, nginx $(size "$work/nginx-identity.headers") B"
 echo "- movies -upstream builtin -ttl 1m (GOMAXPROCS $(nproc)); floor: echo v4 on net/http writing movies' responses from memory (bench/floor), same server settings; nginx worker_processes auto ($(nproc)), sendfile, gzip_static, open_file_cache, keep-alive unlimited"
-echo "- wrk -t$threads -c$conns -d$duration --latency, $rounds interleaved rounds (each case: movies, floor, nginx; Accept-Encoding: the case's coding alone), after a $warmup warm-up of each"
+echo "- wrk -t$threads -c$conns -d$duration --latency, $rounds interleaved rounds (each case: movies, floor, nginx, with movies and the floor swapped in even rounds; Accept-Encoding: the case's coding alone), after a $warmup warm-up of each"
 echo
 
 ae_for() { [[ $1 == identity ]] || printf '%s\n' -H "Accept-Encoding: $1"; }
@@ -331,9 +331,13 @@ done
 curl -fsS -o "$work/steady-before.metrics" "$steady_base/metrics"
 mkdir -p "$work/res"
 for ((r = 1; r <= rounds; r++)); do
+  # movies and the floor swap places every other round, so that a machine
+  # getting busier or quieter during a round favours neither.
+  order=("${targets[@]}")
+  ((r % 2)) || order=(floor movies nginx)
   for enc in "${cases[@]}"; do
     mapfile -t extra < <(ae_for "$enc")
-    for target in "${targets[@]}"; do
+    for target in "${order[@]}"; do
       # A round is longer than the TTL: movies' snapshot expires while the
       # others take their turns. One request first, so wrk measures hits,
       # not that idle-made miss (steady traffic refreshes ahead instead).
@@ -358,23 +362,28 @@ stop "$nginx_pid"
 stop "$floor_pid"
 stop "$steady_pid"
 
-ratio() { awk -v m="$1" -v n="$2" 'BEGIN { printf "%.2f", (n ? m / n : 0) }'; }
+# round_ratios A B prints, one a line, each round's A req/s over B's.
+round_ratios() { paste "$work/res/$1.rps" "$work/res/$2.rps" | awk '{ printf "%.4f\n", ($2 ? $1 / $2 : 0) }'; }
+median_ratio() { round_ratios "$1" "$2" >"$work/res/ratio" && printf '%.2f' "$(median "$work/res/ratio")"; }
 echo
 echo "| case | body | movies req/s | floor req/s | nginx req/s | movies/floor (target >= ${min_floor_ratio}x) | rounds | movies/nginx | movies p99 | floor p99 | nginx p99 |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 declare -A floor_ratio_of nginx_ratio_of
 for enc in "${cases[@]}"; do
   m_rps=$(median "$work/res/movies-$enc.rps") f_rps=$(median "$work/res/floor-$enc.rps") n_rps=$(median "$work/res/nginx-$enc.rps")
-  floor_ratio_of[$enc]=$(ratio "$m_rps" "$f_rps")
-  nginx_ratio_of[$enc]=$(ratio "$m_rps" "$n_rps")
-  # Each round's movies/floor, from runs seconds apart: their spread is the noise.
-  per_round=$(paste "$work/res/movies-$enc.rps" "$work/res/floor-$enc.rps" | awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), ($2 ? $1 / $2 : 0) }')
+  # A ratio is the median of the rounds' ratios, each from runs seconds
+  # apart, rather than a ratio of medians that may come from different
+  # rounds, when the machine was busier or quieter; the rounds' spread is
+  # the noise.
+  floor_ratio_of[$enc]=$(median_ratio "movies-$enc" "floor-$enc")
+  nginx_ratio_of[$enc]=$(median_ratio "movies-$enc" "nginx-$enc")
+  per_round=$(round_ratios "movies-$enc" "floor-$enc" | awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $1 }')
   printf '| %s | %s B | %.0f | %.0f | %.0f | %sx | %s | %sx | %s | %s | %s |\n' "$enc" "$(size "$resp/$enc.body")" "$m_rps" "$f_rps" "$n_rps" \
     "${floor_ratio_of[$enc]}" "$per_round" "${nginx_ratio_of[$enc]}" \
     "$(fmt_ms "$(median "$work/res/movies-$enc.p99")")" "$(fmt_ms "$(median "$work/res/floor-$enc.p99")")" "$(fmt_ms "$(median "$work/res/nginx-$enc.p99")")"
 done
 echo
-echo "Medians of $rounds rounds; ratios are of the medians. During these runs (1m TTL) movies loaded $(delta movies_cache_loads_total "$work/steady-before.metrics" "$work/steady-after.metrics") new snapshot(s): cache misses $(delta movies_cache_misses_total "$work/steady-before.metrics" "$work/steady-after.metrics"), hits $(delta movies_cache_hits_total "$work/steady-before.metrics" "$work/steady-after.metrics"), early refreshes $(delta movies_cache_early_refreshes_total "$work/steady-before.metrics" "$work/steady-after.metrics") (each movies run starts with one request, so a snapshot that expired while the others ran is reloaded before wrk starts; within a run, loads start ahead of expiry)."
+echo "req/s and p99: medians of $rounds rounds; ratios: medians of the rounds' ratios (movies and the floor swap order every other round). During these runs (1m TTL) movies loaded $(delta movies_cache_loads_total "$work/steady-before.metrics" "$work/steady-after.metrics") new snapshot(s): cache misses $(delta movies_cache_misses_total "$work/steady-before.metrics" "$work/steady-after.metrics"), hits $(delta movies_cache_hits_total "$work/steady-before.metrics" "$work/steady-after.metrics"), early refreshes $(delta movies_cache_early_refreshes_total "$work/steady-before.metrics" "$work/steady-after.metrics") (each movies run starts with one request, so a snapshot that expired while the others ran is reloaded before wrk starts; within a run, loads start ahead of expiry)."
 
 # --- 2. expiry churn -----------------------------------------------------------
 
