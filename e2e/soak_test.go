@@ -143,6 +143,29 @@ func (tl *markerTimeline) installNext(up *ghiblitest.Server, filmIndex int) {
 	tl.ends = append(tl.ends, time.Now()) // after Update returned: n-1 is no longer served
 }
 
+// stale says what is wrong with a sighting, or "" if nothing is: a 200
+// showing marker n for a request sent at t is stale if t - ends[n] >= ttl.
+// It is sound: the fetch that brought n started before ends[n], the server
+// may serve it only until that start plus the TTL, and t precedes the
+// serving; a cache in between may only shorten that.
+func (tl *markerTimeline) stale(s sighting, ttl time.Duration) string {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return tl.staleLocked(s, ttl)
+}
+
+func (tl *markerTimeline) staleLocked(s sighting, ttl time.Duration) string {
+	switch {
+	case s.marker > len(tl.ends):
+		return fmt.Sprintf("marker #%d was never installed (last #%d)", s.marker, len(tl.ends))
+	case s.marker < len(tl.ends):
+		if late := s.sent.Sub(tl.ends[s.marker]); late >= ttl {
+			return fmt.Sprintf("marker #%d served to a request sent %v after the upstream replaced it (TTL %v)", s.marker, late.Round(time.Millisecond), ttl)
+		}
+	}
+	return ""
+}
+
 // sighting is a 200 response showing marker, for a request sent at sent.
 type sighting struct {
 	marker int
@@ -386,23 +409,13 @@ func TestSoak(t *testing.T) {
 	elapsed := time.Since(start)
 	up.SetBehavior("", ghiblitest.Behavior{})
 
-	// The checker: a 200 showing marker n for a request sent at t is stale
-	// if t - ends[n] >= TTL. It is sound: the fetch that brought n started
-	// before ends[n], the server may serve it only until that start plus
-	// the TTL, and t precedes the serving.
 	tally.mu.Lock()
 	timeline.mu.Lock()
 	seen := map[int]bool{}
 	for _, s := range tally.sightings {
 		seen[s.marker] = true
-		switch {
-		case s.marker > len(timeline.ends):
-			tally.violations = append(tally.violations, fmt.Sprintf("marker #%d was never installed (last #%d)", s.marker, len(timeline.ends)))
-		case s.marker < len(timeline.ends):
-			if late := s.sent.Sub(timeline.ends[s.marker]); late >= ttl {
-				tally.violations = append(tally.violations, fmt.Sprintf(
-					"marker #%d served to a request sent %v after the upstream replaced it (TTL %v)", s.marker, late.Round(time.Millisecond), ttl))
-			}
+		if v := timeline.staleLocked(s, ttl); v != "" {
+			tally.violations = append(tally.violations, v)
 		}
 	}
 	installed := len(timeline.ends) + 1
