@@ -145,9 +145,13 @@ func compressBrotli(body []byte) ([]byte, error) {
 // tables to set up, while EncodeAll on a shared one is safe for concurrent
 // use. Zero frames keep an empty body decodable.
 var zstdEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
+	// The window fits the bodies served (a page is ~12 KB): the default
+	// best-level window holds tens of MiB for the life of the process.
 	return zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(zstdLevel),
 		zstd.WithEncoderConcurrency(1),
+		zstd.WithWindowSize(1<<17),
+		zstd.WithLowerEncoderMem(true),
 		zstd.WithZeroFrames(true))
 })
 
