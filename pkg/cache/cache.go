@@ -97,10 +97,13 @@ type Options struct {
 	// start one load in the background (through the same flight) while it
 	// is served the still-fresh value, so under steady traffic nobody waits
 	// for a load. The stretch is four times the last load's duration, at
-	// least 500ms and at most half the TTL: long enough for a load like the
-	// last one to finish before expiry, short enough to cost few extra
-	// loads. Idle, nothing is loaded; if the early load fails, the value
-	// still expires at its TTL.
+	// least 2s and at most half the TTL: long enough for a load like the
+	// last one to finish before expiry, and for the value to be replaced
+	// while whole seconds of it remain (caches that count whole seconds
+	// downstream cannot keep a value that has less than one left), short
+	// enough to cost few extra loads (about 3% at a 1-minute TTL). Idle,
+	// nothing is loaded; if the early load fails, the value still expires
+	// at its TTL.
 	RefreshAhead bool
 	// Rand returns a number in [0, 1) for the backoff's jitter; nil means
 	// math/rand/v2. Tests set it for exact windows.
@@ -114,7 +117,7 @@ const (
 	minBackoff       = 250 * time.Millisecond
 	maxBackoff       = 5 * time.Second
 	maxRetryAfter    = 30 * time.Second
-	minRefreshWindow = 500 * time.Millisecond
+	minRefreshWindow = 2 * time.Second
 )
 
 // Stats are the cache's counters since it was created. Each field is
