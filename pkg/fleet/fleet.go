@@ -135,6 +135,16 @@ type Tier struct {
 	failed  map[uint64]bool // generations whose leader announced failure
 	lastGen atomic.Uint64   // newest generation heard of
 
+	// read is the generation this replica read last and the earliest
+	// deadline it computed for it. Each reading errs early by a different
+	// amount (the call's latency), so without it a second reading of the
+	// same snapshot could look newer than the first, and be taken as news.
+	readMu sync.Mutex
+	read   struct {
+		gen      uint64
+		deadline time.Time
+	}
+
 	stop context.CancelFunc
 	done chan struct{}
 }
@@ -225,17 +235,26 @@ func (t *Tier) BreakerOpen() bool { return t.breaker.isOpen(time.Now()) }
 // leads it. If Redis fails at any step it fetches for itself. ctx bounds
 // the whole load.
 func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(context.Context) ([]byte, error)) (Entry, error) {
-	for {
-		e, found, err := t.Read(ctx, haveDeadline)
+	for rereads := 0; ; {
+		e, found, seen, err := t.readSeen(ctx, haveDeadline)
 		if err != nil {
 			return t.fallback(ctx, fetch, err)
 		}
 		if found {
 			return e, nil
 		}
-		gen, holder, leaseLeft, redisNow, err := t.lock(ctx)
+		gen, holder, leaseLeft, redisNow, err := t.lock(ctx, seen)
 		if err != nil {
 			return t.fallback(ctx, fetch, err)
+		}
+		if gen == 0 && leaseLeft == 0 {
+			// A snapshot was committed since we read: read it. Commits
+			// take the lock, so a second time in one load means keys
+			// that disagree (not written by this protocol).
+			if rereads++; rereads > 2 {
+				return t.fallback(ctx, fetch, errors.New("fleet: the snapshot and its generation disagree"))
+			}
+			continue
 		}
 		if gen > 0 {
 			atomic.AddUint64(&t.stats.LockWon, 1)
@@ -244,8 +263,12 @@ func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(cont
 		atomic.AddUint64(&t.stats.LockLost, 1)
 		e, found, err = t.wait(ctx, haveDeadline, holder, leaseLeft)
 		switch {
-		case err != nil:
+		case errors.Is(err, ErrLeaderFailed) || ctx.Err() != nil:
 			return Entry{}, err
+		case err != nil:
+			// Redis failed while we waited: fetch alone, as on any
+			// other Redis failure.
+			return t.fallback(ctx, fetch, err)
 		case found:
 			return e, nil
 		}
@@ -314,6 +337,11 @@ func (t *Tier) lead(ctx context.Context, gen uint64, lockedAt int64, fetch func(
 	case res == 0:
 		atomic.AddUint64(&t.stats.CommitFenced, 1)
 		t.opts.Log.InfoContext(ctx, "shared snapshot fenced: a newer one is there", "gen", gen)
+		// The fleet serves the newer one already: serving ours here
+		// would take this replica's readers back in time.
+		if newer, found, err := t.Read(ctx, time.Time{}); err == nil && found && newer.Gen > gen {
+			return newer, nil
+		}
 	default:
 		atomic.AddUint64(&t.stats.CommitOK, 1)
 	}
@@ -359,6 +387,13 @@ func (t *Tier) wait(ctx context.Context, haveDeadline time.Time, holder uint64, 
 // Read returns the shared snapshot if there is one, valid, fresher than
 // haveDeadline and with time left to serve it.
 func (t *Tier) Read(ctx context.Context, haveDeadline time.Time) (Entry, bool, error) {
+	e, found, _, err := t.readSeen(ctx, haveDeadline)
+	return e, found, err
+}
+
+// readSeen is Read that also returns the generation of the snapshot it
+// saw, usable or not (0 if there was none), for lock.
+func (t *Tier) readSeen(ctx context.Context, haveDeadline time.Time) (Entry, bool, uint64, error) {
 	var res []any
 	asked := time.Now()
 	err := t.call(ctx, "read", func(ctx context.Context) error {
@@ -368,23 +403,39 @@ func (t *Tier) Read(ctx context.Context, haveDeadline time.Time) (Entry, bool, e
 	})
 	if err != nil {
 		atomic.AddUint64(&t.stats.ReadErrors, 1)
-		return Entry{}, false, err
+		return Entry{}, false, 0, err
 	}
 	e, err := t.decode(res, asked)
 	if err != nil {
 		atomic.AddUint64(&t.stats.Invalid, 1)
 		atomic.AddUint64(&t.stats.ReadErrors, 1)
 		t.opts.Log.ErrorContext(ctx, "rejected the shared snapshot", "redis", t.redacted, "err", err)
-		return Entry{}, false, err
+		return Entry{}, false, 0, err
+	}
+	if e.Data != nil {
+		e.Deadline = t.steadyDeadline(e.Gen, e.Deadline)
 	}
 	// A snapshot is worth taking only if it is newer than ours and has
 	// time left: a few milliseconds would expire on the way out.
 	if e.Data == nil || !e.Deadline.After(haveDeadline) || time.Until(e.Deadline) < 50*time.Millisecond {
 		atomic.AddUint64(&t.stats.ReadMisses, 1)
-		return Entry{}, false, nil
+		return Entry{}, false, e.Gen, nil
 	}
 	atomic.AddUint64(&t.stats.ReadHits, 1)
-	return e, true, nil
+	return e, true, e.Gen, nil
+}
+
+// steadyDeadline returns the earliest deadline this replica computed for
+// generation gen, d included: one snapshot keeps one deadline (the most
+// cautious), so reading it again is never mistaken for news.
+func (t *Tier) steadyDeadline(gen uint64, d time.Time) time.Time {
+	t.readMu.Lock()
+	defer t.readMu.Unlock()
+	if gen == t.read.gen && t.read.deadline.Before(d) {
+		return t.read.deadline
+	}
+	t.read.gen, t.read.deadline = gen, d
+	return d
 }
 
 // envelope is the value stored in Redis.
@@ -444,21 +495,25 @@ func (t *Tier) decode(res []any, asked time.Time) (Entry, error) {
 	}, nil
 }
 
-// lock tries to take the fetch lock. It returns the new generation and
-// Redis's clock (ms) if it won, or 0, the holder's generation and how long
-// its lease has left.
-func (t *Tier) lock(ctx context.Context) (gen, holder uint64, leaseLeft time.Duration, redisNow int64, err error) {
+// lock tries to take the fetch lock, unless the snapshot in Redis is no
+// longer the one of generation seen (0: none) the caller read and found
+// wanting. It returns the new generation and Redis's clock (ms) if it won;
+// 0, the holder's generation and how long its lease has left if another
+// replica holds it; or all zeros if a snapshot was committed since the
+// caller read, which it should read instead of fetching again (a held
+// lock always has some lease left).
+func (t *Tier) lock(ctx context.Context, seen uint64) (gen, holder uint64, leaseLeft time.Duration, redisNow int64, err error) {
 	var res []int64
 	err = t.call(ctx, "lock", func(ctx context.Context) error {
 		var err error
-		res, err = lockScript.Run(ctx, t.client, []string{t.keys.lock, t.keys.gen},
-			t.opts.Lease.Milliseconds(), time.Now().UnixMilli()).Int64Slice()
+		res, err = lockScript.Run(ctx, t.client, []string{t.keys.lock, t.keys.gen, t.keys.snap, t.keys.snapGen},
+			t.opts.Lease.Milliseconds(), time.Now().UnixMilli(), seen).Int64Slice()
 		return err
 	})
 	switch {
 	case err != nil:
 		return 0, 0, 0, 0, err
-	case len(res) != 3 || res[0] < 0 || res[1] < 0 || res[2] < 1:
+	case len(res) != 3 || res[0] < 0 || res[1] < 0 || res[2] < 0:
 		return 0, 0, 0, 0, errors.New("fleet: unexpected reply to lock")
 	case res[0] > 0:
 		return uint64(res[0]), 0, 0, res[2], nil
@@ -589,7 +644,15 @@ return {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 	// Redis restarted empty: {gen, 0, Redis's clock in ms}. If the lock is
 	// held it returns
 	// {0, the holder's generation, its PTTL}.
+	// First, if a snapshot (KEYS[3], of generation KEYS[4]) is there that
+	// is not the one of generation ARGV[3] the caller read, it returns
+	// {0, 0, 0}: one was committed between the caller's read and now, and
+	// fetching again would double the fleet's fetches.
 	lockScript = redis.NewScript(`
+local cur = tonumber(redis.call('GET', KEYS[4]))
+if cur and cur ~= tonumber(ARGV[3]) and redis.call('EXISTS', KEYS[3]) == 1 then
+  return {0, 0, 0}
+end
 if redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1]) then
   local g = math.max((tonumber(redis.call('GET', KEYS[2])) or 0) + 1, tonumber(ARGV[2]))
   redis.call('SET', KEYS[2], string.format('%d', g))

@@ -130,7 +130,9 @@ func TestTier_DeadlineIsRedisExpiry(t *testing.T) {
 }
 
 // TestTier_FencesASlowWriter: a leader slower than its lease is overtaken;
-// its late commit is refused and never replaces the newer snapshot.
+// its late commit is refused and never replaces the newer snapshot, and it
+// serves the newer snapshot too, not its own: the fleet has served that
+// one already, and its own would take its readers back in time.
 func TestTier_FencesASlowWriter(t *testing.T) {
 	r := startRedis(t)
 	slow, fast := newTier(t, r.URL), newTier(t, r.URL)
@@ -153,8 +155,8 @@ func TestTier_FencesASlowWriter(t *testing.T) {
 	}
 	close(release)
 	slowEntry := <-slowDone
-	if slowEntry.Gen >= e.Gen {
-		t.Errorf("slow leader's generation %d, want below the overtaking one %d", slowEntry.Gen, e.Gen)
+	if slowEntry.Gen != e.Gen || string(slowEntry.Data) != `"fast"` || slowEntry.Source != "shared" {
+		t.Errorf("slow leader's Load() = %s (gen %d, %s), want the overtaking one's %s (gen %d) from Redis", slowEntry.Data, slowEntry.Gen, slowEntry.Source, e.Data, e.Gen)
 	}
 	if st := slow.Stats(); st.CommitFenced != 1 {
 		t.Errorf("slow leader's stats = %+v, want its commit fenced", st)
@@ -169,7 +171,7 @@ func TestTier_FencesASlowWriter(t *testing.T) {
 func TestTier_TakesOverFromADeadLeader(t *testing.T) {
 	r := startRedis(t)
 	dead, alive := newTier(t, r.URL), newTier(t, r.URL)
-	if gen, _, _, _, err := dead.lock(context.Background()); err != nil || gen == 0 {
+	if gen, _, _, _, err := dead.lock(context.Background(), 0); err != nil || gen == 0 {
 		t.Fatalf("lock() = %d, %v", gen, err)
 	}
 	start := time.Now()
@@ -199,6 +201,128 @@ func TestTier_WaitersLearnOfALeadersFailure(t *testing.T) {
 	_, err := waiter.Load(context.Background(), time.Time{}, (&fetcher{}).fetch)
 	if !errors.Is(err, ErrLeaderFailed) || time.Since(start) > time.Second {
 		t.Errorf("waiter's Load() = %v after %v, want ErrLeaderFailed well within the 5s lease", err, time.Since(start))
+	}
+}
+
+// TestTier_NoFetchForASnapshotCommittedSinceTheRead: a replica that read
+// and found the snapshot wanting does not take the lock once another
+// replica has committed a newer one (which also frees the lock): it reads
+// that one instead of fetching again.
+func TestTier_NoFetchForASnapshotCommittedSinceTheRead(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	leader, late := newTier(t, r.URL), newTier(t, r.URL)
+	_, found, seen, err := late.readSeen(ctx, time.Time{})
+	if err != nil || found || seen != 0 {
+		t.Fatalf("readSeen() of an empty Redis = %v, %d, %v", found, seen, err)
+	}
+	led, err := leader.Load(ctx, time.Time{}, (&fetcher{}).fetch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gen, holder, leaseLeft, _, err := late.lock(ctx, seen); err != nil || gen != 0 || holder != 0 || leaseLeft != 0 {
+		t.Errorf("lock() after a commit since the read = %d, %d, %v, %v; want news (all zeros)", gen, holder, leaseLeft, err)
+	}
+	f := &fetcher{}
+	e, err := late.Load(ctx, time.Time{}, f.fetch)
+	if err != nil || e.Gen != led.Gen || f.n.Load() != 0 {
+		t.Errorf("Load() = gen %d, %v after %d fetches; want the committed gen %d and no fetch", e.Gen, err, f.n.Load(), led.Gen)
+	}
+	// Having read it, the replica may take the lock to refresh it.
+	if gen, _, _, _, err := late.lock(ctx, led.Gen); err != nil || gen <= led.Gen {
+		t.Errorf("lock() with the current snapshot read = %d, %v; want a new generation above %d", gen, err, led.Gen)
+	}
+}
+
+// TestTier_DisagreeingKeysAreNoReasonToSpin: a snapshot whose stored
+// generation disagrees with its own (not written by this protocol) makes
+// every lock attempt look like news; the load gives up on the shared tier
+// after a few reads instead of spinning until its deadline.
+func TestTier_DisagreeingKeysAreNoReasonToSpin(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	c := client(t, r)
+	c.Set(ctx, "test:snapshot", `{"v":1,"gen":9,"fetched_at_ms":1,"data":"x"}`, time.Second)
+	c.Set(ctx, "test:snapshot:gen", "5", 0)
+	var locks atomic.Int64
+	tier := newTier(t, r.URL, func(o *Options) {
+		o.Observe = func(op string, _ time.Duration, _ error) {
+			if op == "lock" {
+				locks.Add(1)
+			}
+		}
+	})
+	f := &fetcher{}
+	// Ours expires after the shared one: it is no use, so the tier tries
+	// to lead.
+	e, err := tier.Load(ctx, time.Now().Add(testTTL), f.fetch)
+	if err != nil || e.Source != "local" || f.n.Load() != 1 {
+		t.Errorf("Load() = %+v, %v after %d fetches; want a local fetch", e, err, f.n.Load())
+	}
+	if n := locks.Load(); n > 3 {
+		t.Errorf("Load() tried the lock %d times, want at most 3", n)
+	}
+}
+
+// TestTier_ReadingASnapshotAgainIsNoNews: each reading of a snapshot errs
+// early by its own call's latency, but a replica that has read one never
+// takes a second reading of it for a newer snapshot.
+func TestTier_ReadingASnapshotAgainIsNoNews(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	leader, reader := newTier(t, r.URL), newTier(t, r.URL)
+	if _, err := leader.Load(ctx, time.Time{}, (&fetcher{}).fetch); err != nil {
+		t.Fatal(err)
+	}
+	// A slow first reading (Redis paused 40ms): its deadline errs early.
+	type read struct {
+		e   Entry
+		err error
+	}
+	first := make(chan read)
+	r.Stop()
+	go func() {
+		e, _, err := reader.Read(ctx, time.Time{})
+		first <- read{e, err}
+	}()
+	time.Sleep(40 * time.Millisecond)
+	r.Cont()
+	got := <-first
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	if e, found, err := reader.Read(ctx, got.e.Deadline); err != nil || found {
+		t.Errorf("Read() of the same snapshot again = found %v (deadline %v later), %v; want a miss",
+			found, e.Deadline.Sub(got.e.Deadline), err)
+	}
+}
+
+// TestTier_RedisLostWhileWaitingFetchesAlone: a replica waiting for
+// another's fetch when Redis goes away fetches for itself, as on any other
+// Redis failure, rather than failing the load.
+func TestTier_RedisLostWhileWaitingFetchesAlone(t *testing.T) {
+	r := startRedis(t)
+	ctx := context.Background()
+	dead := newTier(t, r.URL, func(o *Options) { o.Lease = 5 * time.Second })
+	waiter := newTier(t, r.URL)
+	if gen, _, _, _, err := dead.lock(ctx, 0); err != nil || gen == 0 {
+		t.Fatalf("lock() = %d, %v", gen, err)
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond) // the waiter is waiting
+		r.Kill()
+	}()
+	start := time.Now()
+	f := &fetcher{}
+	e, err := waiter.Load(ctx, time.Time{}, f.fetch)
+	if err != nil || e.Source != "local" || f.n.Load() != 1 {
+		t.Errorf("Load() = %+v, %v after %d fetches; want a local fetch", e, err, f.n.Load())
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Load() took %v, want well within the 5s lease", d)
+	}
+	if st := waiter.Stats(); st.LockLost != 1 || st.Fallbacks != 1 {
+		t.Errorf("stats = %+v, want one lost lock and one fallback", st)
 	}
 }
 

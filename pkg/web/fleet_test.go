@@ -98,3 +98,48 @@ func TestDecodeShared_RejectsWhatWeNeverWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestFleet_ALoadOvertakenByNewsFetchesNothing: a load the cache started
+// for its old snapshot (an early refresh) that news overtakes, bringing a
+// newer one another replica fetched, returns that one: asking the shared
+// tier for something newer still would make a second fleet fetch moments
+// after the first.
+func TestFleet_ALoadOvertakenByNewsFetchesNothing(t *testing.T) {
+	t.Parallel()
+	r := fleettest.Start(t)
+	up := startFake(t)
+	cfg := Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second}
+	a, b := mustStart(t, cfg), mustStart(t, cfg)
+	t.Cleanup(testClient.CloseIdleConnections)
+	mustAPI(t, a.URL)
+	started := time.Now() // a's cache starts a load for the snapshot it has
+	// b fetches a newer one (the shared one is gone, as if it expired)
+	// and a hears of it.
+	c := r.Client()
+	defer c.Close()
+	c.Del(t.Context(), "movies:snapshot")
+	mustAPI(t, b.URL)
+	l := a.srv.adopter.loader
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		l.mu.Lock()
+		adopted := !l.last.adopted.IsZero()
+		l.mu.Unlock()
+		if adopted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a never adopted b's snapshot")
+		}
+	}
+	fetches := up.Requests(builtin.Films)
+	s, _, err := l.LoadDated(t.Context(), started)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := up.Requests(builtin.Films) - fetches; got != 0 {
+		t.Errorf("the overtaken load made %d upstream fetches, want none", got)
+	}
+	if cached, _ := a.srv.cache.Peek(); s != cached.Value {
+		t.Errorf("the overtaken load returned a snapshot other than the adopted one")
+	}
+}

@@ -45,6 +45,10 @@ type loader struct {
 		// (its Last-Modified), and when the data before it was.
 		data                 [sha256.Size]byte
 		changed, prevChanged time.Time
+		snap                 *snapshot.Snapshot
+		// adopted is when the adopter put snap in the cache; zero if a
+		// load returned it.
+		adopted time.Time
 	}
 }
 
@@ -65,7 +69,15 @@ func (l *loader) LoadDated(ctx context.Context, started time.Time) (*snapshot.Sn
 		movies, err = l.fetch(ctx, started)
 		e = fleet.Entry{FetchedAt: started, Deadline: started.Add(l.ttl), Source: "local"}
 	} else {
-		e, err = l.tier.Load(ctx, l.haveDeadline(), func(ctx context.Context) ([]byte, error) {
+		// This load was started for the snapshot the cache held then. If
+		// news brought a newer one since, that one is what it needs: the
+		// shared tier, asked for something newer than that, would fetch
+		// again for the fleet moments after another replica did.
+		have, s, fetched := l.have(started)
+		if s != nil {
+			return s, fetched, nil
+		}
+		e, err = l.tier.Load(ctx, have, func(ctx context.Context) ([]byte, error) {
 			movies, err = l.fetch(ctx, time.Now())
 			if err != nil {
 				return nil, err
@@ -96,6 +108,15 @@ func (l *loader) fetch(ctx context.Context, started time.Time) ([]ghibli.Movie, 
 
 // prepare renders a snapshot of movies from e and remembers it.
 func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, e fleet.Entry) (*snapshot.Snapshot, time.Time, error) {
+	return l.prepareAndOffer(ctx, movies, e, nil)
+}
+
+// prepareAndOffer is prepare that, if offer is not nil, remembers the
+// snapshot only if offer (called with l.mu held) put it in the cache. So
+// a load looking meanwhile (have) sees either that snapshot, in the
+// loader and the cache, or the one before, never one in the loader and
+// the other in the cache.
+func (l *loader) prepareAndOffer(ctx context.Context, movies []ghibli.Movie, e fleet.Entry, offer func(*snapshot.Snapshot, time.Time) bool) (*snapshot.Snapshot, time.Time, error) {
 	// The page shows the fetch's start on the clock of the replica that
 	// fetched; freshness counts on ours, from the deadline.
 	fetched := e.Deadline.Add(-l.ttl)
@@ -122,11 +143,37 @@ func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, e fleet.Ent
 	if e.Source == "shared" {
 		l.log.DebugContext(ctx, "took the shared snapshot", "gen", e.Gen, "left", time.Until(e.Deadline).Round(time.Millisecond))
 	}
+	var adopted time.Time
+	if offer != nil {
+		if !offer(s, fetched) {
+			return s, fetched, nil
+		}
+		adopted = time.Now()
+	}
 	if fetched.After(l.last.fetched) {
 		l.last.fetched, l.last.deadline, l.last.gen = fetched, e.Deadline, e.Gen
 		l.last.data, l.last.changed, l.last.prevChanged = data, changed, prevChanged
+		l.last.snap, l.last.adopted = s, adopted
 	}
 	return s, fetched, nil
+}
+
+// have returns the snapshot the adopter put in the cache at or after
+// started, if it is still fresh; else the deadline a shared snapshot must
+// beat (haveDeadline). Both come from one look under l.mu, so a load
+// overtaken by an adoption either takes the adopted snapshot or asks the
+// shared tier for one newer than the snapshot before it, which the
+// adopted one is.
+func (l *loader) have(started time.Time) (time.Time, *snapshot.Snapshot, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !time.Now().Before(l.last.deadline) {
+		return time.Time{}, nil, time.Time{}
+	}
+	if !l.last.adopted.IsZero() && !l.last.adopted.Before(started) {
+		return time.Time{}, l.last.snap, l.last.fetched
+	}
+	return l.last.deadline, nil, time.Time{}
 }
 
 // haveDeadline is when the snapshot this replica serves expires, or zero
@@ -183,10 +230,7 @@ func (a *adopter) news(gen uint64) {
 		if err != nil {
 			return
 		}
-		s, fetched, err := a.loader.prepare(ctx, movies, e)
-		if err == nil {
-			a.cache.Offer(s, fetched)
-		}
+		a.loader.prepareAndOffer(ctx, movies, e, a.cache.Offer)
 	}()
 }
 
