@@ -63,6 +63,15 @@ func (b *breaker) record(now time.Time, ok bool) (opened bool) {
 	return opened
 }
 
+// alive closes the breaker: Redis was seen answering outside a call.
+func (b *breaker) alive() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.probing {
+		b.failures, b.wait = 0, 0
+	}
+}
+
 // isOpen reports whether calls are being refused at now.
 func (b *breaker) isOpen(now time.Time) bool {
 	b.mu.Lock()

@@ -563,6 +563,10 @@ func (t *Tier) listen(ctx context.Context) {
 			if !ok {
 				return
 			}
+			// A message is Redis answering: after an outage, sharing
+			// (and adopting this very news) resumes now rather than at
+			// the breaker's next probe.
+			t.breaker.alive()
 			t.heard(m.Payload)
 		case <-poll.C:
 			if !t.breaker.isOpen(time.Now()) {

@@ -460,6 +460,16 @@ func TestBreaker(t *testing.T) {
 	if b.allow(probeAt.Add(1999*time.Millisecond)) || !b.allow(probeAt.Add(2*time.Second)) {
 		t.Error("a failed probe should reopen for twice the cooldown")
 	}
+	// News from Redis (a pub/sub message) closes it too.
+	b.record(probeAt.Add(2*time.Second), false)
+	b.alive()
+	if !b.allow(probeAt.Add(2*time.Second)) || b.isOpen(probeAt.Add(2*time.Second)) {
+		t.Error("a message from Redis should close the breaker")
+	}
+	for range 3 {
+		b.record(probeAt.Add(2*time.Second), false)
+	}
+	b.allow(probeAt.Add(5 * time.Second))      // half-open again
 	b.record(probeAt.Add(2*time.Second), true) // the probe succeeded
 	if !b.allow(probeAt.Add(2*time.Second)) || b.isOpen(probeAt.Add(2*time.Second)) {
 		t.Error("a successful probe should close the breaker")
