@@ -366,7 +366,6 @@ func (r *downstreamRig) load(base string, d time.Duration) *downstreamTally {
 	return tally
 }
 
-
 // TestDownstream_Caches runs the server behind real nginx and Varnish, each
 // as an operator configures it, with the upstream data changing every
 // 300ms and 4 clients: (a, b) no page past the TTL, a shared-cache hit
