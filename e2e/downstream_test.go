@@ -203,16 +203,7 @@ func startDownstreamRig(t *testing.T) *downstreamRig {
 	rig.stop = cancel
 	go func() {
 		defer close(rig.done)
-		tick := time.NewTicker(markerEvery)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				rig.timeline.installNext(up, filmIndex)
-			}
-		}
+		rig.timeline.changeEvery(ctx, up, filmIndex, markerEvery)
 	}()
 	t.Cleanup(func() { rig.stopMarkers() })
 	return rig

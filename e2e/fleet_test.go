@@ -116,16 +116,7 @@ func newFleetRig(t *testing.T, withRedis bool, args ...string) *fleetRig {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tick := time.NewTicker(fleetMarkerEvery)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				rig.timeline.installNext(rig.up, filmIndex)
-			}
-		}
+		rig.timeline.changeEvery(ctx, rig.up, filmIndex, fleetMarkerEvery)
 	}()
 	t.Cleanup(func() { cancel(); <-done }) // before the fake closes: cleanups run last-in first-out
 	rig.args = append([]string{"-upstream", rig.up.URL}, args...)

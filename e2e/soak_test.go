@@ -134,6 +134,21 @@ type markerTimeline struct {
 	ends []time.Time
 }
 
+// changeEvery installs a new marker every period until ctx ends: the
+// upstream's data changing, as each freshness test needs it.
+func (tl *markerTimeline) changeEvery(ctx context.Context, up *ghiblitest.Server, filmIndex int, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			tl.installNext(up, filmIndex)
+		}
+	}
+}
+
 // installNext writes the next marker into the first film's title.
 func (tl *markerTimeline) installNext(up *ghiblitest.Server, filmIndex int) {
 	tl.mu.Lock()
@@ -337,16 +352,7 @@ func TestSoak(t *testing.T) {
 		}
 	})
 	wg.Go(func() { // the changing data
-		tick := time.NewTicker(markerEvery)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				timeline.installNext(up, filmIndex)
-			}
-		}
+		timeline.changeEvery(ctx, up, filmIndex, markerEvery)
 	})
 	wg.Go(func() { // the goroutine sampler
 		tick := time.NewTicker(500 * time.Millisecond)
