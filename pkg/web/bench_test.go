@@ -9,6 +9,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/movies-dev/movies/pkg/fleet/fleettest"
 	"github.com/movies-dev/movies/pkg/ghibli/ghiblitest"
 )
 
@@ -29,11 +30,15 @@ var benchEncodings = []struct{ name, acceptEncoding string }{
 
 // mustWarmServer is the real server, built as main builds it, over the
 // bundled data, after one Get so that every benchmarked request is a hit.
-func mustWarmServer(tb testing.TB) *Server {
+func mustWarmServer(tb testing.TB, redisURL ...string) *Server {
 	tb.Helper()
 	up := ghiblitest.NewServer(ghiblitest.Bundled())
 	tb.Cleanup(up.Close)
-	srv, err := New(Config{Upstream: up.URL})
+	cfg := Config{Upstream: up.URL}
+	if len(redisURL) > 0 {
+		cfg.Redis = redisURL[0]
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -67,6 +72,15 @@ func benchHandler(b *testing.B, h http.Handler, acceptEncoding string) {
 // the handler.
 func BenchmarkHit(b *testing.B) {
 	h := mustWarmServer(b).Handler()
+	for _, enc := range benchEncodings {
+		b.Run(enc.name, func(b *testing.B) { benchHandler(b, h, enc.acceptEncoding) })
+	}
+}
+
+// BenchmarkHitSharedTier is BenchmarkHit with -redis on: a hit must stay
+// a local read, whatever the shared tier does.
+func BenchmarkHitSharedTier(b *testing.B) {
+	h := mustWarmServer(b, fleettest.Start(b).URL).Handler()
 	for _, enc := range benchEncodings {
 		b.Run(enc.name, func(b *testing.B) { benchHandler(b, h, enc.acceptEncoding) })
 	}

@@ -143,3 +143,27 @@ func TestFleet_ALoadOvertakenByNewsFetchesNothing(t *testing.T) {
 		t.Errorf("the overtaken load returned a snapshot other than the adopted one")
 	}
 }
+
+// TestFleet_HitsStayLocal: with the shared tier on, a hit reads nothing
+// from Redis.
+func TestFleet_HitsStayLocal(t *testing.T) {
+	t.Parallel()
+	r := fleettest.Start(t)
+	up := startFake(t)
+	in := mustStart(t, Config{Upstream: up.URL, Redis: r.URL})
+	t.Cleanup(testClient.CloseIdleConnections)
+	mustAPI(t, in.URL)
+	reads := func() float64 {
+		m := mustMetrics(t, in.URL)
+		return m[`movies_fleet_reads_total{result="hit"}`] + m[`movies_fleet_reads_total{result="miss"}`] + m[`movies_fleet_reads_total{result="error"}`]
+	}
+	before := reads()
+	for range 200 {
+		if r := mustGet(t, in.URL+"/movies/"); r.status != 200 {
+			t.Fatalf("status %d", r.status)
+		}
+	}
+	if after := reads(); after != before {
+		t.Errorf("200 hits made %v shared reads, want 0", after-before)
+	}
+}
