@@ -319,8 +319,18 @@ func (c *Cache[V]) load(ctx context.Context, early bool) (*Snapshot[V], error) {
 	c.mu.Unlock()
 	c.lastLoad.Store(int64(time.Now().Sub(start)))
 	s := &Snapshot[V]{Value: v, Fetched: fetched}
-	c.snap.Store(s)
-	return s, nil
+	// Keep the newer: an Offer may have stored a value fetched after this
+	// load's while it ran, and putting this one over it would take
+	// readers back in time.
+	for {
+		cur := c.snap.Load()
+		if cur != nil && cur.Fetched.After(fetched) {
+			return cur, nil
+		}
+		if c.snap.CompareAndSwap(cur, s) {
+			return s, nil
+		}
+	}
 }
 
 // Offer stores v, whose age counts from fetched, if it is still fresh and

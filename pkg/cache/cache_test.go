@@ -725,3 +725,44 @@ func TestCache_OfferKeepsTheNewest(t *testing.T) {
 		}
 	})
 }
+
+// gated's loads return their number once release is closed.
+type gated struct {
+	counter
+	release chan struct{}
+}
+
+func (g *gated) Load(ctx context.Context, started time.Time) (int64, error) {
+	<-g.release
+	return g.counter.Load(ctx, started)
+}
+
+// TestCache_ALoadNeverReplacesANewerOffer: a value offered while a load
+// runs (news of a newer fetch elsewhere) is not put back by the older
+// load when it returns; the load's waiters get the newer value too.
+func TestCache_ALoadNeverReplacesANewerOffer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := &gated{release: make(chan struct{})}
+		c := cache.New[int64](g, cache.Options{TTL: ttl})
+		got := make(chan cache.Snapshot[int64])
+		go func() {
+			s, err := c.Get(context.Background())
+			if err != nil {
+				t.Error(err)
+			}
+			got <- s
+		}()
+		synctest.Wait() // the load started, and waits
+		time.Sleep(time.Second)
+		if !c.Offer(500, time.Now()) {
+			t.Fatal("Offer() during a load failed")
+		}
+		close(g.release)
+		if s := <-got; s.Value != 500 {
+			t.Errorf("the load's waiter got %d, want the newer offered 500", s.Value)
+		}
+		if s := mustGet(t, c); s.Value != 500 {
+			t.Errorf("Get() = %d after the load returned, want the newer offered 500", s.Value)
+		}
+	})
+}
