@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/movies-dev/movies/pkg/ghibli"
 	"github.com/movies-dev/movies/pkg/web"
 )
@@ -169,16 +171,25 @@ func validateUpstream(s string) error {
 	return nil
 }
 
-// validateRedis checks a -redis URL's form; go-redis checks the rest.
+// validateRedis checks a -redis URL as go-redis will read it, so a bad one
+// is reported against the flag at startup, with the password kept out of
+// the message.
 func validateRedis(s string) error {
 	u, err := url.Parse(s)
 	switch {
 	case err != nil:
-		return errors.New("not a URL")
+		return errors.New("not a URL") // url's error would quote the password
 	case u.Scheme != "redis" && u.Scheme != "rediss":
 		return errors.New("scheme must be redis or rediss")
 	case u.Host == "":
 		return errors.New("no host")
+	}
+	if _, err := redis.ParseURL(s); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "redis: ")
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+		return errors.New(msg)
 	}
 	return nil
 }

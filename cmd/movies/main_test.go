@@ -146,6 +146,8 @@ func TestParseConfig(t *testing.T) {
 			}
 		}},
 		{name: "redis bad scheme hides the password", args: []string{"-redis", "http://u:s3cret@h:1"}, wantErr: "invalid -redis http://u:xxxxx@h:1"},
+		{name: "redis bad database hides the password", args: []string{"-redis", "redis://u:s3cret@127.0.0.1:6379/x"}, wantErr: "invalid -redis redis://u:xxxxx@127.0.0.1:6379/x: invalid database number"},
+		{name: "redis bad option", args: []string{"-redis", "redis://:s3cret@127.0.0.1:6379/0?pool_size=many"}, wantErr: "invalid -redis redis://:xxxxx@127.0.0.1:6379/0?pool_size=many: invalid pool_size"},
 		{name: "redis from env", env: map[string]string{"MOVIES_REDIS_URL": "ftp://x"}, wantErr: "invalid -redis"},
 		{name: "bad addr", args: []string{"-addr", "8000"}, wantErr: "invalid -addr"},
 		{name: "bad log format", args: []string{"-log-format", "xml"}, wantErr: "invalid -log-format"},
@@ -165,6 +167,9 @@ func TestParseConfig(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("parseConfig() error = %v, want one naming %q", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("error shows the password: %q", err)
 			}
 			if strings.Contains(err.Error(), "\n") && len(tt.env) < 2 {
 				t.Errorf("error spans lines: %q", err)
