@@ -63,6 +63,14 @@ func (b *breaker) record(now time.Time, ok bool) (opened bool) {
 	return opened
 }
 
+// abandon notes a call that ended because its caller gave up: no verdict
+// on Redis, but a probe it was is over.
+func (b *breaker) abandon() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.probing = false
+}
+
 // alive closes the breaker: Redis was seen answering outside a call.
 func (b *breaker) alive() {
 	b.mu.Lock()

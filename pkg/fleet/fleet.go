@@ -67,8 +67,9 @@ type Options struct {
 	// it took and its error.
 	Observe func(op string, d time.Duration, err error)
 	// OnNews, if set, is called (from the Tier's own goroutine) with the
-	// generation of a snapshot another replica committed, so the caller
-	// may adopt it. It must not block.
+	// generation of the newest snapshot committed to Redis, so the caller
+	// may adopt it: on every announcement and every poll (5 a second),
+	// repeating generations it has seen. It must be cheap and not block.
 	OnNews func(gen uint64)
 	// Log receives the tier's logs; nil discards them.
 	Log *slog.Logger
@@ -115,6 +116,12 @@ type Entry struct {
 // back off like the leader.
 var ErrLeaderFailed = errors.New("fleet: the fetch this replica waited for failed")
 
+// ErrInvalid marks a value in Redis that this protocol did not write:
+// malformed, of the wrong type, too large, or with an expiry it would not
+// set. The caller fetches for itself; there is no point asking again for
+// the same value.
+var ErrInvalid = errors.New("fleet: invalid value in Redis")
+
 // errOpen is returned by calls refused while the breaker is open.
 var errOpen = errors.New("fleet: circuit breaker open")
 
@@ -158,7 +165,7 @@ type keys struct {
 func New(opts Options) (*Tier, error) {
 	u, err := url.Parse(opts.URL)
 	if err != nil {
-		return nil, errors.New("fleet: -redis is not a URL")
+		return nil, errors.New("fleet: the Redis URL is not a URL")
 	}
 	redacted := u.Redacted()
 	ro, err := redis.ParseURL(opts.URL)
@@ -235,7 +242,10 @@ func (t *Tier) BreakerOpen() bool { return t.breaker.isOpen(time.Now()) }
 // leads it. If Redis fails at any step it fetches for itself. ctx bounds
 // the whole load.
 func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(context.Context) ([]byte, error)) (Entry, error) {
-	for rereads := 0; ; {
+	for rereads, takeovers := 0, 0; ; {
+		if err := ctx.Err(); err != nil {
+			return Entry{}, err
+		}
 		e, found, seen, err := t.readSeen(ctx, haveDeadline)
 		if err != nil {
 			return t.fallback(ctx, fetch, err)
@@ -247,7 +257,7 @@ func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(cont
 		if err != nil {
 			return t.fallback(ctx, fetch, err)
 		}
-		if gen == 0 && leaseLeft == 0 {
+		if gen == 0 && holder == 0 {
 			// A snapshot was committed since we read: read it. Commits
 			// take the lock, so a second time in one load means keys
 			// that disagree (not written by this protocol).
@@ -263,17 +273,25 @@ func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(cont
 		atomic.AddUint64(&t.stats.LockLost, 1)
 		e, found, err = t.wait(ctx, haveDeadline, holder, leaseLeft)
 		switch {
-		case errors.Is(err, ErrLeaderFailed) || ctx.Err() != nil:
+		case found:
+			return e, nil
+		case errors.Is(err, ErrLeaderFailed):
 			return Entry{}, err
+		case ctx.Err() != nil:
+			return Entry{}, ctx.Err()
 		case err != nil:
 			// Redis failed while we waited: fetch alone, as on any
 			// other Redis failure.
 			return t.fallback(ctx, fetch, err)
-		case found:
-			return e, nil
 		}
 		// The lease passed without news: the leader died or hangs. Go
-		// round: the next replica to try takes the lock over.
+		// round: the next replica to try takes the lock over. Leases are
+		// bounded (lock refuses any longer than ours), but a lock that
+		// keeps being taken by replicas that never commit is not worth
+		// waiting on for ever: after two, fetch alone.
+		if takeovers++; takeovers > 2 {
+			return t.fallback(ctx, fetch, errors.New("fleet: no snapshot after two leases"))
+		}
 	}
 }
 
@@ -302,7 +320,9 @@ func (t *Tier) lead(ctx context.Context, gen uint64, lockedAt int64, fetch func(
 		// Tell the waiters now rather than let them wait out the lease;
 		// they back off as we do, so an outage costs the upstream one
 		// fetch per backoff for the whole fleet.
-		t.call(ctx, "release", func(ctx context.Context) error {
+		// The fetch may have failed because ctx ended: the lock and the
+		// news must go out anyway, or the waiters wait out the lease.
+		t.call(context.WithoutCancel(ctx), "release", func(ctx context.Context) error {
 			return releaseScript.Run(ctx, t.client, []string{t.keys.lock, t.keys.channel}, gen).Err()
 		})
 		return Entry{}, err
@@ -320,7 +340,9 @@ func (t *Tier) lead(ctx context.Context, gen uint64, lockedAt int64, fetch func(
 		return e, nil
 	}
 	var res int64
-	err = t.call(ctx, "commit", func(ctx context.Context) error {
+	// Committed even if ctx ended meanwhile: the data is good, and the
+	// waiters are waiting for it.
+	err = t.call(context.WithoutCancel(ctx), "commit", func(ctx context.Context) error {
 		var err error
 		res, err = commitScript.Run(ctx, t.client,
 			[]string{t.keys.snap, t.keys.snapGen, t.keys.lock, t.keys.channel},
@@ -410,20 +432,26 @@ func (t *Tier) readSeen(ctx context.Context, haveDeadline time.Time) (Entry, boo
 		atomic.AddUint64(&t.stats.Invalid, 1)
 		atomic.AddUint64(&t.stats.ReadErrors, 1)
 		t.opts.Log.ErrorContext(ctx, "rejected the shared snapshot", "redis", t.redacted, "err", err)
-		return Entry{}, false, 0, err
+		return Entry{}, false, 0, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if e.Data != nil {
 		e.Deadline = t.steadyDeadline(e.Gen, e.Deadline)
 	}
 	// A snapshot is worth taking only if it is newer than ours and has
-	// time left: a few milliseconds would expire on the way out.
-	if e.Data == nil || !e.Deadline.After(haveDeadline) || time.Until(e.Deadline) < 50*time.Millisecond {
+	// time left to be prepared and served: one with less would expire on
+	// the way out, and its readers would be answered 503.
+	if e.Data == nil || !e.Deadline.After(haveDeadline) || time.Until(e.Deadline) < t.minLeft() {
 		atomic.AddUint64(&t.stats.ReadMisses, 1)
 		return Entry{}, false, e.Gen, nil
 	}
 	atomic.AddUint64(&t.stats.ReadHits, 1)
 	return e, true, e.Gen, nil
 }
+
+// minLeft is the least time a shared snapshot must have left to be taken:
+// far more than preparing it costs (tens of milliseconds), and a small part
+// of a short TTL.
+func (t *Tier) minLeft() time.Duration { return min(time.Second, t.opts.TTL/4) }
 
 // steadyDeadline returns the earliest deadline this replica computed for
 // generation gen, d included: one snapshot keeps one deadline (the most
@@ -500,8 +528,9 @@ func (t *Tier) decode(res []any, asked time.Time) (Entry, error) {
 // wanting. It returns the new generation and Redis's clock (ms) if it won;
 // 0, the holder's generation and how long its lease has left if another
 // replica holds it; or all zeros if a snapshot was committed since the
-// caller read, which it should read instead of fetching again (a held
-// lock always has some lease left).
+// caller read, which it should read instead of fetching again. A lock this
+// protocol did not write (no expiry, a lease as long as the TTL, no
+// generation) is an error: waiting on it could mean waiting for ever.
 func (t *Tier) lock(ctx context.Context, seen uint64) (gen, holder uint64, leaseLeft time.Duration, redisNow int64, err error) {
 	var res []int64
 	err = t.call(ctx, "lock", func(ctx context.Context) error {
@@ -510,25 +539,35 @@ func (t *Tier) lock(ctx context.Context, seen uint64) (gen, holder uint64, lease
 			t.opts.Lease.Milliseconds(), time.Now().UnixMilli(), seen).Int64Slice()
 		return err
 	})
-	switch {
-	case err != nil:
+	if err != nil {
 		return 0, 0, 0, 0, err
-	case len(res) != 3 || res[0] < 0 || res[1] < 0 || res[2] < 0:
-		return 0, 0, 0, 0, errors.New("fleet: unexpected reply to lock")
-	case res[0] > 0:
-		return uint64(res[0]), 0, 0, res[2], nil
-	default:
+	}
+	switch {
+	case len(res) == 1 && res[0] == 0:
+		return 0, 0, 0, 0, nil
+	case len(res) == 3 && res[0] == 1 && res[1] > 0 && res[2] > 0:
+		return uint64(res[1]), 0, 0, res[2], nil
+	case len(res) == 3 && res[0] == 2 && res[1] > 0 && res[2] > 0 && res[2] <= t.opts.TTL.Milliseconds():
+		// Replicas configured apart may hold leases longer than ours,
+		// but none as long as a TTL.
 		return 0, uint64(res[1]), time.Duration(res[2]) * time.Millisecond, 0, nil
+	case len(res) == 3 && res[0] == 2:
+		atomic.AddUint64(&t.stats.Invalid, 1)
+		err := fmt.Errorf("%w: a lock of generation %d with %d ms left, not one of ours (TTL %s)", ErrInvalid, res[1], res[2], t.opts.TTL)
+		t.opts.Log.ErrorContext(ctx, "rejected the shared fetch lock", "redis", t.redacted, "err", err)
+		return 0, 0, 0, 0, err
+	default:
+		return 0, 0, 0, 0, fmt.Errorf("%w: unexpected reply to lock %v", ErrInvalid, res)
 	}
 }
 
 // call runs one Redis operation under the breaker and the call timeout.
-func (t *Tier) call(ctx context.Context, op string, f func(context.Context) error) error {
+func (t *Tier) call(parent context.Context, op string, f func(context.Context) error) error {
 	now := time.Now()
 	if !t.breaker.allow(now) {
 		return errOpen
 	}
-	ctx, cancel := context.WithTimeout(ctx, t.opts.CallTimeout)
+	ctx, cancel := context.WithTimeout(parent, t.opts.CallTimeout)
 	defer cancel()
 	start := time.Now()
 	err := f(ctx)
@@ -537,6 +576,12 @@ func (t *Tier) call(ctx context.Context, op string, f func(context.Context) erro
 	}
 	if t.opts.Observe != nil {
 		t.opts.Observe(op, time.Since(start), err)
+	}
+	if err != nil && parent.Err() != nil {
+		// The caller gave up (its request ended): that says nothing
+		// about Redis, so it must not open the breaker.
+		t.breaker.abandon()
+		return err
 	}
 	if opened := t.breaker.record(time.Now(), err == nil); opened {
 		atomic.AddUint64(&t.stats.BreakerOpened, 1)
@@ -609,9 +654,11 @@ func (t *Tier) heard(payload string) {
 	t.newsMu.Unlock()
 	if changed && !failed {
 		atomic.AddUint64(&t.stats.NewsReceived, 1)
-		if t.opts.OnNews != nil {
-			t.opts.OnNews(gen)
-		}
+	}
+	// Repeated on every poll, not only when new: an adoption that was
+	// busy or failed when the news first came gets another chance.
+	if !failed && t.opts.OnNews != nil {
+		t.opts.OnNews(gen)
 	}
 }
 
@@ -642,29 +689,31 @@ if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then return {-2} end
 return {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 `)
 
-	// lockScript takes the lock for ARGV[1] ms if it is free and returns a
-	// new generation: above every earlier one, and seeded from the
-	// caller's clock (ARGV[2], ms) so generations keep rising across a
-	// Redis restarted empty: {gen, 0, Redis's clock in ms}. If the lock is
-	// held it returns
-	// {0, the holder's generation, its PTTL}.
+	// lockScript takes the lock for ARGV[1] ms if it is free and returns
+	// {1, a new generation, Redis's clock in ms}: the generation is above
+	// every earlier one, and seeded from the caller's clock (ARGV[2], ms)
+	// so generations keep rising across a Redis restarted empty. If the
+	// lock is held it returns {2, the holder's generation, its PTTL} as
+	// they are, for the caller to judge (-1: no expiry).
 	// First, if a snapshot (KEYS[3], of generation KEYS[4]) is there that
 	// is not the one of generation ARGV[3] the caller read, it returns
-	// {0, 0, 0}: one was committed between the caller's read and now, and
+	// {0}: one was committed between the caller's read and now, and
 	// fetching again would double the fleet's fetches.
 	lockScript = redis.NewScript(`
 local cur = tonumber(redis.call('GET', KEYS[4]))
 if cur and cur ~= tonumber(ARGV[3]) and redis.call('EXISTS', KEYS[3]) == 1 then
-  return {0, 0, 0}
+  return {0}
 end
 if redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1]) then
   local g = math.max((tonumber(redis.call('GET', KEYS[2])) or 0) + 1, tonumber(ARGV[2]))
   redis.call('SET', KEYS[2], string.format('%d', g))
   redis.call('SET', KEYS[1], string.format('%d', g), 'PX', ARGV[1])
   local now = redis.call('TIME')
-  return {g, 0, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
+  return {1, g, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
 end
-return {0, tonumber(redis.call('GET', KEYS[1])) or 0, math.max(redis.call('PTTL', KEYS[1]), 1)}
+local h = 0
+if redis.call('TYPE', KEYS[1]).ok == 'string' then h = tonumber(redis.call('GET', KEYS[1])) or 0 end
+return {2, h, redis.call('PTTL', KEYS[1])}
 `)
 
 	// commitScript writes the snapshot of generation ARGV[1] (value

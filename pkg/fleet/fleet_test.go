@@ -189,18 +189,132 @@ func TestTier_TakesOverFromADeadLeader(t *testing.T) {
 	}
 }
 
+// TestTier_ALockNotOursIsNotWaitedOn: a lock key this protocol did not
+// write (no expiry, or a lease as long as the TTL) would hold every replica
+// up for ever; it is counted as invalid and the replica fetches alone.
+func TestTier_ALockNotOursIsNotWaitedOn(t *testing.T) {
+	for name, set := range map[string]func(c *redis.Client) error{
+		"no expiry":      func(c *redis.Client) error { return c.Set(context.Background(), "test:lock", "7", 0).Err() },
+		"lease too long": func(c *redis.Client) error { return c.Set(context.Background(), "test:lock", "7", time.Hour).Err() },
+		"not a number":   func(c *redis.Client) error { return c.Set(context.Background(), "test:lock", "x", time.Second).Err() },
+		"wrong type":     func(c *redis.Client) error { return c.HSet(context.Background(), "test:lock", "a", "b").Err() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := startRedis(t)
+			if err := set(client(t, r)); err != nil {
+				t.Fatal(err)
+			}
+			tier := newTier(t, r.URL)
+			f := &fetcher{}
+			start := time.Now()
+			e, err := tier.Load(context.Background(), time.Time{}, f.fetch)
+			if err != nil || e.Source != "local" || f.n.Load() != 1 || e.Data == nil {
+				t.Fatalf("Load() = %+v, %v after %d fetches; want a local fetch", e, err, f.n.Load())
+			}
+			if d := time.Since(start); d > 400*time.Millisecond {
+				t.Errorf("Load() took %v, want no wait on a lock that is not ours", d)
+			}
+			if st := tier.Stats(); st.Fallbacks != 1 || st.Invalid != 1 {
+				t.Errorf("stats = %+v, want the lock counted invalid and one fallback", st)
+			}
+		})
+	}
+}
+
+// TestTier_StopsWaitingOnLocksThatNeverCommit: a lock taken again and
+// again by replicas that never commit (crashing in turn) is waited on for
+// two leases at most; then the replica fetches alone.
+func TestTier_StopsWaitingOnLocksThatNeverCommit(t *testing.T) {
+	r := startRedis(t)
+	c := client(t, r)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			c.Set(context.Background(), "test:lock", "7", 200*time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	defer func() { cancel(); <-done }()
+	time.Sleep(20 * time.Millisecond)
+	tier := newTier(t, r.URL)
+	f := &fetcher{}
+	e, err := tier.Load(context.Background(), time.Time{}, f.fetch)
+	if err != nil || e.Source != "local" || f.n.Load() != 1 {
+		t.Fatalf("Load() = %+v, %v after %d fetches; want a local fetch", e, err, f.n.Load())
+	}
+	if st := tier.Stats(); st.WaitGaveUp != 3 || st.Fallbacks != 1 {
+		t.Errorf("stats = %+v, want three waits given up, then a fallback", st)
+	}
+}
+
+// TestTier_LoadEndsWithItsContext: a waiter whose context ends gets the
+// context's error, never an empty entry and no error.
+func TestTier_LoadEndsWithItsContext(t *testing.T) {
+	r := startRedis(t)
+	dead, waiter := newTier(t, r.URL), newTier(t, r.URL)
+	if gen, _, _, _, err := dead.lock(context.Background(), 0); err != nil || gen == 0 {
+		t.Fatalf("lock() = %d, %v", gen, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	f := &fetcher{}
+	e, err := waiter.Load(ctx, time.Time{}, f.fetch)
+	if !errors.Is(err, context.DeadlineExceeded) || e.Data != nil || f.n.Load() != 0 {
+		t.Errorf("Load() = %+v, %v after %d fetches; want the context's error", e, err, f.n.Load())
+	}
+	if waiter.BreakerOpen() {
+		t.Error("a caller giving up opened the breaker")
+	}
+}
+
+// TestTier_AFetchEndedByItsCallerStillReleasesTheLock: a leader whose
+// context ends mid-fetch (the server shutting down) still frees the lock
+// and tells the waiters, who then need not wait out the lease.
+func TestTier_AFetchEndedByItsCallerStillReleasesTheLock(t *testing.T) {
+	r := startRedis(t)
+	leader := newTier(t, r.URL, func(o *Options) { o.Lease = 1900 * time.Millisecond })
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan struct{})
+	fetch := func(ctx context.Context) ([]byte, error) {
+		close(started)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	errc := make(chan error, 1)
+	go func() { _, err := leader.Load(ctx, time.Time{}, fetch); errc <- err }()
+	<-started
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("leader's Load() = %v, want context.Canceled", err)
+	}
+	if n := client(t, r).Exists(context.Background(), "test:lock").Val(); n != 0 {
+		t.Error("the lock is still held after the leader's fetch ended")
+	}
+	if st := leader.Stats(); st.LeaderFailures != 1 || leader.BreakerOpen() {
+		t.Errorf("stats = %+v, breaker open %v; want one leader failure, breaker closed", st, leader.BreakerOpen())
+	}
+}
+
 // TestTier_WaitersLearnOfALeadersFailure: waiters do not wait out the
 // lease when the leader's fetch fails; they are told at once.
 func TestTier_WaitersLearnOfALeadersFailure(t *testing.T) {
 	r := startRedis(t)
-	leader, waiter := newTier(t, r.URL, func(o *Options) { o.Lease = 5 * time.Second }), newTier(t, r.URL)
+	leader, waiter := newTier(t, r.URL, func(o *Options) { o.Lease = 1900 * time.Millisecond }), newTier(t, r.URL)
 	boom := errors.New("upstream down")
 	go leader.Load(context.Background(), time.Time{}, (&fetcher{delay: 200 * time.Millisecond, err: boom}).fetch)
 	time.Sleep(50 * time.Millisecond)
 	start := time.Now()
 	_, err := waiter.Load(context.Background(), time.Time{}, (&fetcher{}).fetch)
 	if !errors.Is(err, ErrLeaderFailed) || time.Since(start) > time.Second {
-		t.Errorf("waiter's Load() = %v after %v, want ErrLeaderFailed well within the 5s lease", err, time.Since(start))
+		t.Errorf("waiter's Load() = %v after %v, want ErrLeaderFailed well within the 1.9s lease", err, time.Since(start))
 	}
 }
 
@@ -303,7 +417,7 @@ func TestTier_ReadingASnapshotAgainIsNoNews(t *testing.T) {
 func TestTier_RedisLostWhileWaitingFetchesAlone(t *testing.T) {
 	r := startRedis(t)
 	ctx := context.Background()
-	dead := newTier(t, r.URL, func(o *Options) { o.Lease = 5 * time.Second })
+	dead := newTier(t, r.URL, func(o *Options) { o.Lease = 1900 * time.Millisecond })
 	waiter := newTier(t, r.URL)
 	if gen, _, _, _, err := dead.lock(ctx, 0); err != nil || gen == 0 {
 		t.Fatalf("lock() = %d, %v", gen, err)
@@ -319,7 +433,7 @@ func TestTier_RedisLostWhileWaitingFetchesAlone(t *testing.T) {
 		t.Errorf("Load() = %+v, %v after %d fetches; want a local fetch", e, err, f.n.Load())
 	}
 	if d := time.Since(start); d > time.Second {
-		t.Errorf("Load() took %v, want well within the 5s lease", d)
+		t.Errorf("Load() took %v, want well within the 1.9s lease", d)
 	}
 	if st := waiter.Stats(); st.LockLost != 1 || st.Fallbacks != 1 {
 		t.Errorf("stats = %+v, want one lost lock and one fallback", st)

@@ -2,8 +2,12 @@ package web
 
 import (
 	"encoding/json"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/movies-dev/movies/pkg/fleet/fleettest"
 	"github.com/movies-dev/movies/pkg/ghibli"
@@ -20,15 +24,18 @@ func TestFleet_ReplicasShareOneFetch(t *testing.T) {
 	cfg := Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second}
 	a, b := mustStart(t, cfg), mustStart(t, cfg)
 	t.Cleanup(testClient.CloseIdleConnections)
-	docA, docB := mustAPI(t, a.URL), mustAPI(t, b.URL)
+	pageA, pageB := mustGet(t, a.URL+"/api/v1/movies"), mustGet(t, b.URL+"/api/v1/movies")
 	late := mustStart(t, cfg)
-	docLate := mustAPI(t, late.URL)
+	pageLate := mustGet(t, late.URL+"/api/v1/movies")
 	if got := up.Requests(""); got != 2 {
 		t.Errorf("3 replicas made %d upstream requests, want 2 (one fetch: /films and /people)", got)
 	}
-	for name, doc := range map[string]apiMovies{"b": docB, "late": docLate} {
-		if !doc.FetchedAt.Equal(docA.FetchedAt) || len(doc.Movies) != 22 {
-			t.Errorf("replica %s serves the snapshot fetched at %v (%d films), want a's from %v", name, doc.FetchedAt, len(doc.Movies), docA.FetchedAt)
+	if n := strings.Count(pageA.body, `"title"`); pageA.status != 200 || n != 22 {
+		t.Fatalf("replica a: status %d with %d films, want 200 with 22", pageA.status, n)
+	}
+	for name, page := range map[string]response{"b": pageB, "late": pageLate} {
+		if page.status != 200 || page.body != pageA.body || page.header.Get("ETag") != pageA.header.Get("ETag") {
+			t.Errorf("replica %s: status %d, ETag %s, want a's page (ETag %s)", name, page.status, page.header.Get("ETag"), pageA.header.Get("ETag"))
 		}
 	}
 	if m := mustMetrics(t, late.URL); m[`movies_fleet_reads_total{result="hit"}`] != 1 {
@@ -165,5 +172,44 @@ func TestFleet_HitsStayLocal(t *testing.T) {
 	}
 	if after := reads(); after != before {
 		t.Errorf("200 hits made %v shared reads, want 0", after-before)
+	}
+}
+
+// TestFleet_AWritersClockIsNotTrusted: the fetch time in a shared snapshot
+// is on its writer's clock, which may run ahead of ours: it must not make a
+// Last-Modified in the future (a cache would then answer 304 to an
+// If-Modified-Since sent after later data).
+func TestFleet_AWritersClockIsNotTrusted(t *testing.T) {
+	t.Parallel()
+	r := fleettest.Start(t)
+	up := startFake(t)
+	cfg := Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second}
+	a := mustStart(t, cfg)
+	t.Cleanup(testClient.CloseIdleConnections)
+	mustAPI(t, a.URL)
+	// Rewrite the snapshot as a writer an hour ahead would have.
+	c := r.Client()
+	defer c.Close()
+	var env map[string]any
+	if err := json.Unmarshal([]byte(c.Get(t.Context(), "movies:snapshot").Val()), &env); err != nil {
+		t.Fatal(err)
+	}
+	env["fetched_at_ms"] = time.Now().Add(time.Hour).UnixMilli()
+	b, _ := json.Marshal(env)
+	if err := c.SetArgs(t.Context(), "movies:snapshot", b, redis.SetArgs{KeepTTL: true}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	late := mustStart(t, cfg)
+	page := mustGet(t, late.URL+"/movies/")
+	if got := up.Requests(""); got != 2 {
+		t.Fatalf("the replicas made %d upstream requests, want 2: the late one should take the shared snapshot", got)
+	}
+	lm, err1 := http.ParseTime(page.header.Get("Last-Modified"))
+	date, err2 := http.ParseTime(page.header.Get("Date"))
+	if err1 != nil || err2 != nil {
+		t.Fatalf("Last-Modified %q, Date %q: %v %v", page.header.Get("Last-Modified"), page.header.Get("Date"), err1, err2)
+	}
+	if lm.After(date) {
+		t.Errorf("Last-Modified %v is after Date %v: the writer's clock leaked into it", lm, date)
 	}
 }

@@ -92,12 +92,13 @@ func (s *Server) moviesAPI(c echo.Context) error {
 	return s.write(c, snap, snap.Value.JSON)
 }
 
-// Header values shared by every response. Each slice has len == cap, so
-// anyone appending to a response's header gets a copy, never our array.
+// varyAcceptEncoding is the Vary value of every catalogue response, shared
+// by all of them: the slice has len == cap, so anyone appending to a
+// response's header gets a copy, never our array.
 var varyAcceptEncoding = []string{"Accept-Encoding"}
 
-// Cache-Control values for every whole second a snapshot can have left
-// (TTL is at most MaxTTL), formatted once. Each directive is there for a
+// cacheControlValues holds the Cache-Control value for every whole second
+// a snapshot can have left (TTL is at most MaxTTL), formatted once. Each directive is there for a
 // cache that was seen to need it (README, "Behind a cache or CDN"):
 //
 //   - max-age=0, must-revalidate: browsers revalidate on every use. A

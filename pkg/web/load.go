@@ -115,25 +115,27 @@ func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, e fleet.Ent
 // snapshot only if offer (called with l.mu held) put it in the cache. So
 // a load looking meanwhile (have) sees either that snapshot, in the
 // loader and the cache, or the one before, never one in the loader and
-// the other in the cache.
+// the other in the cache. Rendering, the costly part, runs unlocked.
 func (l *loader) prepareAndOffer(ctx context.Context, movies []ghibli.Movie, e fleet.Entry, offer func(*snapshot.Snapshot, time.Time) bool) (*snapshot.Snapshot, time.Time, error) {
-	// The page shows the fetch's start on the clock of the replica that
-	// fetched; freshness counts on ours, from the deadline.
+	// Every time here is on this replica's clock, counted back from the
+	// deadline: the writer's FetchedAt is another clock, maybe ahead of
+	// ours, and a Last-Modified or an age from it could lie.
 	fetched := e.Deadline.Add(-l.ttl)
 	canonical, err := json.Marshal(movies)
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("render: %w", err)
 	}
 	data := sha256.Sum256(canonical)
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	// Unchanged data keeps its Last-Modified, and with it its bytes and
-	// validators, so clients and caches revalidate with a 304.
+	// validators, so clients and caches revalidate with a 304. Changed
+	// data is dated when it was fetched, as this replica reckons it.
+	l.mu.Lock()
 	changed, prevChanged := l.last.changed, l.last.prevChanged
 	if data != l.last.data {
-		changed, prevChanged = e.FetchedAt, l.last.changed
+		changed, prevChanged = fetched, l.last.changed
 	}
-	view := toView(movies, e.FetchedAt)
+	l.mu.Unlock()
+	view := toView(movies, fetched)
 	view.MaxAge = l.ttl
 	s, err := snapshot.New(view, changed, prevChanged)
 	if err != nil {
@@ -143,6 +145,8 @@ func (l *loader) prepareAndOffer(ctx context.Context, movies []ghibli.Movie, e f
 	if e.Source == "shared" {
 		l.log.DebugContext(ctx, "took the shared snapshot", "gen", e.Gen, "left", time.Until(e.Deadline).Round(time.Millisecond))
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	var adopted time.Time
 	if offer != nil {
 		if !offer(s, fetched) {
@@ -202,28 +206,49 @@ type adopter struct {
 	loader *loader
 	cache  *cache.Cache[*snapshot.Snapshot]
 	busy   atomic.Bool
+	// settled is the newest generation an adoption finished with, adopted
+	// or not (nothing newer in Redis, a newer snapshot here already, an
+	// invalid value): the tier repeats news on every poll, and only an
+	// adoption that Redis failed, or that was busy, is worth repeating.
+	settled atomic.Uint64
+
+	mu     sync.Mutex // orders wg.Add before close's wg.Wait
+	closed bool
 	wg     sync.WaitGroup
-	closed atomic.Bool
 }
 
 // news is the tier's OnNews: it must not block, and one adoption at a
-// time is enough (the next poll or message brings any later one).
+// time is enough (the tier repeats the news on its next poll).
 func (a *adopter) news(gen uint64) {
-	if a.closed.Load() || a.loader.holds(gen) || !a.busy.CompareAndSwap(false, true) {
+	if gen <= a.settled.Load() || a.loader.holds(gen) {
+		return
+	}
+	have := a.loader.haveDeadline()
+	if have.IsZero() {
+		return // nothing fresh here to supersede: the next Get loads
+	}
+	if !a.busy.CompareAndSwap(false, true) {
+		return
+	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		a.busy.Store(false)
 		return
 	}
 	a.wg.Add(1)
+	a.mu.Unlock()
 	go func() {
 		defer a.wg.Done()
 		defer a.busy.Store(false)
-		have := a.loader.haveDeadline()
-		if have.IsZero() {
-			return // nothing fresh here to supersede: the next Get loads
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		e, found, err := a.loader.tier.Read(ctx, have)
-		if err != nil || !found {
+		if err != nil && !errors.Is(err, fleet.ErrInvalid) {
+			return // Redis failed: the next poll tries again
+		}
+		defer a.settle(gen)
+		if !found {
 			return
 		}
 		movies, err := decodeShared(e.Data)
@@ -234,9 +259,21 @@ func (a *adopter) news(gen uint64) {
 	}()
 }
 
+// settle records that news of gen needs no more adoptions.
+func (a *adopter) settle(gen uint64) {
+	for {
+		cur := a.settled.Load()
+		if gen <= cur || a.settled.CompareAndSwap(cur, gen) {
+			return
+		}
+	}
+}
+
 // close stops adoptions and waits for a running one.
 func (a *adopter) close() {
-	a.closed.Store(true)
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
 	a.wg.Wait()
 }
 

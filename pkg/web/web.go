@@ -210,12 +210,14 @@ func (s *Server) MetricsHandler() http.Handler { return s.metricsHandler }
 func (s *Server) TTL() time.Duration { return s.cfg.TTL }
 
 // Close ends any running fetch and waits for it, stops listening to the
-// fleet, and closes idle upstream and Redis connections. Serve calls it on the way out; call it yourself only when
-// serving through Handler.
+// fleet, and closes idle upstream and Redis connections. Serve calls it
+// on the way out; call it yourself only when serving through Handler.
 func (s *Server) Close() {
-	s.cache.Close() // first: a running load may be using the tier
+	if s.adopter != nil {
+		s.adopter.close() // no adoption may start, or run, past here
+	}
+	s.cache.Close() // before the tier: a running load may be using it
 	if s.tier != nil {
-		s.adopter.close()
 		s.tier.Close()
 	}
 	s.client.HTTPClient.CloseIdleConnections()
