@@ -70,8 +70,8 @@ var codingNames = [numCodings]string{
 }
 
 // NewRepresentation prepares body for serving in every coding. Each coding
-// runs at its best compression (brotli 11, zstd's best, gzip 9): that
-// costs some 20 ms for the 12 KB page, once per snapshot
+// runs near its best compression (levels.go says which and why): that
+// costs about 10 ms for the 12 KB page, once per snapshot
 // (BenchmarkNewRepresentation), and saves bytes on every response.
 // changed is when the data last changed (its Last-Modified), prevChanged
 // when the data before it did (zero if none).
