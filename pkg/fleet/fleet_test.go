@@ -72,6 +72,7 @@ func (f *fetcher) fetch(ctx context.Context) ([]byte, error) {
 }
 
 func TestTier_OneFetchForTheWholeFleet(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	f := &fetcher{delay: 50 * time.Millisecond}
 	var wg sync.WaitGroup
@@ -105,6 +106,7 @@ func TestTier_OneFetchForTheWholeFleet(t *testing.T) {
 // TestTier_DeadlineIsRedisExpiry: a reader's deadline comes from Redis's
 // PTTL, never later than the writer's, whatever the readers' clocks say.
 func TestTier_DeadlineIsRedisExpiry(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	leader, reader := newTier(t, r.URL), newTier(t, r.URL)
 	f := &fetcher{delay: 300 * time.Millisecond}
@@ -134,6 +136,7 @@ func TestTier_DeadlineIsRedisExpiry(t *testing.T) {
 // serves the newer snapshot too, not its own: the fleet has served that
 // one already, and its own would take its readers back in time.
 func TestTier_FencesASlowWriter(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	slow, fast := newTier(t, r.URL), newTier(t, r.URL)
 	release := make(chan struct{})
@@ -169,6 +172,7 @@ func TestTier_FencesASlowWriter(t *testing.T) {
 // TestTier_TakesOverFromADeadLeader: a lock whose holder never commits
 // (killed mid-fetch) holds the others up for one lease, no longer.
 func TestTier_TakesOverFromADeadLeader(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	dead, alive := newTier(t, r.URL), newTier(t, r.URL)
 	if gen, _, _, _, err := dead.lock(context.Background(), 0); err != nil || gen == 0 {
@@ -193,6 +197,7 @@ func TestTier_TakesOverFromADeadLeader(t *testing.T) {
 // write (no expiry, or a lease as long as the TTL) would hold every replica
 // up for ever; it is counted as invalid and the replica fetches alone.
 func TestTier_ALockNotOursIsNotWaitedOn(t *testing.T) {
+	t.Parallel()
 	for name, set := range map[string]func(c *redis.Client) error{
 		"no expiry":      func(c *redis.Client) error { return c.Set(context.Background(), "test:lock", "7", 0).Err() },
 		"lease too long": func(c *redis.Client) error { return c.Set(context.Background(), "test:lock", "7", time.Hour).Err() },
@@ -225,6 +230,7 @@ func TestTier_ALockNotOursIsNotWaitedOn(t *testing.T) {
 // again by replicas that never commit (crashing in turn) is waited on for
 // two leases at most; then the replica fetches alone.
 func TestTier_StopsWaitingOnLocksThatNeverCommit(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	c := client(t, r)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -258,6 +264,7 @@ func TestTier_StopsWaitingOnLocksThatNeverCommit(t *testing.T) {
 // TestTier_LoadEndsWithItsContext: a waiter whose context ends gets the
 // context's error, never an empty entry and no error.
 func TestTier_LoadEndsWithItsContext(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	dead, waiter := newTier(t, r.URL), newTier(t, r.URL)
 	if gen, _, _, _, err := dead.lock(context.Background(), 0); err != nil || gen == 0 {
@@ -279,6 +286,7 @@ func TestTier_LoadEndsWithItsContext(t *testing.T) {
 // context ends mid-fetch (the server shutting down) still frees the lock
 // and tells the waiters, who then need not wait out the lease.
 func TestTier_AFetchEndedByItsCallerStillReleasesTheLock(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	leader := newTier(t, r.URL, func(o *Options) { o.Lease = 1900 * time.Millisecond })
 	ctx, cancel := context.WithCancel(context.Background())
@@ -306,6 +314,7 @@ func TestTier_AFetchEndedByItsCallerStillReleasesTheLock(t *testing.T) {
 // TestTier_WaitersLearnOfALeadersFailure: waiters do not wait out the
 // lease when the leader's fetch fails; they are told at once.
 func TestTier_WaitersLearnOfALeadersFailure(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	leader, waiter := newTier(t, r.URL, func(o *Options) { o.Lease = 1900 * time.Millisecond }), newTier(t, r.URL)
 	boom := errors.New("upstream down")
@@ -323,6 +332,7 @@ func TestTier_WaitersLearnOfALeadersFailure(t *testing.T) {
 // replica has committed a newer one (which also frees the lock): it reads
 // that one instead of fetching again.
 func TestTier_NoFetchForASnapshotCommittedSinceTheRead(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	ctx := context.Background()
 	leader, late := newTier(t, r.URL), newTier(t, r.URL)
@@ -353,6 +363,7 @@ func TestTier_NoFetchForASnapshotCommittedSinceTheRead(t *testing.T) {
 // every lock attempt look like news; the load gives up on the shared tier
 // after a few reads instead of spinning until its deadline.
 func TestTier_DisagreeingKeysAreNoReasonToSpin(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	ctx := context.Background()
 	c := client(t, r)
@@ -382,6 +393,7 @@ func TestTier_DisagreeingKeysAreNoReasonToSpin(t *testing.T) {
 // early by its own call's latency, but a replica that has read one never
 // takes a second reading of it for a newer snapshot.
 func TestTier_ReadingASnapshotAgainIsNoNews(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	ctx := context.Background()
 	leader, reader := newTier(t, r.URL), newTier(t, r.URL)
@@ -415,6 +427,7 @@ func TestTier_ReadingASnapshotAgainIsNoNews(t *testing.T) {
 // another's fetch when Redis goes away fetches for itself, as on any other
 // Redis failure, rather than failing the load.
 func TestTier_RedisLostWhileWaitingFetchesAlone(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	ctx := context.Background()
 	dead := newTier(t, r.URL, func(o *Options) { o.Lease = 1900 * time.Millisecond })
@@ -443,6 +456,7 @@ func TestTier_RedisLostWhileWaitingFetchesAlone(t *testing.T) {
 // TestTier_NothingInRedisIsTrusted: whatever sits under the key, the
 // replica never uses it unchecked; it counts it and fetches for itself.
 func TestTier_NothingInRedisIsTrusted(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	c := client(t, r)
 	ctx := context.Background()
@@ -486,6 +500,7 @@ func TestTier_NothingInRedisIsTrusted(t *testing.T) {
 // TestTier_RedisDownIsNoReasonToFail: with nothing listening, loads fetch
 // for themselves at once, and the breaker stops the calls after three.
 func TestTier_RedisDownIsNoReasonToFail(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -514,6 +529,7 @@ func TestTier_RedisDownIsNoReasonToFail(t *testing.T) {
 }
 
 func TestNew_RefusesBadURLsWithoutShowingThePassword(t *testing.T) {
+	t.Parallel()
 	for _, u := range []string{"ftp://user:s3cret@host", "redis://user:s3cret@host:notaport", "::"} {
 		_, err := New(Options{URL: u, TTL: time.Second, Lease: time.Second, Validate: validJSON})
 		if err == nil {
@@ -529,6 +545,7 @@ func TestNew_RefusesBadURLsWithoutShowingThePassword(t *testing.T) {
 // TestTier_NewsReachesOtherReplicas: a commit is announced, and another
 // replica hears of it promptly.
 func TestTier_NewsReachesOtherReplicas(t *testing.T) {
+	t.Parallel()
 	r := startRedis(t)
 	heard := make(chan struct{}, 10)
 	listener := newTier(t, r.URL, func(o *Options) { o.OnNews = func(uint64) { heard <- struct{}{} } })
@@ -552,6 +569,7 @@ func TestTier_NewsReachesOtherReplicas(t *testing.T) {
 }
 
 func TestBreaker(t *testing.T) {
+	t.Parallel()
 	b := breaker{threshold: 3, cooldown: time.Second, maxCooldown: 4 * time.Second}
 	t0 := time.Unix(0, 0)
 	for i := range 2 {
