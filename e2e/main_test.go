@@ -101,17 +101,36 @@ func moviesBinary(t testing.TB) string {
 	return buildPath
 }
 
-// freeAddr returns a loopback address with a port nobody listened on a
-// moment ago.
+// freeAddr returns a loopback address that was free a moment ago and that
+// it never returned before.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// The kernel may hand a port just closed out again: a test that asked
+	// for two addresses once got the same one twice (HAProxy's stats and a
+	// replica). Never return a port this process handed out before.
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if !handedOut.addrs[addr] {
+			handedOut.addrs[addr] = true
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no loopback port that was not handed out already")
+	return ""
 }
+
+// handedOut is every address freeAddr returned.
+var handedOut = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
 
 // syncBuffer is a bytes.Buffer safe for a process's stdout and stderr to
 // write while the test reads.
