@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (the README shows it; .ci/run calls it).
 # It needs only Go and root on a Debian machine: the real components the
-# end-to-end tests run against (Prometheus, HAProxy, Chromium) are
-# installed from Debian packages first when missing. All traffic stays on
+# end-to-end tests run against (Prometheus, HAProxy, Chromium, Redis,
+# nginx, Varnish, and axe-core from npm) are installed first when missing. All traffic stays on
 # loopback. Knobs: SOAK (default 1m), FUZZTIME per fuzz target (default 10s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ fi
 echo "== go vet"
 go vet ./...
 
-echo "== e2e dependencies (Prometheus, HAProxy, Chromium from Debian)"
+echo "== e2e dependencies (Prometheus, HAProxy, Chromium, Redis, nginx, Varnish from Debian; axe-core from npm)"
 bash scripts/install-e2e-deps.sh
 
 echo "== go test -race (unit and in-process end-to-end)"
@@ -33,5 +33,5 @@ for target in FuzzClientAndJoin:./pkg/ghibli FuzzJoin:./pkg/ghibli FuzzPage:./pk
   go test -run='^$' -fuzz="^${target%%:*}\$" -fuzztime="$fuzztime" -fuzzminimizetime=2s "${target#*:}"
 done
 
-echo "== e2e against real Prometheus, HAProxy and Chromium (alone: it loads the machine)"
+echo "== e2e against real Prometheus, HAProxy, Redis, nginx, Varnish and Chromium (alone: it loads the machine)"
 go test -race -count=1 -skip '^TestSoak$' ./e2e/...
