@@ -493,11 +493,10 @@ func TestDownstream_Caches(t *testing.T) {
 }
 
 // TestDownstream_ChromiumBehindNginx loads the page in Chromium through
-// nginx and checks that new visits within and after the TTL never show
-// data past it: Chromium's HTTP cache, with nginx's copy behind it, must
-// not outlive the promise. Each visit is a new tab of the same browser.
-// (The reload button is not covered yet: chromedp.Reload, and a second
-// Navigate in the same tab, never saw the page load here.)
+// nginx and checks that new visits (each a new tab of the same browser)
+// and reloads (in one tab), within and after the TTL, never show data past
+// it: Chromium's HTTP cache, with nginx's copy behind it, must not outlive
+// the promise.
 func TestDownstream_ChromiumBehindNginx(t *testing.T) {
 	chromium := mustLookPath(t, "chromium")
 	rig := startDownstreamRig(t)
@@ -539,8 +538,113 @@ func TestDownstream_ChromiumBehindNginx(t *testing.T) {
 	look("visit+TTL+1s", visit)
 	time.Sleep(downstreamTTL + 2*time.Second)
 	look("visit+TTL+2s", visit)
+
+	// The reload button, in one tab that stays open: Chromium sends the
+	// reload with Cache-Control: max-age=0 and its validators, and must
+	// show what nginx answers, never its own older copy.
+	tab, closeTab := chromedp.NewContext(browser)
+	defer closeTab()
+	ctx, cancel := context.WithTimeout(tab, 2*time.Minute)
+	defer cancel()
+	seen := func(what string, sent time.Time) {
+		t.Helper()
+		marker, err := chromedp.Run(ctx, chromedp.Evaluate[int](markerJS))
+		if err != nil || marker < 0 {
+			t.Fatalf("%s: no marker on the page (%v)", what, err)
+		}
+		s := sighting{marker, sent}
+		late := rig.replacedFor(s)
+		maxLate = max(maxLate, late)
+		steps = append(steps, fmt.Sprintf("%s:#%d replaced_for=%v", what, marker, late.Round(time.Millisecond)))
+		if v := rig.timeline.stale(s, downstreamTTL); v != "" {
+			violations = append(violations, what+": "+v)
+		}
+	}
+	sent := time.Now()
+	if err := chromedp.Do(ctx, visit); err != nil {
+		t.Fatalf("tab visit: %v", err)
+	}
+	seen("tab", sent)
+	for i, wait := range []time.Duration{time.Second, downstreamTTL + time.Second, downstreamTTL / 2, downstreamTTL + 2*time.Second} {
+		time.Sleep(wait)
+		what := fmt.Sprintf("reload%d(+%v)", i+1, wait)
+		seen(what, reload(t, ctx, what))
+	}
+
+	// Back/forward: leave the page for another, wait past the TTL, come
+	// back. Restored from the back-forward cache, the page is the one the
+	// reader left, as it was (its scripts' state included): shown, not
+	// fetched, and judged in the README. Loaded again instead, it must be
+	// fresh like any other load.
+	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`window.addEventListener('pageshow', e => { window.__restored = e.persisted })`)); err != nil {
+		t.Fatal(err)
+	}
+	left, err := chromedp.Run(ctx, chromedp.Evaluate[int](markerJS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/robots.txt")); err != nil {
+		t.Fatalf("leave the page: %v", err)
+	}
+	time.Sleep(downstreamTTL + time.Second)
+	sent = time.Now()
+	// By script, and polled: chromedp.NavigateBack waits for a load event
+	// that a restore from the back-forward cache never fires.
+	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`setTimeout(() => history.back(), 0)`)); err != nil {
+		t.Fatalf("back: %v", err)
+	}
+	var restored bool
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		state, err := chromedp.Run(ctx, chromedp.Evaluate[string](
+			`location.pathname + ' ' + document.readyState + ' ' + (window.__restored === undefined ? 'unknown' : window.__restored)`))
+		if err == nil && (state == "/movies/ complete true" || state == "/movies/ complete false" ||
+			(state == "/movies/ complete unknown" && time.Since(sent) > time.Second)) {
+			restored = state == "/movies/ complete true"
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("back: not back on the page in 20s (last: %q, %v)", state, err)
+		}
+	}
+	back, err := chromedp.Run(ctx, chromedp.Evaluate[int](markerJS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("chromium behind nginx: back after TTL+1s: restored_from_bfcache=%v marker_left=#%d marker_shown=#%d", restored, left, back)
+	if restored {
+		if back != left {
+			t.Errorf("back-forward cache restored #%d, want the page as it was left (#%d)", back, left)
+		}
+	} else {
+		seen("back", sent)
+	}
 	t.Logf("chromium behind nginx: views=%d violations=%d max_replaced_for=%v %s", len(steps), len(violations), maxLate.Round(time.Millisecond), strings.Join(steps, " "))
 	if len(violations) > 0 {
 		t.Errorf("Chromium behind nginx showed %d pages past the TTL:\n%s", len(violations), strings.Join(violations, "\n"))
+	}
+}
+
+// reload reloads the tab's page as the reload button does (location.reload
+// from script: chromedp.Reload waits for a load event it never saw for a
+// same-URL reload) and waits until the new document has loaded. It
+// returns when the reload was asked for.
+func reload(t *testing.T, ctx context.Context, what string) time.Time {
+	t.Helper()
+	sent := time.Now()
+	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`window.__beforeReload = true; setTimeout(() => location.reload(), 0)`)); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	// While the page is replaced an evaluation may fail (its context is
+	// gone): that is progress, not an error.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		done, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__beforeReload === undefined && document.readyState === 'complete'`))
+		if err == nil && done {
+			return sent
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the page did not reload in 20s (last: %v, %v)", what, done, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
