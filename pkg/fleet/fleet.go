@@ -198,6 +198,11 @@ func New(opts Options) (*Tier, error) {
 	ro.ReadTimeout = opts.CallTimeout
 	ro.WriteTimeout = opts.CallTimeout
 	ro.PoolTimeout = opts.CallTimeout
+	// A connection kept ready, so a replica's first read after start or
+	// idle does not spend its bounded call on a dial and a handshake, and
+	// no CLIENT SETINFO round trip on each new connection.
+	ro.MinIdleConns = 1
+	ro.DisableIdentity = true
 	t := &Tier{
 		opts:     opts,
 		client:   redis.NewClient(ro),

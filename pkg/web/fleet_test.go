@@ -12,7 +12,16 @@ import (
 	"github.com/movies-dev/movies/pkg/fleet/fleettest"
 	"github.com/movies-dev/movies/pkg/ghibli"
 	"github.com/movies-dev/movies/pkg/ghibli/builtin"
+	"github.com/movies-dev/movies/pkg/ghibli/ghiblitest"
 )
+
+// fleetConfig is a replica of a fleet on r over up, with a 10s TTL. Its
+// Redis calls may take up to 2s: these tests count fetches, and a loaded
+// machine running them under -race must not turn a slow call into a
+// fallback fetch (the fleet package's tests pin the 100ms bound).
+func fleetConfig(up *ghiblitest.Server, r *fleettest.Redis) Config {
+	return Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second, redisCallTimeout: 2 * time.Second}
+}
 
 // TestFleet_ReplicasShareOneFetch: replicas on one Redis make one upstream
 // fetch between them, serve the same snapshot, and a replica that starts
@@ -21,7 +30,7 @@ func TestFleet_ReplicasShareOneFetch(t *testing.T) {
 	t.Parallel()
 	r := fleettest.Start(t)
 	up := startFake(t)
-	cfg := Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second}
+	cfg := fleetConfig(up, r)
 	a, b := mustStart(t, cfg), mustStart(t, cfg)
 	t.Cleanup(testClient.CloseIdleConnections)
 	pageA, pageB := mustGet(t, a.URL+"/api/v1/movies"), mustGet(t, b.URL+"/api/v1/movies")
@@ -49,7 +58,7 @@ func TestFleet_NewsReplacesAnOlderSnapshot(t *testing.T) {
 	t.Parallel()
 	r := fleettest.Start(t)
 	up := startFake(t)
-	cfg := Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second}
+	cfg := fleetConfig(up, r)
 	a, b := mustStart(t, cfg), mustStart(t, cfg)
 	t.Cleanup(testClient.CloseIdleConnections)
 	mustAPI(t, a.URL)
@@ -115,7 +124,7 @@ func TestFleet_ALoadOvertakenByNewsFetchesNothing(t *testing.T) {
 	t.Parallel()
 	r := fleettest.Start(t)
 	up := startFake(t)
-	cfg := Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second}
+	cfg := fleetConfig(up, r)
 	a, b := mustStart(t, cfg), mustStart(t, cfg)
 	t.Cleanup(testClient.CloseIdleConnections)
 	mustAPI(t, a.URL)
@@ -157,7 +166,7 @@ func TestFleet_HitsStayLocal(t *testing.T) {
 	t.Parallel()
 	r := fleettest.Start(t)
 	up := startFake(t)
-	in := mustStart(t, Config{Upstream: up.URL, Redis: r.URL})
+	in := mustStart(t, fleetConfig(up, r))
 	t.Cleanup(testClient.CloseIdleConnections)
 	mustAPI(t, in.URL)
 	reads := func() float64 {
@@ -183,7 +192,7 @@ func TestFleet_AWritersClockIsNotTrusted(t *testing.T) {
 	t.Parallel()
 	r := fleettest.Start(t)
 	up := startFake(t)
-	cfg := Config{Upstream: up.URL, Redis: r.URL, TTL: 10 * time.Second}
+	cfg := fleetConfig(up, r)
 	a := mustStart(t, cfg)
 	t.Cleanup(testClient.CloseIdleConnections)
 	mustAPI(t, a.URL)
@@ -202,7 +211,7 @@ func TestFleet_AWritersClockIsNotTrusted(t *testing.T) {
 	late := mustStart(t, cfg)
 	page := mustGet(t, late.URL+"/movies/")
 	if got := up.Requests(""); got != 2 {
-		t.Fatalf("the replicas made %d upstream requests, want 2: the late one should take the shared snapshot", got)
+		t.Fatalf("the replicas made %d upstream requests, want 2: the late one should take the shared snapshot; its log:\n%s", got, late.log)
 	}
 	lm, err1 := http.ParseTime(page.header.Get("Last-Modified"))
 	date, err2 := http.ParseTime(page.header.Get("Date"))

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -57,6 +58,19 @@ func (l *logSink) Write(p []byte) (int, error) {
 }
 
 // count returns how many log lines have the given message.
+// String is every line logged so far, for a failing test's message.
+func (l *logSink) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var b strings.Builder
+	for _, r := range l.lines {
+		j, _ := json.Marshal(r)
+		b.Write(j)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
 func (l *logSink) count(msg string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

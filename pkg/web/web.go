@@ -65,6 +65,11 @@ type Config struct {
 	// Log receives the server's logs; nil discards them. Wrap its handler
 	// with NewLogHandler so lines carry their request id.
 	Log *slog.Logger
+
+	// redisCallTimeout, if set, replaces fleet's bound on a Redis call:
+	// tests that are not about Redis being slow raise it, so a loaded
+	// machine running them under -race does not turn into a fallback.
+	redisCallTimeout time.Duration
 }
 
 // DefaultUpstreamTimeout is the bound on one fetch when Config leaves it
@@ -173,11 +178,12 @@ func New(cfg Config) (*Server, error) {
 			// A waiting replica takes over from a leader that died after
 			// one lease, and must still have time to fetch before its own
 			// timeout: half of it.
-			Lease:    cfg.UpstreamTimeout / 2,
-			Validate: validateShared,
-			Observe:  m.ObserveRedis,
-			OnNews:   a.news,
-			Log:      cfg.Log,
+			Lease:       cfg.UpstreamTimeout / 2,
+			CallTimeout: cfg.redisCallTimeout,
+			Validate:    validateShared,
+			Observe:     m.ObserveRedis,
+			OnNews:      a.news,
+			Log:         cfg.Log,
 		})
 		if err != nil {
 			return nil, err
