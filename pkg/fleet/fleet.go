@@ -15,7 +15,9 @@
 //     channel.
 //   - The losers wait for that news (with polling as a backstop) until the
 //     lease ends; a leader that died is replaced by the next one to take the
-//     lock.
+//     lock. A lease that would outlast the waiter's load (a replica
+//     configured apart) is waited on only while half a lease is left to
+//     fetch alone.
 //   - Every call is bounded (100 ms by default) and goes through a circuit
 //     breaker. Any Redis failure makes the caller fetch for itself, as a
 //     lone replica does.
@@ -276,7 +278,21 @@ func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(cont
 			return t.lead(ctx, gen, redisNow, fetch)
 		}
 		atomic.AddUint64(&t.stats.LockLost, 1)
-		e, found, err = t.wait(ctx, haveDeadline, holder, leaseLeft)
+		// Wait out the lease, but not so long that no time is left to
+		// fetch alone: a lease may outlast this load (a replica
+		// configured with a longer one, or a second takeover in a row),
+		// and a load that waited until its context ended would fail its
+		// readers for no fault of the upstream.
+		patience, short := leaseLeft+20*time.Millisecond, false
+		if dl, ok := ctx.Deadline(); ok {
+			if left := time.Until(dl) - t.fetchRoom(); left < patience {
+				patience, short = left, true
+			}
+		}
+		if patience <= 0 {
+			return t.fallback(ctx, fetch, errors.New("fleet: the lock's lease outlasts this load"))
+		}
+		e, found, err = t.wait(ctx, haveDeadline, holder, patience)
 		switch {
 		case found:
 			return e, nil
@@ -288,6 +304,8 @@ func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(cont
 			// Redis failed while we waited: fetch alone, as on any
 			// other Redis failure.
 			return t.fallback(ctx, fetch, err)
+		case short:
+			return t.fallback(ctx, fetch, errors.New("fleet: the lock's lease outlasts this load"))
 		}
 		// The lease passed without news: the leader died or hangs. Go
 		// round: the next replica to try takes the lock over. Leases are
@@ -299,6 +317,13 @@ func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(cont
 		}
 	}
 }
+
+// fetchRoom is the time a waiter keeps for fetching alone when it stops
+// waiting before its load's end: half a lease. It is less than a whole
+// lease so that one who waited out a leader that died at once (a lease
+// after its load began, a load lasting two leases) still takes over rather
+// than falling back.
+func (t *Tier) fetchRoom() time.Duration { return t.opts.Lease / 2 }
 
 // fallback fetches without the shared tier, as a lone replica does.
 func (t *Tier) fallback(ctx context.Context, fetch func(context.Context) ([]byte, error), cause error) (Entry, error) {
@@ -376,10 +401,10 @@ func (t *Tier) lead(ctx context.Context, gen uint64, lockedAt int64, fetch func(
 	return e, nil
 }
 
-// wait waits up to leaseLeft for the lock holder's news, then reads the
-// snapshot. found is false if the lease passed with no usable snapshot.
-func (t *Tier) wait(ctx context.Context, haveDeadline time.Time, holder uint64, leaseLeft time.Duration) (Entry, bool, error) {
-	lease := time.NewTimer(leaseLeft + 20*time.Millisecond)
+// wait waits up to patience for the lock holder's news, then reads the
+// snapshot. found is false if that passed with no usable snapshot.
+func (t *Tier) wait(ctx context.Context, haveDeadline time.Time, holder uint64, patience time.Duration) (Entry, bool, error) {
+	lease := time.NewTimer(patience)
 	defer lease.Stop()
 	poll := time.NewTicker(50 * time.Millisecond)
 	defer poll.Stop()

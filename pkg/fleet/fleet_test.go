@@ -261,8 +261,9 @@ func TestTier_StopsWaitingOnLocksThatNeverCommit(t *testing.T) {
 	}
 }
 
-// TestTier_LoadEndsWithItsContext: a waiter whose context ends gets the
-// context's error, never an empty entry and no error.
+// TestTier_LoadEndsWithItsContext: a waiter whose context is cancelled
+// (its server shutting down) gets the context's error, never an empty
+// entry and no error.
 func TestTier_LoadEndsWithItsContext(t *testing.T) {
 	t.Parallel()
 	r := startRedis(t)
@@ -270,15 +271,56 @@ func TestTier_LoadEndsWithItsContext(t *testing.T) {
 	if gen, _, _, _, err := dead.lock(context.Background(), 0); err != nil || gen == 0 {
 		t.Fatalf("lock() = %d, %v", gen, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	time.AfterFunc(100*time.Millisecond, cancel)
 	f := &fetcher{}
 	e, err := waiter.Load(ctx, time.Time{}, f.fetch)
-	if !errors.Is(err, context.DeadlineExceeded) || e.Data != nil || f.n.Load() != 0 {
+	if !errors.Is(err, context.Canceled) || e.Data != nil || f.n.Load() != 0 {
 		t.Errorf("Load() = %+v, %v after %d fetches; want the context's error", e, err, f.n.Load())
 	}
 	if waiter.BreakerOpen() {
 		t.Error("a caller giving up opened the breaker")
+	}
+}
+
+// TestTier_ALeaseLongerThanTheLoadIsNotWaitedOut: a lock held for longer
+// than a load can wait (another replica configured with a longer lease, a
+// second takeover in a row) is waited on only while time is left to fetch
+// alone; then the replica fetches alone instead of failing its readers.
+func TestTier_ALeaseLongerThanTheLoadIsNotWaitedOut(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	// A lease of 1.5s (within the 2s TTL: a valid lock), held by a
+	// replica that never commits.
+	if err := client(t, r).Set(context.Background(), "test:lock", "7", 1500*time.Millisecond).Err(); err != nil {
+		t.Fatal(err)
+	}
+	tier := newTier(t, r.URL) // 500ms lease, so it keeps 250ms to fetch
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	f := &fetcher{}
+	start := time.Now()
+	e, err := tier.Load(ctx, time.Time{}, f.fetch)
+	took := time.Since(start)
+	if err != nil || e.Source != "local" || f.n.Load() != 1 {
+		t.Fatalf("Load() = %+v, %v after %d fetches; want a local fetch before the load's end", e, err, f.n.Load())
+	}
+	if took < 600*time.Millisecond || took > 950*time.Millisecond {
+		t.Errorf("Load() returned after %v, want it to wait about 750ms (1s less the 250ms kept to fetch)", took)
+	}
+	if st := tier.Stats(); st.LockLost != 1 || st.WaitGaveUp != 1 || st.Fallbacks != 1 {
+		t.Errorf("stats = %+v, want one lost lock, one wait given up, one fallback", st)
+	}
+	// A load with less time than that left does not wait at all.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel2()
+	start = time.Now()
+	if e, err := tier.Load(ctx2, time.Time{}, f.fetch); err != nil || e.Source != "local" {
+		t.Fatalf("Load() = %+v, %v; want a local fetch at once", e, err)
+	}
+	if d := time.Since(start); d > 150*time.Millisecond {
+		t.Errorf("a load with 200ms left waited %v on a 1.5s lease", d)
 	}
 }
 
