@@ -222,3 +222,40 @@ func TestFleet_AWritersClockIsNotTrusted(t *testing.T) {
 		t.Errorf("Last-Modified %v is after Date %v: the writer's clock leaked into it", lm, date)
 	}
 }
+
+// TestFleet_ABogusGenerationDoesNotStopAdoptions: the generations news
+// carries come from Redis unchecked. A huge one (a key set by hand, a
+// buggy writer) is settled like any other, and must not make the replica
+// deaf to the real generations after it.
+func TestFleet_ABogusGenerationDoesNotStopAdoptions(t *testing.T) {
+	t.Parallel()
+	r := fleettest.Start(t)
+	up := startFake(t)
+	cfg := fleetConfig(up, r)
+	a, b := mustStart(t, cfg), mustStart(t, cfg)
+	t.Cleanup(testClient.CloseIdleConnections)
+	mustAPI(t, a.URL)
+	mustAPI(t, b.URL)
+	c := r.Client()
+	defer c.Close()
+	const bogus = 9_000_000_000_000_000_000
+	was := c.Get(t.Context(), "movies:snapshot:gen").Val()
+	c.Set(t.Context(), "movies:snapshot:gen", uint64(bogus), 0)
+	for deadline := time.Now().Add(5 * time.Second); b.srv.adopter.settled.Load() != bogus; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("replica b never heard of the bogus generation")
+		}
+	}
+	// The key is put right, and a third replica commits changed data.
+	c.Set(t.Context(), "movies:snapshot:gen", was, 0)
+	c.Del(t.Context(), "movies:snapshot")
+	up.Update(func(d *builtin.Data) { d.Films[0]["title"] = "Castle in the Sky (new)" })
+	if got := mustAPI(t, mustStart(t, cfg).URL).Movies[0].Title; got != "Castle in the Sky (new)" {
+		t.Fatalf("third replica served %q, want its own new fetch", got)
+	}
+	for deadline := time.Now().Add(2 * time.Second); mustAPI(t, b.URL).Movies[0].Title != "Castle in the Sky (new)"; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("replica b did not adopt the newer snapshot within 2s of its commit: the bogus generation silenced it")
+		}
+	}
+}

@@ -206,10 +206,13 @@ type adopter struct {
 	loader *loader
 	cache  *cache.Cache[*snapshot.Snapshot]
 	busy   atomic.Bool
-	// settled is the newest generation an adoption finished with, adopted
-	// or not (nothing newer in Redis, a newer snapshot here already, an
-	// invalid value): the tier repeats news on every poll, and only an
-	// adoption that Redis failed, or that was busy, is worth repeating.
+	// settled is the generation the last finished adoption was told of,
+	// adopted or not (nothing newer in Redis, a newer snapshot here
+	// already, an invalid value): the tier repeats news on every poll, and
+	// only an adoption that Redis failed, or that was busy, is worth
+	// repeating. Only that very generation is skipped, not every lower
+	// one: announced generations come from Redis, unchecked, and a bogus
+	// huge one must not stop every adoption after it.
 	settled atomic.Uint64
 
 	mu     sync.Mutex // orders wg.Add before close's wg.Wait
@@ -220,7 +223,7 @@ type adopter struct {
 // news is the tier's OnNews: it must not block, and one adoption at a
 // time is enough (the tier repeats the news on its next poll).
 func (a *adopter) news(gen uint64) {
-	if gen <= a.settled.Load() || a.loader.holds(gen) {
+	if gen == a.settled.Load() || a.loader.holds(gen) {
 		return
 	}
 	have := a.loader.haveDeadline()
@@ -247,7 +250,7 @@ func (a *adopter) news(gen uint64) {
 		if err != nil && !errors.Is(err, fleet.ErrInvalid) {
 			return // Redis failed: the next poll tries again
 		}
-		defer a.settle(gen)
+		defer a.settled.Store(gen)
 		if !found {
 			return
 		}
@@ -257,16 +260,6 @@ func (a *adopter) news(gen uint64) {
 		}
 		a.loader.prepareAndOffer(ctx, movies, e, a.cache.Offer)
 	}()
-}
-
-// settle records that news of gen needs no more adoptions.
-func (a *adopter) settle(gen uint64) {
-	for {
-		cur := a.settled.Load()
-		if gen <= cur || a.settled.CompareAndSwap(cur, gen) {
-			return
-		}
-	}
 }
 
 // close stops adoptions and waits for a running one.
