@@ -24,39 +24,46 @@ type breaker struct {
 	probing   bool          // a half-open probe is in flight
 }
 
-// allow reports whether a call may go to Redis at now.
-func (b *breaker) allow(now time.Time) bool {
+// allow reports whether a call may go to Redis at now, and whether it is
+// the half-open probe: only the probe's outcome may end the probing, or a
+// slow call let through before the breaker opened, ending during a probe,
+// would be taken for it (and a second probe let in beside the first).
+func (b *breaker) allow(now time.Time) (ok, probe bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.failures < b.threshold {
-		return true
+		return true, false
 	}
 	if now.Before(b.openUntil) || b.probing {
-		return false
+		return false, false
 	}
 	b.probing = true // half-open: this call is the probe
-	return true
+	return true, true
 }
 
-// record notes a call's outcome at now and reports whether it opened the
-// breaker.
-func (b *breaker) record(now time.Time, ok bool) (opened bool) {
+// record notes at now the outcome of a call allow let through (probe as
+// allow said) and reports whether it opened the breaker. Any success
+// closes it: Redis answered.
+func (b *breaker) record(now time.Time, ok, probe bool) (opened bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	wasProbe := b.probing
-	b.probing = false
+	if probe {
+		b.probing = false
+	}
 	if ok {
 		b.failures, b.wait = 0, 0
 		return false
 	}
 	b.failures++
 	switch {
-	case wasProbe:
+	case probe:
 		b.wait = min(2*b.wait, b.maxCooldown)
 	case b.failures == b.threshold:
 		b.wait = b.cooldown
 		opened = true
 	default:
+		// Below the threshold, or a straggler failing while the breaker
+		// is open already: it says nothing new.
 		return false
 	}
 	b.openUntil = now.Add(b.wait)
@@ -64,11 +71,13 @@ func (b *breaker) record(now time.Time, ok bool) (opened bool) {
 }
 
 // abandon notes a call that ended because its caller gave up: no verdict
-// on Redis, but a probe it was is over.
-func (b *breaker) abandon() {
+// on Redis, but if it was the probe, the probing is over.
+func (b *breaker) abandon(probe bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.probing = false
+	if probe {
+		b.probing = false
+	}
 }
 
 // alive closes the breaker: Redis was seen answering outside a call.

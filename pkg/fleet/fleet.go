@@ -593,8 +593,8 @@ func (t *Tier) lock(ctx context.Context, seen uint64) (gen, holder uint64, lease
 
 // call runs one Redis operation under the breaker and the call timeout.
 func (t *Tier) call(parent context.Context, op string, f func(context.Context) error) error {
-	now := time.Now()
-	if !t.breaker.allow(now) {
+	ok, probe := t.breaker.allow(time.Now())
+	if !ok {
 		return errOpen
 	}
 	ctx, cancel := context.WithTimeout(parent, t.opts.CallTimeout)
@@ -610,10 +610,10 @@ func (t *Tier) call(parent context.Context, op string, f func(context.Context) e
 	if err != nil && parent.Err() != nil {
 		// The caller gave up (its request ended): that says nothing
 		// about Redis, so it must not open the breaker.
-		t.breaker.abandon()
+		t.breaker.abandon(probe)
 		return err
 	}
-	if opened := t.breaker.record(time.Now(), err == nil); opened {
+	if opened := t.breaker.record(time.Now(), err == nil, probe); opened {
 		atomic.AddUint64(&t.stats.BreakerOpened, 1)
 		t.opts.Log.Warn("shared tier off: Redis keeps failing; serving as a lone replica", "redis", t.redacted, "err", err)
 	}

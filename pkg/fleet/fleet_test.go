@@ -613,39 +613,75 @@ func TestTier_NewsReachesOtherReplicas(t *testing.T) {
 func TestBreaker(t *testing.T) {
 	t.Parallel()
 	b := breaker{threshold: 3, cooldown: time.Second, maxCooldown: 4 * time.Second}
+	allowed := func(now time.Time) bool { ok, _ := b.allow(now); return ok }
 	t0 := time.Unix(0, 0)
 	for i := range 2 {
-		if !b.allow(t0) || b.record(t0, false) {
-			t.Fatalf("failure %d: refused or opened below the threshold", i+1)
+		if ok, probe := b.allow(t0); !ok || probe || b.record(t0, false, false) {
+			t.Fatalf("failure %d: refused, a probe, or opened below the threshold", i+1)
 		}
 	}
-	if !b.allow(t0) || !b.record(t0, false) {
+	if !allowed(t0) || !b.record(t0, false, false) {
 		t.Fatal("third failure did not open the breaker")
 	}
-	if b.allow(t0.Add(999 * time.Millisecond)) {
+	if allowed(t0.Add(999 * time.Millisecond)) {
 		t.Error("open breaker allowed a call inside its cooldown")
 	}
 	// Half-open: one probe, not two.
 	probeAt := t0.Add(time.Second)
-	if !b.allow(probeAt) || b.allow(probeAt) {
+	if ok, probe := b.allow(probeAt); !ok || !probe || allowed(probeAt) {
 		t.Error("half-open breaker should allow exactly one probe")
 	}
-	b.record(probeAt, false) // the probe failed: twice the cooldown
-	if b.allow(probeAt.Add(1999*time.Millisecond)) || !b.allow(probeAt.Add(2*time.Second)) {
+	b.record(probeAt, false, true) // the probe failed: twice the cooldown
+	if allowed(probeAt.Add(1999*time.Millisecond)) || !allowed(probeAt.Add(2*time.Second)) {
 		t.Error("a failed probe should reopen for twice the cooldown")
 	}
 	// News from Redis (a pub/sub message) closes it too.
-	b.record(probeAt.Add(2*time.Second), false)
+	b.record(probeAt.Add(2*time.Second), false, true)
 	b.alive()
-	if !b.allow(probeAt.Add(2*time.Second)) || b.isOpen(probeAt.Add(2*time.Second)) {
+	if !allowed(probeAt.Add(2*time.Second)) || b.isOpen(probeAt.Add(2*time.Second)) {
 		t.Error("a message from Redis should close the breaker")
 	}
 	for range 3 {
-		b.record(probeAt.Add(2*time.Second), false)
+		b.record(probeAt.Add(2*time.Second), false, false)
 	}
-	b.allow(probeAt.Add(5 * time.Second))      // half-open again
-	b.record(probeAt.Add(2*time.Second), true) // the probe succeeded
-	if !b.allow(probeAt.Add(2*time.Second)) || b.isOpen(probeAt.Add(2*time.Second)) {
+	_, probe := b.allow(probeAt.Add(5 * time.Second)) // half-open again
+	b.record(probeAt.Add(5*time.Second), true, probe) // the probe succeeded
+	if !allowed(probeAt.Add(5*time.Second)) || b.isOpen(probeAt.Add(5*time.Second)) {
 		t.Error("a successful probe should close the breaker")
+	}
+}
+
+// TestBreaker_OnlyTheProbeEndsTheProbing: a slow call let through before
+// the breaker opened that fails during a probe is not the probe: it must
+// neither let a second probe in nor move the reopening.
+func TestBreaker_OnlyTheProbeEndsTheProbing(t *testing.T) {
+	t.Parallel()
+	b := breaker{threshold: 3, cooldown: time.Second, maxCooldown: 4 * time.Second}
+	t0 := time.Unix(0, 0)
+	_, slow1 := b.allow(t0) // two calls that will take long
+	ok, slow2 := b.allow(t0)
+	if !ok || slow1 || slow2 {
+		t.Fatal("a closed breaker refused a call or called it a probe")
+	}
+	for range 3 {
+		b.allow(t0)
+		b.record(t0, false, false)
+	}
+	probeAt := t0.Add(time.Second)
+	if ok, probe := b.allow(probeAt); !ok || !probe {
+		t.Fatal("no probe after the cooldown")
+	}
+	b.abandon(slow1) // its caller gave up during the probe
+	if ok, _ := b.allow(probeAt); ok {
+		t.Error("a straggler abandoned ended the probing: a second probe was let in")
+	}
+	b.record(probeAt, false, slow2) // the other fails during the probe
+	if ok, _ := b.allow(probeAt); ok {
+		t.Error("a straggler's failure ended the probing: a second probe was let in")
+	}
+	failedAt := probeAt.Add(500 * time.Millisecond)
+	b.record(failedAt, false, true) // the probe fails: twice the cooldown from now
+	if ok, _ := b.allow(failedAt.Add(1999 * time.Millisecond)); ok {
+		t.Error("the probe's failure did not reopen the breaker for twice the cooldown from it")
 	}
 }
