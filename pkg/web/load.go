@@ -126,27 +126,33 @@ func (l *loader) prepareAndOffer(ctx context.Context, movies []ghibli.Movie, e f
 		return nil, time.Time{}, fmt.Errorf("render: %w", err)
 	}
 	data := sha256.Sum256(canonical)
-	// Unchanged data keeps its Last-Modified, and with it its bytes and
-	// validators, so clients and caches revalidate with a 304. Changed
-	// data is dated when it was fetched, as this replica reckons it.
-	l.mu.Lock()
-	changed, prevChanged := l.last.changed, l.last.prevChanged
-	if data != l.last.data {
-		changed, prevChanged = fetched, l.last.changed
-	}
-	l.mu.Unlock()
 	view := toView(movies, fetched)
 	view.MaxAge = l.ttl
-	s, err := snapshot.New(view, changed, prevChanged)
-	if err != nil {
-		l.log.ErrorContext(ctx, "render failed", "err", err)
-		return nil, time.Time{}, fmt.Errorf("render: %w", err)
+	l.mu.Lock()
+	changed, prevChanged := l.datesLocked(data, fetched)
+	var s *snapshot.Snapshot
+	for {
+		l.mu.Unlock()
+		s, err = snapshot.New(view, changed, prevChanged)
+		if err != nil {
+			l.log.ErrorContext(ctx, "render failed", "err", err)
+			return nil, time.Time{}, fmt.Errorf("render: %w", err)
+		}
+		l.mu.Lock()
+		// Another snapshot may have been remembered while this one
+		// rendered: if that moves its dates, render it again, or its
+		// Last-Modified could claim data older than what a client
+		// holds, and earn that client a wrong 304.
+		c, p := l.datesLocked(data, fetched)
+		if c.Equal(changed) && p.Equal(prevChanged) {
+			break
+		}
+		changed, prevChanged = c, p
 	}
+	defer l.mu.Unlock()
 	if e.Source == "shared" {
 		l.log.DebugContext(ctx, "took the shared snapshot", "gen", e.Gen, "left", time.Until(e.Deadline).Round(time.Millisecond))
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var adopted time.Time
 	if offer != nil {
 		if !offer(s, fetched) {
@@ -160,6 +166,18 @@ func (l *loader) prepareAndOffer(ctx context.Context, movies []ghibli.Movie, e f
 		l.last.snap, l.last.adopted = s, adopted
 	}
 	return s, fetched, nil
+}
+
+// datesLocked returns the Last-Modified of data fetched at fetched, and
+// that of the data before it, given the snapshot remembered last.
+// Unchanged data keeps its Last-Modified, and with it its bytes and
+// validators, so clients and caches revalidate with a 304. Changed data is
+// dated when it was fetched, as this replica reckons it. l.mu must be held.
+func (l *loader) datesLocked(data [sha256.Size]byte, fetched time.Time) (changed, prevChanged time.Time) {
+	if data != l.last.data {
+		return fetched, l.last.changed
+	}
+	return l.last.changed, l.last.prevChanged
 }
 
 // have returns the snapshot the adopter put in the cache at or after
