@@ -259,3 +259,39 @@ func TestFleet_ABogusGenerationDoesNotStopAdoptions(t *testing.T) {
 		}
 	}
 }
+
+// TestFleet_AnAdoptionRedisFailedIsTriedAgain: news the adopter could not
+// act on because Redis failed is not settled, so the next poll's repeat of
+// it is acted on; news acted on is settled, so repeats cost nothing.
+func TestFleet_AnAdoptionRedisFailedIsTriedAgain(t *testing.T) {
+	t.Parallel()
+	r := fleettest.Start(t)
+	up := startFake(t)
+	b := mustStart(t, fleetConfig(up, r))
+	t.Cleanup(testClient.CloseIdleConnections)
+	mustAPI(t, b.URL)
+	ad := b.srv.adopter
+	idle := func() {
+		for deadline := time.Now().Add(5 * time.Second); ad.busy.Load(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the adoption never finished")
+			}
+		}
+	}
+	const gen = 1 << 62 // news of a generation nobody committed
+	idle()
+	r.Stop() // connections open, no answers
+	ad.news(gen)
+	idle() // its read gave up
+	r.Cont()
+	if got := ad.settled.Load(); got == gen {
+		t.Fatal("news the adopter could not read Redis for was settled: its repeats would be ignored")
+	}
+	// Redis answers again: a repeat of the news is acted on, and settled.
+	for deadline := time.Now().Add(10 * time.Second); ad.settled.Load() != gen; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the repeated news was never acted on after Redis came back")
+		}
+		ad.news(gen)
+	}
+}
