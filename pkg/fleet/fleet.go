@@ -124,6 +124,10 @@ var ErrLeaderFailed = errors.New("fleet: the fetch this replica waited for faile
 // the same value.
 var ErrInvalid = errors.New("fleet: invalid value in Redis")
 
+// errLeaseOutlastsLoad is why a waiter fetches alone when the lock's
+// lease would end too late for it to fetch before its load's end.
+var errLeaseOutlastsLoad = errors.New("fleet: the lock's lease outlasts this load")
+
 // errOpen is returned by calls refused while the breaker is open.
 var errOpen = errors.New("fleet: circuit breaker open")
 
@@ -290,7 +294,7 @@ func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(cont
 			}
 		}
 		if patience <= 0 {
-			return t.fallback(ctx, fetch, errors.New("fleet: the lock's lease outlasts this load"))
+			return t.fallback(ctx, fetch, errLeaseOutlastsLoad)
 		}
 		e, found, err = t.wait(ctx, haveDeadline, holder, patience)
 		switch {
@@ -305,7 +309,7 @@ func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(cont
 			// other Redis failure.
 			return t.fallback(ctx, fetch, err)
 		case short:
-			return t.fallback(ctx, fetch, errors.New("fleet: the lock's lease outlasts this load"))
+			return t.fallback(ctx, fetch, errLeaseOutlastsLoad)
 		}
 		// The lease passed without news: the leader died or hangs. Go
 		// round: the next replica to try takes the lock over. Leases are

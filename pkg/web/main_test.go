@@ -57,7 +57,6 @@ func (l *logSink) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// count returns how many log lines have the given message.
 // String is every line logged so far, for a failing test's message.
 func (l *logSink) String() string {
 	l.mu.Lock()
@@ -71,6 +70,7 @@ func (l *logSink) String() string {
 	return b.String()
 }
 
+// count returns how many log lines have the given message.
 func (l *logSink) count(msg string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -115,6 +115,18 @@ func mustListen(tb testing.TB) net.Listener {
 		tb.Fatal(err)
 	}
 	return ln
+}
+
+// waitUntil polls cond every 5ms until it holds, failing the test with
+// what if it does not within d: for what a server does on its own
+// goroutines (adoptions, refreshes), which a test can only observe.
+func waitUntil(tb testing.TB, d time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("not within %v: %s", d, what)
+		}
+	}
 }
 
 // mustStart builds a Server from cfg, logging JSON to a sink, and serves

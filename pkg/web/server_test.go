@@ -450,14 +450,12 @@ func TestServe_ShutdownEndsUnwantedFetch(t *testing.T) {
 	// Hits until one falls in the refresh window and starts a refresh,
 	// which then hangs upstream.
 	before := up.Requests("")
-	for deadline := time.Now().Add(10 * time.Second); up.Requests("") == before; time.Sleep(50 * time.Millisecond) {
+	waitUntil(t, 10*time.Second, "an early refresh", func() bool {
 		if r := mustGet(t, in.URL+"/movies/"); r.status != 200 {
 			t.Fatalf("status %d inside the TTL", r.status)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no early refresh within 10s")
-		}
-	}
+		return up.Requests("") != before
+	})
 	if err := in.stop(t); err != nil {
 		t.Fatalf("Serve() = %v", err)
 	}
