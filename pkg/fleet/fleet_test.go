@@ -685,3 +685,20 @@ func TestBreaker_OnlyTheProbeEndsTheProbing(t *testing.T) {
 		t.Error("the probe's failure did not reopen the breaker for twice the cooldown from it")
 	}
 }
+
+// TestTier_KeepsAConnectionReady: a replica's first call after start does
+// not have to dial and handshake inside its 100ms: a connection is dialled
+// before any call.
+func TestTier_KeepsAConnectionReady(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	tier := newTier(t, r.URL)
+	for deadline := time.Now().Add(2 * time.Second); tier.client.PoolStats().IdleConns == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no idle connection 2s after New with no call made: pool %+v", *tier.client.PoolStats())
+		}
+	}
+	if st := tier.client.PoolStats(); st.Misses != 0 {
+		t.Errorf("pool %+v: a call had to dial", *st)
+	}
+}
