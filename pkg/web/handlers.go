@@ -38,8 +38,15 @@ func (s *Server) routes() *echo.Echo {
 	// constant answers, cacheable for a day, rather than a 404 per visit.
 	e.Match(getHead, "/robots.txt", asset(render.RobotsTxtContentType, render.RobotsTxt))
 	e.Match(getHead, "/favicon.ico", asset(render.FaviconContentType, render.Favicon))
-	e.Match(getHead, "/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	// Probes must read the replica's state now, never a copy: a cache that
+	// kept /readyz (Varnish's builtin VCL did, for 120 s) would report
+	// "ready" through a drain.
+	e.Match(getHead, "/healthz", func(c echo.Context) error {
+		c.Response().Header()["Cache-Control"] = noStore
+		return c.String(http.StatusOK, "ok\n")
+	})
 	e.Match(getHead, "/readyz", func(c echo.Context) error {
+		c.Response().Header()["Cache-Control"] = noStore
 		if !s.ready.Load() {
 			return c.String(http.StatusServiceUnavailable, "shutting down\n")
 		}
@@ -53,6 +60,10 @@ func (s *Server) routes() *echo.Echo {
 	}
 	return e
 }
+
+// noStore is the Cache-Control value of responses no cache may keep: the
+// probes and the metrics, which describe this replica at this moment.
+var noStore = []string{"no-store"}
 
 // asset answers with constant bytes.
 func asset(contentType string, body []byte) echo.HandlerFunc {

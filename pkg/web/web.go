@@ -196,13 +196,24 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier, adopter: a,
-		metricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		metricsHandler: noStoreHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 			ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
-		}),
+		})),
 	}
 	s.ready.Store(true)
 	s.handler = s.routes()
 	return s, nil
+}
+
+// noStoreHandler marks h's responses as not to be stored: an exposition
+// is this replica's counters now, and a cache between it and Prometheus
+// would hand a scrape an older one. It wraps the metrics handler itself,
+// so /metrics carries it on -addr and on -metrics-addr alike.
+func noStoreHandler(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Cache-Control"] = noStore
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Handler is the server's HTTP handler: the catalogue, health and, unless
