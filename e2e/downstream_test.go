@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -646,5 +647,65 @@ func reload(t *testing.T, ctx context.Context, what string) time.Time {
 			t.Fatalf("%s: the page did not reload in 20s (last: %v, %v)", what, done, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestDownstream_VarnishDoesNotKeepProbes runs the probes and the metrics
+// through Varnish with its builtin VCL. Without Cache-Control it kept
+// /readyz for 120 s (the second request got the first's X-Request-Id and
+// Age: 2), so a probe through it read "ready" while the replica drained.
+// With no-store every request reaches the replica.
+func TestDownstream_VarnishDoesNotKeepProbes(t *testing.T) {
+	p, movies := startMovies(t, "movies", "-drain-delay", "5s")
+	counter, base := startOriginCounter(t, movies)
+	varnish := startVarnishCache(t, strings.TrimPrefix(base, "http://"))
+	client := &http.Client{Timeout: 5 * time.Second}
+	t.Cleanup(client.CloseIdleConnections)
+	get := func(path string) downstreamResponse {
+		t.Helper()
+		r, err := getDecoded(context.Background(), client, varnish+path, "", nil)
+		if err != nil {
+			t.Fatalf("GET %s through Varnish: %v", path, err)
+		}
+		return r
+	}
+
+	for _, path := range []string{"/readyz", "/healthz", "/metrics"} {
+		before := counter.snapshot()
+		first, second := get(path), get(path)
+		if first.status != http.StatusOK || second.status != http.StatusOK {
+			t.Errorf("%s: statuses %d, %d; want 200s", path, first.status, second.status)
+		}
+		if id := first.header.Get("X-Request-Id"); id == "" || id == second.header.Get("X-Request-Id") {
+			t.Errorf("%s: X-Request-Id %q then %q: Varnish served a stored copy", path, id, second.header.Get("X-Request-Id"))
+		}
+		if age := second.header.Get("Age"); age != "" && age != "0" {
+			t.Errorf("%s: second answer has Age %s: Varnish served a stored copy", path, age)
+		}
+		if n := counter.snapshot().minus(before).requests; n != 2 {
+			t.Errorf("%s: the replica saw %d of 2 requests through Varnish", path, n)
+		}
+	}
+
+	// The case that matters: a drain. The replica's /readyz turns 503 at
+	// SIGTERM and stays reachable for the drain delay; through Varnish the
+	// probe must see that at once, not a copy of the 200 before it.
+	if got := get("/readyz"); got.status != http.StatusOK {
+		t.Fatalf("/readyz before SIGTERM: %d", got.status)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	signalled := time.Now()
+	for {
+		r := get("/readyz")
+		if r.status == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Since(signalled) > time.Second {
+			t.Fatalf("/readyz through Varnish still %d %s after SIGTERM (Age %q): a probe through the cache misses the drain",
+				r.status, time.Since(signalled).Round(time.Millisecond), r.header.Get("Age"))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
