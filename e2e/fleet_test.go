@@ -31,6 +31,7 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/movies-dev/movies/pkg/fleet/fleettest"
 	"github.com/movies-dev/movies/pkg/ghibli"
@@ -687,19 +688,19 @@ func TestFleet_RedisFaults(t *testing.T) {
 }
 
 // TestFleet_LeaderFaults makes the upstream slow (1.5s a request, with
-// -upstream-timeout 4s, so the lock's lease is 2s) and, under continuous
-// round-robin load over three replicas sharing a Redis:
+// -upstream-timeout 4s) and, under continuous round-robin load over three
+// replicas sharing a Redis:
 //
 //   - kills the replica whose /films request for the fleet is in flight
 //     (found from the fake's side of the socket, through /proc): another
-//     must take the fetch over once the lease ends, not before, and not
-//     much later;
+//     must take the fetch over once the dead leader's lease lapses, within
+//     one lease term (1s) of the kill;
 //   - starts a replacement, which must serve its first page from Redis
 //     without asking the upstream (warm start);
-//   - makes one fetch slower than its lease (3.5s) and the takeover fast:
-//     the slow one's commit must be fenced, Redis must never hold a
-//     snapshot older than one a client has been served, and no replica may
-//     serve the slow one's older data once the newer one was served.
+//   - makes one fetch far slower than a lease (3.5s): its leader renews
+//     its lease, so nobody overtakes it and the fleet makes that one fetch
+//     (the first edition took it over at its lease and fenced it). Redis
+//     must never hold a snapshot older than one a client has been served.
 //
 // No request fails and no page is stale throughout.
 func TestFleet_LeaderFaults(t *testing.T) {
@@ -707,9 +708,9 @@ func TestFleet_LeaderFaults(t *testing.T) {
 	const (
 		ttl             = 8 * time.Second
 		upstreamTimeout = 4 * time.Second
-		lease           = upstreamTimeout / 2
+		leaseTerm       = time.Second // package fleet's: how long a dead leader's lock outlives it
 		latency         = 1500 * time.Millisecond
-		slowLatency     = 3500 * time.Millisecond // past the lease, within the timeout
+		slowLatency     = 3500 * time.Millisecond // three leases, within the timeout
 		clients         = 4
 	)
 	rig := newFleetRig(t, true, "-ttl", ttl.String(), "-upstream-timeout", upstreamTimeout.String())
@@ -734,7 +735,7 @@ func TestFleet_LeaderFaults(t *testing.T) {
 	watch.Go(func() {
 		for watchCtx.Err() == nil {
 			at := time.Now()
-			if v, err := rc.Get(watchCtx, "movies:snapshot").Bytes(); err == nil {
+			if v, err := rc.Get(watchCtx, snapshotKey(t, rc)).Bytes(); err == nil {
 				gen, marker, err := snapshotMarker(v)
 				if err != nil {
 					t.Errorf("Redis holds a snapshot the test cannot read: %v", err)
@@ -787,19 +788,20 @@ func TestFleet_LeaderFaults(t *testing.T) {
 		t.Fatalf("no replica owns the socket of the fetch from %s", leaderFetch.remote)
 	}
 	rig.kill(leader)
-	killedAfter := time.Since(leaderFetch.at)
+	killedAt := time.Now()
+	killedAfter := killedAt.Sub(leaderFetch.at)
 	if killedAfter >= latency {
 		t.Fatalf("%s killed %v after its fetch began, not mid-fetch (the fetch takes %v)", leader.name, killedAfter, latency)
 	}
-	takeover, ok := nextFetch(lease + 2*time.Second)
+	takeover, ok := nextFetch(leaseTerm + 2*time.Second)
 	if !ok {
-		t.Fatalf("nobody took the fetch over within %v of %s's death", lease+2*time.Second, leader.name)
+		t.Fatalf("nobody took the fetch over within %v of %s's death", leaseTerm+2*time.Second, leader.name)
 	}
-	after := takeover.at.Sub(leaderFetch.at)
-	logSummary(t, fmt.Sprintf("fleet fault=leader-killed leader=%s killed_after=%v takeover_by=%s takeover_after=%v lease=%v",
-		leader.name, killedAfter.Round(time.Millisecond), takeover.by, after.Round(time.Millisecond), lease))
-	if after < lease-50*time.Millisecond || after > lease+500*time.Millisecond || takeover.by == leader.name {
-		t.Errorf("%s took the fetch over %v after %s's began, want just after the %v lease", takeover.by, after, leader.name, lease)
+	after := takeover.at.Sub(killedAt)
+	logSummary(t, fmt.Sprintf("fleet fault=leader-killed leader=%s killed_after=%v takeover_by=%s takeover_after_kill=%v lease=%v",
+		leader.name, killedAfter.Round(time.Millisecond), takeover.by, after.Round(time.Millisecond), leaseTerm))
+	if after > leaseTerm+300*time.Millisecond || takeover.by == leader.name {
+		t.Errorf("%s took the fetch over %v after %s's death, want within the %v lease", takeover.by, after, leader.name, leaseTerm)
 	}
 	time.Sleep(latency + 500*time.Millisecond) // the takeover's fetch commits
 
@@ -825,15 +827,15 @@ func TestFleet_LeaderFaults(t *testing.T) {
 		<-films
 	}
 
-	// A fetch slower than its lease, overtaken by a fast one.
-	load.setPhase("slow-fetch-fenced")
+	// A fetch far slower than a lease: waited for, never overtaken.
+	load.setPhase("slow-fetch")
 	rig.up.SetBehavior(ghiblitest.People, ghiblitest.Behavior{})
 	rig.up.SetBehavior(ghiblitest.Films, ghiblitest.Behavior{Latency: slowLatency})
 	var armed atomic.Bool
 	armed.Store(true)
 	rig.setOnFilms(func(a arrival) {
 		// This request waits out slowLatency (its behaviour was read
-		// before the hook); whoever takes over is answered at once.
+		// before the hook); any other would be answered at once.
 		if armed.CompareAndSwap(true, false) {
 			rig.up.SetBehavior(ghiblitest.Films, ghiblitest.Behavior{})
 		}
@@ -846,11 +848,10 @@ func TestFleet_LeaderFaults(t *testing.T) {
 	if !ok {
 		t.Fatal("no refresh within a TTL")
 	}
-	fast, ok := nextFetch(lease + 2*time.Second)
-	if !ok {
-		t.Fatalf("nobody overtook the slow fetch within %v", lease+2*time.Second)
+	if other, ok := nextFetch(slowLatency + 300*time.Millisecond); ok {
+		t.Errorf("%s fetched %v into %s's slow fetch: a live leader was overtaken", other.by, other.at.Sub(slow.at), slow.by)
 	}
-	time.Sleep(slowLatency - fast.at.Sub(slow.at) + time.Second) // the slow fetch ends and commits
+	time.Sleep(time.Second) // the slow fetch has committed
 	load.setPhase("settled")
 	time.Sleep(2 * time.Second)
 	obs, spans := load.stop()
@@ -873,17 +874,14 @@ func TestFleet_LeaderFaults(t *testing.T) {
 	for _, s := range spans {
 		f := figures(obs, during(s))
 		line := fmt.Sprintf("fleet fault=%s duration=%v %v fetches=%d", s.name, s.end.Sub(s.start).Round(time.Millisecond), f, len(rig.filmsBetween(s.start, s.end)))
-		if s.name == "slow-fetch-fenced" {
-			line += fmt.Sprintf(" slow=%s overtaken_by=%s after=%v fenced_commits=%v", slow.by, fast.by, fast.at.Sub(slow.at).Round(time.Millisecond), fenced)
+		if s.name == "slow-fetch" {
+			line += fmt.Sprintf(" slow=%s fenced_commits=%v", slow.by, fenced)
 		}
 		logSummary(t, line)
 		requireClean(t, s.name, f, true)
 	}
-	if fast.at.Sub(slow.at) < lease-50*time.Millisecond || fast.by == slow.by {
-		t.Errorf("%s overtook %s's slow fetch %v after it began, want after the %v lease", fast.by, slow.by, fast.at.Sub(slow.at), lease)
-	}
-	if fenced < 1 {
-		t.Errorf("no replica counted a fenced commit: the slow fetch was not overtaken")
+	if fenced != 0 {
+		t.Errorf("replicas counted %v fenced commits, want none: nobody should overtake a live leader", fenced)
 	}
 
 	// Redis never held a snapshot older than one already served, nor went
@@ -914,6 +912,16 @@ func TestFleet_LeaderFaults(t *testing.T) {
 	if len(problems) > 0 {
 		t.Errorf("%d problems with what Redis held, the first:\n%s", len(problems), strings.Join(problems[:min(len(problems), 10)], "\n"))
 	}
+}
+
+// snapshotKey finds the fleet's snapshot key: its name space is a
+// fingerprint (package web's namespace) the test does not compute.
+func snapshotKey(t *testing.T, rc *redis.Client) string {
+	keys, err := rc.Keys(context.Background(), "movies:{*}:snapshot").Result()
+	if err != nil || len(keys) != 1 {
+		return "movies:{none}:snapshot"
+	}
+	return keys[0]
 }
 
 // snapshotMarker reads the generation and the marker of the snapshot

@@ -64,8 +64,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	log := newLogger(cfg, stdout)
 
-	upstream := cfg.upstream
+	upstream, upstreamName := cfg.upstream, ""
 	if cfg.upstream == builtinUpstream {
+		upstreamName = builtinUpstream
 		up, err := builtin.Start("127.0.0.1:0", builtin.NewHandler(builtin.Bundled()))
 		if err != nil {
 			return fmt.Errorf("-upstream builtin: %w", err)
@@ -75,6 +76,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	srv, err := web.New(web.Config{
 		Upstream:        upstream,
+		UpstreamName:    upstreamName,
 		TTL:             cfg.ttl,
 		UpstreamTimeout: cfg.upstreamTimeout,
 		StaleIfError:    cfg.staleIfError,

@@ -2,9 +2,14 @@
 // whose concurrent misses share a single load.
 //
 // There is no background goroutine or ticker: a load happens only because a
-// caller of Get needs one. A value is fresh while its age, counted from the
-// moment its load started, is below the TTL; nothing older is ever
+// caller of Get needs one, or because another process announced a newer
+// value (Adopt). A value is fresh while its age, counted from the moment the
+// fetch that made it started, is below the TTL; nothing older is ever
 // returned, unless Options.StaleIfError is set and then only marked Stale.
+//
+// The cache is the one owner of what is served: every value it holds came
+// out of its single flight, so loads, early refreshes and adoptions never
+// run side by side, and a loader need not remember what it returned.
 // The package knows nothing of what it caches.
 package cache
 
@@ -26,6 +31,11 @@ import (
 // value is dropped rather than served past the promise.
 var ErrExpired = errors.New("cache: loaded value expired before it could be served")
 
+// ErrNotNewer is what a SharedLoader returns for an adoption that found
+// nothing newer than what the cache holds. It is not a failure: no backoff
+// starts, and a Get that joined that load starts one of its own.
+var ErrNotNewer = errors.New("cache: nothing newer to adopt")
+
 // A Loader produces a new value. started is the instant the cache counts the
 // value's age from; a value that shows its own timestamp should use it so the
 // two cannot disagree.
@@ -41,18 +51,37 @@ func (f LoaderFunc[V]) Load(ctx context.Context, started time.Time) (V, error) {
 	return f(ctx, started)
 }
 
-// A DatedLoader is a Loader whose value may be older than its load: one
-// another process fetched and shared. It returns with the value the instant
-// its age counts from, which must not be after started (zero means
-// started). New uses LoadDated when a Loader has it.
-type DatedLoader[V any] interface {
-	LoadDated(ctx context.Context, started time.Time) (V, time.Time, error)
+// A SharedLoader is a Loader whose values may come from other processes
+// that share them (package fleet): each carries the instant its age counts
+// from and a version that orders it among those processes' values. New uses
+// LoadShared when a Loader has it.
+type SharedLoader[V any] interface {
+	LoadShared(ctx context.Context, r Request[V]) (Snapshot[V], error)
 }
 
-// Snapshot is a value and the moment the load that produced it started.
+// A Request tells a SharedLoader what a load is for.
+type Request[V any] struct {
+	// Started is the instant a value fetched by this load ages from.
+	Started time.Time
+	// Have is the value the cache held when the load began, fresh or
+	// not; nil if none.
+	Have *Snapshot[V]
+	// Adopt, if nonzero, is a version another process announced: the
+	// loader should take that value or a newer one without fetching, and
+	// return ErrNotNewer if there is none.
+	Adopt uint64
+}
+
+// Snapshot is a value, the instant its age counts from, and its version.
 type Snapshot[V any] struct {
-	Value   V
+	Value V
+	// Fetched is when the fetch that made Value started, on this
+	// process's clock: it is served until Fetched + TTL.
 	Fetched time.Time
+	// Version orders values shared between processes: of two values that
+	// both have one, the higher is newer. 0 is none (a value loaded
+	// alone); such values are ordered by Fetched.
+	Version uint64
 	// Stale is set when Get returns a value past its TTL because loading
 	// failed and Options.StaleIfError allowed it. Never set otherwise.
 	Stale bool
@@ -60,6 +89,19 @@ type Snapshot[V any] struct {
 
 // Age is how old s is at now.
 func (s Snapshot[V]) Age(now time.Time) time.Duration { return now.Sub(s.Fetched) }
+
+// supersedes reports whether s should replace cur. Versions decide where
+// both have one; Fetched, a deadline and not a version, orders only values
+// that lack one.
+func (s *Snapshot[V]) supersedes(cur *Snapshot[V]) bool {
+	if cur == nil {
+		return true
+	}
+	if s.Version != 0 && cur.Version != 0 {
+		return s.Version > cur.Version
+	}
+	return !s.Fetched.Before(cur.Fetched)
+}
 
 // UnavailableError is returned by Get when no fresh value could be had:
 // the load failed, or an earlier failure's backoff has not passed yet.
@@ -133,6 +175,7 @@ type Stats struct {
 	Rejected   uint64 `metric:"cache_backoff_rejections_total" help:"Requests failed at once, without a fetch, because an earlier fetch failed and its backoff had not passed."`
 	Stale      uint64 `metric:"stale_served_total" help:"Requests served a snapshot past its TTL because the upstream failed (-stale-if-error)."`
 	Early      uint64 `metric:"cache_early_refreshes_total" help:"Fetches started ahead of expiry by a request that was itself served the still-fresh snapshot."`
+	Adopted    uint64 `metric:"cache_adoptions_total" help:"Snapshots another replica announced that replaced this replica's own."`
 }
 
 // Cache is a read-through TTL cache of one value. It is safe for
@@ -146,7 +189,7 @@ type Cache[V any] struct {
 	opts   Options // defaults filled in
 
 	group singleflight.Group
-	snap  atomic.Pointer[Snapshot[V]]
+	snap  atomic.Pointer[Snapshot[V]] // written only by the flight
 
 	mu       sync.Mutex // guards the failure state below, and Close against track
 	failures int        // consecutive failed loads
@@ -155,7 +198,9 @@ type Cache[V any] struct {
 
 	lastLoad   atomic.Int64   // duration of the last successful load, ns
 	refreshing atomic.Bool    // an early refresh goroutine is running
-	background sync.WaitGroup // early refresh goroutines and running loads
+	adopting   atomic.Bool    // an adoption goroutine is running
+	adoptWant  atomic.Uint64  // the newest version Adopt was told of
+	background sync.WaitGroup // refreshes, adoptions and running loads
 
 	// closed ends every load, running or to come, once Close is called.
 	closed context.Context
@@ -203,15 +248,23 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 	}
 	atomic.AddUint64(&c.stats.Misses, 1)
 
-	led := false
-	ch := c.group.DoChan(flightKey, func() (any, error) {
-		led = true
-		return c.load(ctx, false)
-	})
-	select {
-	case <-ctx.Done():
-		return Snapshot[V]{}, ctx.Err()
-	case res := <-ch:
+	// At most twice: a flight joined may have been an adoption that found
+	// nothing, which is no answer for a miss; the second flight is ours.
+	for attempt := 0; ; attempt++ {
+		led := false
+		ch := c.group.DoChan(flightKey, func() (any, error) {
+			led = true
+			return c.load(ctx, false, 0)
+		})
+		var res singleflight.Result
+		select {
+		case <-ctx.Done():
+			return Snapshot[V]{}, ctx.Err()
+		case res = <-ch:
+		}
+		if errors.Is(res.Err, ErrNotNewer) && attempt == 0 {
+			continue
+		}
 		if !led {
 			atomic.AddUint64(&c.stats.Coalesced, 1)
 		}
@@ -251,12 +304,47 @@ func (c *Cache[V]) refreshEarly(ctx context.Context, now time.Time) {
 	go func() {
 		defer c.background.Done()
 		defer c.refreshing.Store(false)
-		<-c.group.DoChan(flightKey, func() (any, error) { return c.load(ctx, true) })
+		<-c.group.DoChan(flightKey, func() (any, error) { return c.load(ctx, true, 0) })
 	}()
 }
 
+// Adopt is told that another process made version v of the value: unless
+// the cache holds v or newer, it loads it (Request.Adopt) in the
+// background, through the same flight as every other load, so a process
+// never prepares one version twice however it heard of it. It never blocks.
+func (c *Cache[V]) Adopt(v uint64) {
+	for w := c.adoptWant.Load(); w < v && !c.adoptWant.CompareAndSwap(w, v); w = c.adoptWant.Load() {
+	}
+	if c.holds(v) || !c.adopting.CompareAndSwap(false, true) {
+		return
+	}
+	if !c.track() {
+		c.adopting.Store(false)
+		return
+	}
+	go func() {
+		defer c.background.Done()
+		defer c.adopting.Store(false)
+		// Joining a flight that was not an adoption (a load under way)
+		// may leave the version still to take: then one more, ours.
+		for range 2 {
+			want := c.adoptWant.Load()
+			if c.holds(want) {
+				return
+			}
+			<-c.group.DoChan(flightKey, func() (any, error) { return c.load(context.Background(), false, want) })
+		}
+	}()
+}
+
+// holds reports whether the cached value is version v or newer.
+func (c *Cache[V]) holds(v uint64) bool {
+	s := c.snap.Load()
+	return s != nil && s.Version >= v
+}
+
 // Close cancels every running load, makes later ones fail at once, and
-// waits until every load and background refresh has returned, so a
+// waits until every load, refresh and adoption has returned, so a
 // shutting-down program leaves no goroutine behind and a refresh nobody
 // waits for cannot hold up its exit. Get still serves a fresh value.
 func (c *Cache[V]) Close() {
@@ -279,18 +367,27 @@ func (c *Cache[V]) track() bool {
 }
 
 // load runs inside the flight. early is set for a RefreshAhead load, which
-// is wanted while the value is fresh but inside the refresh window.
-func (c *Cache[V]) load(ctx context.Context, early bool) (*Snapshot[V], error) {
+// is wanted while the value is fresh but inside the refresh window; adopt
+// for an adoption of that version.
+func (c *Cache[V]) load(ctx context.Context, early bool, adopt uint64) (*Snapshot[V], error) {
 	start := time.Now()
 	// Re-check: between our miss and this flight starting, another flight
 	// may have finished and stored a fresh value, or failed and started a
 	// backoff; loading anyway would double the upstream traffic, and in an
-	// outage would let the retry rate grow with the request rate.
-	if s := c.fresh(start); s != nil && (!early || s.Age(start) < c.opts.TTL-c.refreshWindow()) {
+	// outage would let the retry rate grow with the request rate. An
+	// adoption fetches nothing, so no backoff holds it back.
+	cur := c.snap.Load()
+	switch s := c.fresh(start); {
+	case adopt != 0:
+		if c.holds(adopt) {
+			return nil, ErrNotNewer
+		}
+	case s != nil && (!early || s.Age(start) < c.opts.TTL-c.refreshWindow()):
 		return s, nil
-	}
-	if err := c.backoff(start); err != nil {
-		return nil, err
+	default:
+		if err := c.backoff(start); err != nil {
+			return nil, err
+		}
 	}
 	// The load belongs to every waiter, not to the leader: keep the leader's
 	// values (request id for logs) but not its cancellation. Close ends it.
@@ -302,55 +399,41 @@ func (c *Cache[V]) load(ctx context.Context, early bool) (*Snapshot[V], error) {
 	defer c.background.Done()
 	defer context.AfterFunc(c.closed, cancel)()
 
-	atomic.AddUint64(&c.stats.Loads, 1)
-	v, fetched, err := c.safeLoad(ctx, start)
-	if fetched.IsZero() || fetched.After(start) {
-		fetched = start
+	if adopt == 0 {
+		atomic.AddUint64(&c.stats.Loads, 1)
 	}
-	if err == nil && time.Now().Sub(fetched) >= c.opts.TTL {
+	s, err := c.safeLoad(ctx, Request[V]{Started: start, Have: cur, Adopt: adopt})
+	if errors.Is(err, ErrNotNewer) {
+		return nil, ErrNotNewer
+	}
+	if err == nil && time.Since(s.Fetched) >= c.opts.TTL {
 		err = ErrExpired
 	}
 	if err != nil {
+		if adopt != 0 {
+			return nil, ErrNotNewer // nothing lost: what is held stays
+		}
 		atomic.AddUint64(&c.stats.LoadErrors, 1)
 		return nil, c.fail(err)
 	}
+	// A fresh value ends an outage's backoff, whoever fetched it.
 	c.mu.Lock()
 	c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
 	c.mu.Unlock()
-	c.lastLoad.Store(int64(time.Now().Sub(start)))
-	s := &Snapshot[V]{Value: v, Fetched: fetched}
-	// Keep the newer: an Offer may have stored a value fetched after this
-	// load's while it ran, and putting this one over it would take
-	// readers back in time.
-	for {
-		cur := c.snap.Load()
-		if cur != nil && cur.Fetched.After(fetched) {
-			return cur, nil
-		}
-		if c.snap.CompareAndSwap(cur, s) {
-			return s, nil
-		}
+	if adopt == 0 {
+		c.lastLoad.Store(int64(time.Since(start)))
 	}
-}
-
-// Offer stores v, whose age counts from fetched, if it is still fresh and
-// newer than the cached value, and reports whether it did. It is how a
-// value that arrived without a Get (news of one another process fetched)
-// replaces an older one before it expires.
-func (c *Cache[V]) Offer(v V, fetched time.Time) bool {
-	if time.Since(fetched) >= c.opts.TTL {
-		return false
+	// Only the flight writes snap, so cur is still what is held; a value
+	// no newer than it (the same version, read again) leaves it in place
+	// while it is fresh.
+	if cur != nil && !s.supersedes(cur) && cur.Age(time.Now()) < c.opts.TTL {
+		return cur, nil
 	}
-	s := &Snapshot[V]{Value: v, Fetched: fetched}
-	for {
-		cur := c.snap.Load()
-		if cur != nil && !fetched.After(cur.Fetched) {
-			return false
-		}
-		if c.snap.CompareAndSwap(cur, s) {
-			return true
-		}
+	if adopt != 0 {
+		atomic.AddUint64(&c.stats.Adopted, 1)
 	}
+	c.snap.Store(s)
+	return s, nil
 }
 
 // fail records a failed load and starts its backoff.
@@ -402,18 +485,29 @@ func (c *Cache[V]) staleOr(err error) (Snapshot[V], error) {
 }
 
 // safeLoad turns a panic in the loader into an error: singleflight would
-// otherwise re-panic it on a fresh goroutine and crash the process.
-func (c *Cache[V]) safeLoad(ctx context.Context, start time.Time) (v V, fetched time.Time, err error) {
+// otherwise re-panic it on a fresh goroutine and crash the process. A
+// Fetched after the load's start is impossible for a value loaded now, and
+// one left zero means the start; both are taken as the start.
+func (c *Cache[V]) safeLoad(ctx context.Context, r Request[V]) (s *Snapshot[V], err error) {
 	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("cache: load panicked: %v", r)
+		if p := recover(); p != nil {
+			s, err = nil, fmt.Errorf("cache: load panicked: %v", p)
 		}
 	}()
-	if d, ok := c.loader.(DatedLoader[V]); ok {
-		return d.LoadDated(ctx, start)
+	var out Snapshot[V]
+	if sl, ok := c.loader.(SharedLoader[V]); ok {
+		out, err = sl.LoadShared(ctx, r)
+	} else {
+		out.Value, err = c.loader.Load(ctx, r.Started)
 	}
-	v, err = c.loader.Load(ctx, start)
-	return v, start, err
+	if err != nil {
+		return nil, err
+	}
+	if out.Fetched.IsZero() || out.Fetched.After(time.Now()) {
+		out.Fetched = r.Started
+	}
+	out.Stale = false
+	return &out, nil
 }
 
 // fresh returns the cached snapshot if it is younger than the TTL at now.

@@ -673,15 +673,15 @@ func TestCache_CloseEndsLoads(t *testing.T) {
 // another process shared.
 type dated struct{ age time.Duration }
 
-func (d dated) Load(context.Context, time.Time) (int, error) { panic("Load called on a DatedLoader") }
+func (d dated) Load(context.Context, time.Time) (int, error) { panic("Load called on a SharedLoader") }
 
-func (d dated) LoadDated(_ context.Context, started time.Time) (int, time.Time, error) {
-	return 7, started.Add(-d.age), nil
+func (d dated) LoadShared(_ context.Context, r cache.Request[int]) (cache.Snapshot[int], error) {
+	return cache.Snapshot[int]{Value: 7, Fetched: r.Started.Add(-d.age), Version: 1}, nil
 }
 
-// TestCache_DatedLoaderAgesFromItsFetch: a value shared by another process
+// TestCache_SharedLoaderAgesFromItsFetch: a value shared by another process
 // expires one TTL after that process's fetch, not after this load.
-func TestCache_DatedLoaderAgesFromItsFetch(t *testing.T) {
+func TestCache_SharedLoaderAgesFromItsFetch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cache.New[int](dated{age: 40 * time.Second}, cache.Options{TTL: ttl})
 		s := mustGet(t, c)
@@ -701,68 +701,171 @@ func TestCache_DatedLoaderAgesFromItsFetch(t *testing.T) {
 	})
 }
 
-// TestCache_OfferKeepsTheNewest: an offered value replaces an older one,
-// never a newer one, and never goes in expired.
-func TestCache_OfferKeepsTheNewest(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c := cache.New[int64](&counter{}, cache.Options{TTL: ttl})
-		first := mustGet(t, c) // value 1, fetched now
-		time.Sleep(time.Second)
-		if c.Offer(100, first.Fetched.Add(-time.Millisecond)) {
-			t.Error("Offer() of an older value succeeded")
-		}
-		if !c.Offer(200, time.Now()) {
-			t.Error("Offer() of a newer value failed")
-		}
-		if s := mustGet(t, c); s.Value != 200 {
-			t.Errorf("Get() = %d after the offer, want 200", s.Value)
-		}
-		if c.Offer(300, time.Now().Add(-ttl)) {
-			t.Error("Offer() of an expired value succeeded")
-		}
-		if st := c.Stats(); st.Loads != 1 || st.Hits != 1 {
-			t.Errorf("Stats() = %+v, want the offer served as a hit without a load", st)
-		}
-	})
-}
-
-// gated's loads return their number once release is closed.
-type gated struct {
-	counter
+// versions is a SharedLoader: a load returns the next local version; an
+// adoption returns the version it was asked for, unless nothing newer
+// than have is "in the fleet" (shared).
+type versions struct {
+	mu      sync.Mutex
+	next    uint64 // what a load (a fetch) produces next
+	shared  uint64 // the newest version another process made
 	release chan struct{}
+	loads   []cache.Request[int64]
 }
 
-func (g *gated) Load(ctx context.Context, started time.Time) (int64, error) {
-	<-g.release
-	return g.counter.Load(ctx, started)
+func (v *versions) Load(context.Context, time.Time) (int64, error) {
+	panic("Load called on a SharedLoader")
 }
 
-// TestCache_ALoadNeverReplacesANewerOffer: a value offered while a load
-// runs (news of a newer fetch elsewhere) is not put back by the older
-// load when it returns; the load's waiters get the newer value too.
-func TestCache_ALoadNeverReplacesANewerOffer(t *testing.T) {
+func (v *versions) LoadShared(_ context.Context, r cache.Request[int64]) (cache.Snapshot[int64], error) {
+	if v.release != nil && r.Adopt == 0 {
+		<-v.release
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.loads = append(v.loads, r)
+	if r.Adopt != 0 {
+		if v.shared < r.Adopt || (r.Have != nil && r.Have.Version >= v.shared) {
+			return cache.Snapshot[int64]{}, cache.ErrNotNewer
+		}
+		return cache.Snapshot[int64]{Value: int64(v.shared), Fetched: r.Started, Version: v.shared}, nil
+	}
+	v.next++
+	return cache.Snapshot[int64]{Value: int64(v.next), Fetched: r.Started, Version: v.next}, nil
+}
+
+// TestCache_AdoptTakesANewerVersionOnce: news of a newer version replaces
+// the value without a Get, and news of one the cache holds costs nothing.
+func TestCache_AdoptTakesANewerVersionOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		g := &gated{release: make(chan struct{})}
-		c := cache.New[int64](g, cache.Options{TTL: ttl})
-		got := make(chan cache.Snapshot[int64])
-		go func() {
-			s, err := c.Get(context.Background())
-			if err != nil {
-				t.Error(err)
-			}
-			got <- s
-		}()
-		synctest.Wait() // the load started, and waits
-		time.Sleep(time.Second)
-		if !c.Offer(500, time.Now()) {
-			t.Fatal("Offer() during a load failed")
+		v := &versions{}
+		c := cache.New[int64](v, cache.Options{TTL: ttl})
+		defer c.Close()
+		mustGet(t, c) // version 1
+		v.mu.Lock()
+		v.shared = 5
+		v.mu.Unlock()
+		c.Adopt(5)
+		synctest.Wait()
+		if s := mustGet(t, c); s.Version != 5 {
+			t.Fatalf("Get() after Adopt(5) = version %d, want 5", s.Version)
 		}
-		close(g.release)
-		if s := <-got; s.Value != 500 {
-			t.Errorf("the load's waiter got %d, want the newer offered 500", s.Value)
+		for range 3 {
+			c.Adopt(5)
+			c.Adopt(4)
+			synctest.Wait()
 		}
-		if s := mustGet(t, c); s.Value != 500 {
-			t.Errorf("Get() = %d after the load returned, want the newer offered 500", s.Value)
+		if len(v.loads) != 2 {
+			t.Errorf("loads = %d, want 2: news of a version held must not load", len(v.loads))
+		}
+		if st := c.Stats(); st.Loads != 1 || st.Adopted != 1 || st.Hits != 1 {
+			t.Errorf("Stats() = %+v, want 1 load, 1 adoption, 1 hit", st)
 		}
 	})
+}
+
+// TestCache_AdoptJoinsARunningLoad: news that arrives while a load runs
+// (the leader hears its own commit before it finished preparing) joins
+// that load rather than preparing the version a second time.
+func TestCache_AdoptJoinsARunningLoad(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := &versions{release: make(chan struct{})}
+		c := cache.New[int64](v, cache.Options{TTL: ttl})
+		defer c.Close()
+		go mustGet(t, c)
+		synctest.Wait() // the load runs, and waits
+		c.Adopt(1)      // its own version, announced
+		synctest.Wait()
+		close(v.release)
+		synctest.Wait()
+		if len(v.loads) != 1 {
+			t.Errorf("loads = %d (%+v), want 1: the adoption joins the running load", len(v.loads), v.loads)
+		}
+	})
+}
+
+// TestCache_AnAdoptionThatFindsNothingIsNoFailure: an adoption that finds
+// nothing newer starts no backoff, and a miss that joined it loads.
+func TestCache_AnAdoptionThatFindsNothingIsNoFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := &versions{}
+		c := cache.New[int64](v, cache.Options{TTL: ttl})
+		defer c.Close()
+		c.Adopt(9) // nothing shared: ErrNotNewer
+		synctest.Wait()
+		s := mustGet(t, c)
+		if s.Version != 1 {
+			t.Errorf("Get() = version %d, want 1 loaded after a fruitless adoption", s.Version)
+		}
+		if st := c.Stats(); st.LoadErrors != 0 || st.Rejected != 0 {
+			t.Errorf("Stats() = %+v, want no failure and no backoff", st)
+		}
+	})
+}
+
+// TestCache_AdoptionEndsABackoff: a replica in backoff after an outage
+// takes a fresh value another replica announced, and serves it at once
+// rather than answering errors until its own backoff ends.
+func TestCache_AdoptionEndsABackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fail := true
+		v := &versions{}
+		l := &failingVersions{versions: v, fail: &fail}
+		c := cache.New[int64](l, cache.Options{TTL: ttl, RetryAfter: func(error) time.Duration { return 10 * time.Second }})
+		defer c.Close()
+		if _, err := c.Get(context.Background()); err == nil {
+			t.Fatal("Get() during the outage succeeded")
+		}
+		v.mu.Lock()
+		v.shared = 3
+		v.mu.Unlock()
+		c.Adopt(3)
+		synctest.Wait()
+		s, err := c.Get(context.Background())
+		if err != nil || s.Version != 3 {
+			t.Fatalf("Get() after the adoption = %+v, %v; want version 3 during the backoff", s, err)
+		}
+	})
+}
+
+type failingVersions struct {
+	*versions
+	fail *bool
+}
+
+func (f *failingVersions) LoadShared(ctx context.Context, r cache.Request[int64]) (cache.Snapshot[int64], error) {
+	if *f.fail && r.Adopt == 0 {
+		return cache.Snapshot[int64]{}, errors.New("upstream down")
+	}
+	return f.versions.LoadShared(ctx, r)
+}
+
+// TestCache_VersionsDecideWhatIsNewer: a load that returns an older
+// version than the one held (a read that lagged) does not replace it.
+func TestCache_VersionsDecideWhatIsNewer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var n atomic.Int64
+		vers := []uint64{5, 3}
+		l := sharedFunc(func(_ context.Context, r cache.Request[int]) (cache.Snapshot[int], error) {
+			i := n.Add(1) - 1
+			// The second is fetched later (a later deadline) but is an
+			// older version: versions decide, not deadlines.
+			return cache.Snapshot[int]{Value: int(vers[i]), Fetched: r.Started, Version: vers[i]}, nil
+		})
+		c := cache.New[int](l, cache.Options{TTL: ttl, RefreshAhead: true})
+		defer c.Close()
+		mustGet(t, c)
+		time.Sleep(ttl - time.Second) // in the refresh window
+		mustGet(t, c)
+		synctest.Wait()
+		if s := mustGet(t, c); s.Version != 5 {
+			t.Errorf("Get() = version %d, want 5 kept over the older 3", s.Version)
+		}
+	})
+}
+
+type sharedFunc func(context.Context, cache.Request[int]) (cache.Snapshot[int], error)
+
+func (f sharedFunc) Load(context.Context, time.Time) (int, error) { panic("not a Loader") }
+func (f sharedFunc) LoadShared(ctx context.Context, r cache.Request[int]) (cache.Snapshot[int], error) {
+	return f(ctx, r)
 }

@@ -1,38 +1,50 @@
 // Package fleet lets the replicas of a service share one upstream fetch and
 // one snapshot through Redis, without ever making Redis a reason to fail.
 //
-// The protocol, all of it in single-round-trip Lua scripts:
+// The protocol (each step one Lua script, one round trip):
 //
-//   - The snapshot lives under one key whose Redis expiry is the time its
-//     TTL has left, counted from the start of the fetch that made it. A
-//     reader's local deadline is when it asked plus the PTTL Redis answered,
-//     so no two clocks need to agree: Redis's expiry is the one clock.
-//   - A replica that needs a fetch takes a lock with a lease (SET NX PX) and
-//     a generation number, higher than any issued before. The winner fetches
-//     and commits: the commit is refused (fenced) if a snapshot of the same
-//     or a higher generation is already there, so a slow writer never
-//     replaces a newer snapshot. Each commit is announced on a pub/sub
-//     channel.
-//   - The losers wait for that news (with polling as a backstop) until the
-//     lease ends; a leader that died is replaced by the next one to take the
-//     lock. A lease that would outlast the waiter's load (a replica
-//     configured apart) is waited on only while half a lease is left to
-//     fetch alone.
-//   - Every call is bounded (100 ms by default) and goes through a circuit
-//     breaker. Any Redis failure makes the caller fetch for itself, as a
-//     lone replica does.
+//   - acquire: a replica that needs data asks Redis. A snapshot newer than
+//     the one it holds: it reads it. The fleet backing off (the upstream
+//     asked for a Retry-After): it backs off too. The lock held: it waits.
+//     Otherwise it takes the lock, with a generation above every one
+//     issued and above the snapshot's, and a short lease.
+//   - The leader renews its lease while it fetches, so a live leader is
+//     never overtaken however slow the upstream; a dead one is replaced
+//     within one lease (leaseTerm).
+//   - commit: the leader writes the snapshot, expiring when its TTL ends
+//     (counted from the fetch's start), frees the lock and publishes
+//     "c:<gen>". A commit older than the snapshot in Redis is fenced: the
+//     lock is freed and the newer snapshot announced instead.
+//   - release: a fetch that failed publishes "f:<gen>" and leaves the cause
+//     and the upstream's Retry-After in Redis, for the whole fleet; one
+//     cancelled (its replica shutting down) publishes "r:<gen>", and the
+//     waiters take the lock at once.
+//   - Waiters wake on news and re-check, never trust it: a message costs at
+//     most a read. They also re-check when the lock's lease would lapse,
+//     and stop waiting for a leader that is far slower than a fetch while
+//     a fetch of their own still fits (stuck, not slow).
 //
-// Values read from Redis are not trusted: they are size-checked inside
-// Redis, type-checked, and passed to Options.Validate before use. The
-// package knows nothing of what it stores.
+// Freshness does not rest on one clock: a shared snapshot's deadline on a
+// reader is the earlier of Redis's expiry (the time it asked plus the PTTL)
+// and the writer's fetch start plus the TTL (on the reader's clock). A step
+// of any one clock makes one of them late and leaves the other right.
+//
+// Every call is bounded (100 ms by default) and goes through a circuit
+// breaker; any Redis failure makes the caller fetch for itself, as a lone
+// replica does. Nothing read from Redis is trusted: sizes are checked
+// inside Redis, generations are bounded, values go through Options.Decode.
+// The package knows nothing of what it stores.
 package fleet
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -43,38 +55,62 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// The protocol's timings. Each is pinned by a test that fails if it moves
+// the way that breaks a promise.
+const (
+	// leaseTerm is how long a lock outlives its holder's last renewal:
+	// the longest the fleet waits on a replica that died mid-fetch.
+	leaseTerm = time.Second
+	// renewEvery lets three renewals in a row fail (each bounded by the
+	// call timeout) before a live leader's lease could lapse.
+	renewEvery = leaseTerm / 4
+	// pollEvery is the backstop for news lost while the subscription
+	// reconnects (pub/sub keeps nothing): one small read a second.
+	pollEvery = time.Second
+	// minStuck is the least a leader must have fetched, beyond twice a
+	// usual fetch, before a waiter takes it for stuck and fetches alone:
+	// less would let a loaded machine's scheduling noise double fetches.
+	minStuck = 500 * time.Millisecond
+	// maxGen bounds generations: above it Lua's numbers lose integers.
+	maxGen = 1 << 52
+)
+
 // Options configures a Tier.
-type Options struct {
+type Options[V any] struct {
 	// URL is the Redis server: redis:// or rediss://, with optional user,
 	// password and database number. Required.
 	URL string
-	// Prefix namespaces the keys and the channel; default "movies".
-	Prefix string
+	// Namespace prefixes every key and the channel: replicas share only
+	// within one. Default "movies".
+	Namespace string
 	// TTL is how long a snapshot is served from the start of its fetch.
 	// Required.
 	TTL time.Duration
-	// Lease is how long a fetching replica holds the lock; the others wait
-	// that long for its news before one of them takes over. Required: it
-	// must be shorter than what a caller is willing to wait (the fetch
-	// timeout), so a takeover still leaves time for a fetch.
-	Lease time.Duration
 	// CallTimeout bounds every Redis call; default 100ms.
 	CallTimeout time.Duration
-	// MaxValueBytes is the largest value accepted; default 4 MiB. Larger
+	// MaxValueBytes is the largest value accepted; default 256 KiB. Larger
 	// ones are refused inside Redis, never transferred.
 	MaxValueBytes int
-	// Validate checks a value read from Redis before it is used. Required.
-	Validate func([]byte) error
-	// Observe, if set, is told of every Redis call: its operation, how long
-	// it took and its error.
-	Observe func(op string, d time.Duration, err error)
-	// OnNews, if set, is called (from the Tier's own goroutine) with the
-	// generation of the newest snapshot committed to Redis, so the caller
-	// may adopt it: on every announcement and every poll (5 a second),
-	// repeating generations it has seen. It must be cheap and not block.
+	// Decode turns a value read from Redis into a V, or refuses it.
+	// Required: nothing in Redis is trusted.
+	Decode func([]byte) (V, error)
+	// RetryAfter, if set, extracts from a fetch error the wait the
+	// upstream asked for: the whole fleet then waits that long.
+	RetryAfter func(error) time.Duration
+	// Cause, if set, labels a fetch error for the waiters (a short word).
+	Cause func(error) string
+	// OnNews, if set, is called with the generation of a snapshot
+	// committed to Redis: on each announcement and on each poll (once a
+	// second), repeating generations. It must be cheap and not block.
 	OnNews func(gen uint64)
-	// Log receives the tier's logs; nil discards them.
+	// Observe, if set, is told of every Redis call: its operation, how
+	// long it took and its error.
+	Observe func(op string, d time.Duration, err error)
+	// Log receives the tier's logs, and go-redis's own; nil discards them.
 	Log *slog.Logger
+	// Dialer, if set, replaces the network dial (tests use it to run Redis
+	// inside a synctest bubble).
+	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Stats are the tier's counters. Their tags name the Prometheus counters
@@ -86,89 +122,95 @@ type Stats struct {
 	Invalid        uint64 `metric:"fleet_invalid_values_total" help:"Values in Redis rejected as malformed, of the wrong type, too large or hostile; the replica fetched for itself."`
 	LockWon        uint64 `metric:"fleet_locks_total" labels:"result=won" help:"Attempts to take the fetch lock, by result."`
 	LockLost       uint64 `metric:"fleet_locks_total" labels:"result=lost" help:"Attempts to take the fetch lock, by result."`
-	WaitNotified   uint64 `metric:"fleet_waits_total" labels:"result=notified" help:"Waits for another replica's fetch, by how they ended: notified (pub/sub), polled, gave_up (lease passed with no news)."`
-	WaitPolled     uint64 `metric:"fleet_waits_total" labels:"result=polled" help:"Waits for another replica's fetch, by how they ended: notified (pub/sub), polled, gave_up (lease passed with no news)."`
-	WaitGaveUp     uint64 `metric:"fleet_waits_total" labels:"result=gave_up" help:"Waits for another replica's fetch, by how they ended: notified (pub/sub), polled, gave_up (lease passed with no news)."`
+	WaitCommitted  uint64 `metric:"fleet_waits_total" labels:"result=committed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
+	WaitReleased   uint64 `metric:"fleet_waits_total" labels:"result=released" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
+	WaitFailed     uint64 `metric:"fleet_waits_total" labels:"result=failed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
+	WaitLapsed     uint64 `metric:"fleet_waits_total" labels:"result=lapsed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
+	WaitStuck      uint64 `metric:"fleet_waits_total" labels:"result=stuck" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
 	CommitOK       uint64 `metric:"fleet_commits_total" labels:"result=ok" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
 	CommitFenced   uint64 `metric:"fleet_commits_total" labels:"result=fenced" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
 	CommitErrors   uint64 `metric:"fleet_commits_total" labels:"result=error" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
 	Fallbacks      uint64 `metric:"fleet_fallbacks_total" help:"Loads that fetched without the shared tier because Redis failed or the breaker was open."`
 	BreakerOpened  uint64 `metric:"fleet_breaker_opens_total" help:"Times the circuit breaker opened after consecutive Redis failures."`
-	NewsReceived   uint64 `metric:"fleet_news_total" help:"Announcements of another replica's snapshot, by pub/sub or polling."`
+	NewsReceived   uint64 `metric:"fleet_news_total" help:"Announcements of a newer snapshot, by pub/sub or polling."`
 	LeaderFailures uint64 `metric:"fleet_leader_failures_total" help:"Fetches that failed while this replica held the lock (the waiters were told at once)."`
+	Backoffs       uint64 `metric:"fleet_backoffs_total" help:"Loads that did not fetch because the upstream had asked the fleet to wait (Retry-After)."`
 }
 
-// Entry is a snapshot's data with what a replica needs to serve it.
-type Entry struct {
-	Data []byte
-	// Gen is the generation of the fetch that produced it; 0 for data this
+// Entry is a snapshot with what a replica needs to serve it.
+type Entry[V any] struct {
+	Value V
+	// Gen is the generation of the fetch that made it: 0 for data this
 	// replica fetched without the shared tier.
 	Gen uint64
-	// FetchedAt is the fetch's start on the writer's clock: for display
-	// only, never for freshness.
-	FetchedAt time.Time
-	// Deadline is, on this replica's clock, when the data's TTL ends.
+	// Deadline is, on this replica's clock, when its TTL ends.
 	Deadline time.Time
 	// Source says where it came from: "shared", "leader" or "local".
 	Source string
 }
 
-// ErrLeaderFailed is returned to replicas that waited for a fetch that
-// failed: they learn it at once instead of waiting out the lease, and
-// back off like the leader.
-var ErrLeaderFailed = errors.New("fleet: the fetch this replica waited for failed")
+// FailedError is returned to a replica that waited for a fetch that
+// failed, or that asked while the fleet backs off: the whole fleet waits
+// RetryAfter (zero: the waiter backs off as a lone replica would).
+type FailedError struct {
+	Cause      string
+	RetryAfter time.Duration
+}
+
+func (e *FailedError) Error() string {
+	if e.RetryAfter > 0 {
+		return fmt.Sprintf("fleet: the fleet's fetch failed (%s); retry after %s", e.Cause, e.RetryAfter)
+	}
+	return fmt.Sprintf("fleet: the fleet's fetch failed (%s)", e.Cause)
+}
 
 // ErrInvalid marks a value in Redis that this protocol did not write:
 // malformed, of the wrong type, too large, or with an expiry it would not
-// set. The caller fetches for itself; there is no point asking again for
-// the same value.
+// set. The caller fetches for itself.
 var ErrInvalid = errors.New("fleet: invalid value in Redis")
 
-// errLeaseOutlastsLoad is why a waiter fetches alone when the lock's
-// lease would end too late for it to fetch before its load's end.
-var errLeaseOutlastsLoad = errors.New("fleet: the lock's lease outlasts this load")
-
-// errOpen is returned by calls refused while the breaker is open.
-var errOpen = errors.New("fleet: circuit breaker open")
+var (
+	errOpen  = errors.New("fleet: circuit breaker open")
+	errStuck = errors.New("fleet: the leader is stuck")
+	errSpin  = errors.New("fleet: the snapshot announced by Redis cannot be read")
+)
 
 // Tier is a replica's handle on the shared tier. It is safe for concurrent
 // use.
-type Tier struct {
-	opts     Options
+type Tier[V any] struct {
+	opts     Options[V]
 	client   *redis.Client
 	redacted string
-	keys     keys
+	k        keys
+	token    string // in the locks this replica takes, to tell them apart
 	breaker  breaker
-	stats    Stats // only through sync/atomic
+	stats    Stats        // only through sync/atomic
+	fetch    atomic.Int64 // how long a fetch takes (ns): the last made or heard of
 
-	// news is closed and replaced whenever news arrives, waking every
-	// waiter at once.
-	newsMu  sync.Mutex
-	news    chan struct{}
-	failed  map[uint64]bool // generations whose leader announced failure
-	lastGen atomic.Uint64   // newest generation heard of
-
-	// read is the generation this replica read last and the earliest
-	// deadline it computed for it. Each reading errs early by a different
-	// amount (the call's latency), so without it a second reading of the
-	// same snapshot could look newer than the first, and be taken as news.
-	readMu sync.Mutex
-	read   struct {
-		gen      uint64
-		deadline time.Time
-	}
+	mu     sync.Mutex
+	wake   chan struct{} // closed and replaced on every message
+	events []event       // recent messages, oldest first
+	seq    uint64        // of the newest event
 
 	stop context.CancelFunc
-	done chan struct{}
+	bg   sync.WaitGroup // the listener and best-effort releases
 }
 
-type keys struct {
-	snap, snapGen, gen, lock, channel string
+type keys struct{ snap, snapGen, gen, lock, failed, channel string }
+
+// event is one message from the channel: kind 'c' (commit), 'r'
+// (released) or 'f' (failed), and its generation.
+type event struct {
+	seq  uint64
+	kind byte
+	gen  uint64
 }
+
+var setLogger sync.Once
 
 // New connects to opts.URL (lazily: New itself makes no call) and starts
 // the goroutine that listens for news. Close stops it.
-func New(opts Options) (*Tier, error) {
+func New[V any](opts Options[V]) (*Tier[V], error) {
 	u, err := url.Parse(opts.URL)
 	if err != nil {
 		return nil, errors.New("fleet: the Redis URL is not a URL")
@@ -180,21 +222,23 @@ func New(opts Options) (*Tier, error) {
 		// password, but say only what is safe.
 		return nil, fmt.Errorf("fleet: invalid Redis URL %s: want redis://[user:password@]host:port[/db] or rediss://", redacted)
 	}
-	if opts.TTL <= 0 || opts.Lease <= 0 || opts.Validate == nil {
-		return nil, errors.New("fleet: TTL, Lease and Validate are required")
+	if opts.TTL <= 0 || opts.Decode == nil {
+		return nil, errors.New("fleet: TTL and Decode are required")
 	}
-	if opts.Prefix == "" {
-		opts.Prefix = "movies"
+	if opts.Namespace == "" {
+		opts.Namespace = "movies"
 	}
 	if opts.CallTimeout <= 0 {
 		opts.CallTimeout = 100 * time.Millisecond
 	}
 	if opts.MaxValueBytes <= 0 {
-		opts.MaxValueBytes = 4 << 20
+		opts.MaxValueBytes = 256 << 10
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	log := opts.Log
+	setLogger.Do(func() { redis.SetLogger(redisLogger{log}) })
 	// Every call is bounded by its context, with no retries hidden inside
 	// the client: a sick Redis must cost a request one bounded call, after
 	// which the breaker keeps it out of the way.
@@ -204,399 +248,502 @@ func New(opts Options) (*Tier, error) {
 	ro.ReadTimeout = opts.CallTimeout
 	ro.WriteTimeout = opts.CallTimeout
 	ro.PoolTimeout = opts.CallTimeout
-	// A connection kept ready, so a replica's first read after start or
+	// A connection kept ready, so a replica's first call after start or
 	// idle does not spend its bounded call on a dial and a handshake, and
 	// no CLIENT SETINFO round trip on each new connection.
 	ro.MinIdleConns = 1
 	ro.DisableIdentity = true
-	t := &Tier{
-		opts:     opts,
-		client:   redis.NewClient(ro),
-		redacted: redacted,
-		keys: keys{
-			snap:    opts.Prefix + ":snapshot",
-			snapGen: opts.Prefix + ":snapshot:gen",
-			gen:     opts.Prefix + ":gen",
-			lock:    opts.Prefix + ":lock",
-			channel: opts.Prefix + ":news",
+	if opts.Dialer != nil {
+		ro.Dialer = opts.Dialer
+	}
+	var tok [8]byte
+	rand.Read(tok[:])
+	ns := opts.Namespace
+	t := &Tier[V]{
+		opts: opts, client: redis.NewClient(ro), redacted: redacted, token: hex.EncodeToString(tok[:]),
+		k: keys{
+			snap: ns + ":snapshot", snapGen: ns + ":snapshot:gen", gen: ns + ":gen",
+			lock: ns + ":lock", failed: ns + ":failed", channel: ns + ":news",
 		},
 		breaker: breaker{threshold: 3, cooldown: time.Second, maxCooldown: 30 * time.Second},
-		news:    make(chan struct{}),
-		failed:  make(map[uint64]bool),
-		done:    make(chan struct{}),
+		wake:    make(chan struct{}),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.stop = cancel
+	t.bg.Add(1)
 	go t.listen(ctx)
 	return t, nil
 }
 
 // Redacted is the Redis URL with its password masked, for logs.
-func (t *Tier) Redacted() string { return t.redacted }
+func (t *Tier[V]) Redacted() string { return t.redacted }
 
 // Close stops listening for news and closes the connections.
-func (t *Tier) Close() error {
+func (t *Tier[V]) Close() error {
 	t.stop()
-	<-t.done
+	t.bg.Wait()
 	return t.client.Close()
 }
 
 // Stats returns the tier's counters.
-func (t *Tier) Stats() Stats { return loadStats(&t.stats) }
+func (t *Tier[V]) Stats() Stats { return loadStats(&t.stats) }
 
 // BreakerOpen reports whether the breaker is keeping calls away from Redis.
-func (t *Tier) BreakerOpen() bool { return t.breaker.isOpen(time.Now()) }
+func (t *Tier[V]) BreakerOpen() bool { return t.breaker.isOpen(time.Now()) }
 
-// Load returns data fresher than haveDeadline (zero when the caller has
-// nothing fresh): from Redis if another replica already fetched it, by
-// leading the fleet's fetch with fetch, or by waiting for the replica that
-// leads it. If Redis fails at any step it fetches for itself. ctx bounds
-// the whole load.
-func (t *Tier) Load(ctx context.Context, haveDeadline time.Time, fetch func(context.Context) ([]byte, error)) (Entry, error) {
-	for rereads, takeovers := 0, 0; ; {
+// Load returns a snapshot newer than generation have (what the caller
+// holds, 0 for nothing shared): one another replica committed, one this
+// replica fetches for the fleet with fetch (which returns the value and
+// its bytes to share), or, whenever Redis fails, one it fetches alone.
+// ctx bounds the whole load.
+func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Context) (V, []byte, error)) (Entry[V], error) {
+	var firstHeld time.Time
+	for rereads := 0; ; {
 		if err := ctx.Err(); err != nil {
-			return Entry{}, err
+			return Entry[V]{}, err
 		}
-		e, found, seen, err := t.readSeen(ctx, haveDeadline)
+		// News that arrives while acquire runs concerns a wait that
+		// follows it: count from before.
+		seq := t.lastSeq()
+		a, err := t.acquire(ctx, have)
 		if err != nil {
 			return t.fallback(ctx, fetch, err)
 		}
-		if found {
-			return e, nil
-		}
-		gen, holder, leaseLeft, redisNow, err := t.lock(ctx, seen)
-		if err != nil {
-			return t.fallback(ctx, fetch, err)
-		}
-		if gen == 0 && holder == 0 {
-			// A snapshot was committed since we read: read it. Commits
-			// take the lock, so a second time in one load means keys
-			// that disagree (not written by this protocol).
+		switch a.kind {
+		case acquiredNewer:
+			e, found, err := t.Read(ctx, have)
+			if err != nil {
+				return t.fallback(ctx, fetch, err)
+			}
+			if found {
+				return e, nil
+			}
+			// Gone or expiring between two calls: ask again, but keys
+			// that disagree for good (not written by this protocol)
+			// are no reason to spin.
 			if rereads++; rereads > 2 {
-				return t.fallback(ctx, fetch, errors.New("fleet: the snapshot and its generation disagree"))
+				return t.fallback(ctx, fetch, errSpin)
 			}
-			continue
-		}
-		if gen > 0 {
+		case acquiredLock:
 			atomic.AddUint64(&t.stats.LockWon, 1)
-			return t.lead(ctx, gen, redisNow, fetch)
-		}
-		atomic.AddUint64(&t.stats.LockLost, 1)
-		// Wait out the lease, but not so long that no time is left to
-		// fetch alone: a lease may outlast this load (a replica
-		// configured with a longer one, or a second takeover in a row),
-		// and a load that waited until its context ended would fail its
-		// readers for no fault of the upstream.
-		patience, short := leaseLeft+20*time.Millisecond, false
-		if dl, ok := ctx.Deadline(); ok {
-			if left := time.Until(dl) - t.fetchRoom(); left < patience {
-				patience, short = left, true
+			return t.lead(ctx, a.gen, fetch)
+		case acquiredBackoff:
+			atomic.AddUint64(&t.stats.Backoffs, 1)
+			return Entry[V]{}, &FailedError{Cause: a.cause, RetryAfter: a.left}
+		case acquiredHeld:
+			atomic.AddUint64(&t.stats.LockLost, 1)
+			if firstHeld.IsZero() {
+				firstHeld = time.Now()
 			}
-		}
-		if patience <= 0 {
-			return t.fallback(ctx, fetch, errLeaseOutlastsLoad)
-		}
-		e, found, err = t.wait(ctx, haveDeadline, holder, patience)
-		switch {
-		case found:
-			return e, nil
-		case errors.Is(err, ErrLeaderFailed):
-			return Entry{}, err
-		case ctx.Err() != nil:
-			return Entry{}, ctx.Err()
-		case err != nil:
-			// Redis failed while we waited: fetch alone, as on any
-			// other Redis failure.
-			return t.fallback(ctx, fetch, err)
-		case short:
-			return t.fallback(ctx, fetch, errLeaseOutlastsLoad)
-		}
-		// The lease passed without news: the leader died or hangs. Go
-		// round: the next replica to try takes the lock over. Leases are
-		// bounded (lock refuses any longer than ours), but a lock that
-		// keeps being taken by replicas that never commit is not worth
-		// waiting on for ever: after two, fetch alone.
-		if takeovers++; takeovers > 2 {
-			return t.fallback(ctx, fetch, errors.New("fleet: no snapshot after two leases"))
+			e, found, err := t.wait(ctx, have, a, firstHeld, seq)
+			switch {
+			case found:
+				return e, nil
+			case errors.Is(err, errRetry):
+			case ctx.Err() != nil:
+				return Entry[V]{}, ctx.Err()
+			case errors.As(err, new(*FailedError)):
+				return Entry[V]{}, err
+			case err != nil:
+				return t.fallback(ctx, fetch, err)
+			}
 		}
 	}
 }
-
-// fetchRoom is the time a waiter keeps for fetching alone when it stops
-// waiting before its load's end: half a lease. It is less than a whole
-// lease so that one who waited out a leader that died at once (a lease
-// after its load began, a load lasting two leases) still takes over rather
-// than falling back.
-func (t *Tier) fetchRoom() time.Duration { return t.opts.Lease / 2 }
 
 // fallback fetches without the shared tier, as a lone replica does.
-func (t *Tier) fallback(ctx context.Context, fetch func(context.Context) ([]byte, error), cause error) (Entry, error) {
+func (t *Tier[V]) fallback(ctx context.Context, fetch func(context.Context) (V, []byte, error), cause error) (Entry[V], error) {
 	atomic.AddUint64(&t.stats.Fallbacks, 1)
-	t.opts.Log.DebugContext(ctx, "shared tier unavailable, fetching alone", "redis", t.redacted, "err", cause)
+	t.opts.Log.DebugContext(ctx, "fetching alone", "redis", t.redacted, "err", cause)
 	start := time.Now()
-	data, err := fetch(ctx)
+	v, _, err := fetch(ctx)
 	if err != nil {
-		return Entry{}, err
+		return Entry[V]{}, err
 	}
-	return Entry{Data: data, FetchedAt: start, Deadline: start.Add(t.opts.TTL), Source: "local"}, nil
+	return Entry[V]{Value: v, Deadline: start.Add(t.opts.TTL), Source: "local"}, nil
 }
 
-// lead fetches for the fleet and commits the result. lockedAt is Redis's
-// clock (ms) when the lock was taken, before the fetch started: the
-// snapshot expires in Redis at lockedAt + TTL on Redis's own clock, so no
-// delay between here and Redis (a slow network, a Redis paused and
-// resumed) can move its expiry later.
-func (t *Tier) lead(ctx context.Context, gen uint64, lockedAt int64, fetch func(context.Context) ([]byte, error)) (Entry, error) {
+// lead fetches for the fleet, renewing the lease meanwhile, and commits.
+func (t *Tier[V]) lead(ctx context.Context, gen uint64, fetch func(context.Context) (V, []byte, error)) (Entry[V], error) {
+	lock := lockValue(gen, t.token)
 	start := time.Now()
-	data, err := fetch(ctx)
+	renewCtx, stopRenewing := context.WithCancel(context.WithoutCancel(ctx))
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		t.renew(renewCtx, lock)
+	}()
+	v, data, err := fetch(ctx)
+	stopRenewing()
+	<-renewed
+	// Whatever happens to ctx now, the lock and the news must go out, or
+	// the waiters wait out a lease.
+	out := context.WithoutCancel(ctx)
 	if err != nil {
 		atomic.AddUint64(&t.stats.LeaderFailures, 1)
-		// Tell the waiters now rather than let them wait out the lease;
-		// they back off as we do, so an outage costs the upstream one
-		// fetch per backoff for the whole fleet.
-		// The fetch may have failed because ctx ended: the lock and the
-		// news must go out anyway, or the waiters wait out the lease.
-		t.call(context.WithoutCancel(ctx), "release", func(ctx context.Context) error {
-			return releaseScript.Run(ctx, t.client, []string{t.keys.lock, t.keys.channel}, gen).Err()
-		})
-		return Entry{}, err
+		t.release(out, gen, err)
+		return Entry[V]{}, err
 	}
-	e := Entry{Data: data, Gen: gen, FetchedAt: start, Deadline: start.Add(t.opts.TTL), Source: "leader"}
-	if !time.Now().Before(e.Deadline) {
-		// Nothing to share: the data is past its TTL already. The cache
-		// refuses to serve it too.
+	took := time.Since(start)
+	t.fetch.Store(int64(took))
+	e := Entry[V]{Value: v, Gen: gen, Deadline: start.Add(t.opts.TTL), Source: "leader"}
+	px := time.Until(e.Deadline).Milliseconds()
+	if px < 2 {
+		t.release(out, gen, nil) // nothing left to share
 		return e, nil
 	}
-	expireAt := lockedAt + t.opts.TTL.Milliseconds()
-	env, err := json.Marshal(envelope{V: 1, Gen: gen, FetchedAtMS: start.UnixMilli(), Data: data})
+	env, err := json.Marshal(envelope{V: 2, Gen: gen, StartMS: start.UnixMilli(), FetchMS: took.Milliseconds(), Data: data})
 	if err != nil {
-		atomic.AddUint64(&t.stats.CommitErrors, 1)
+		t.release(out, gen, nil)
 		return e, nil
 	}
-	var res int64
-	// Committed even if ctx ended meanwhile: the data is good, and the
-	// waiters are waiting for it.
-	err = t.call(context.WithoutCancel(ctx), "commit", func(ctx context.Context) error {
+	var res []int64
+	err = t.call(out, "commit", func(ctx context.Context) error {
 		var err error
-		res, err = commitScript.Run(ctx, t.client,
-			[]string{t.keys.snap, t.keys.snapGen, t.keys.lock, t.keys.channel},
-			gen, env, expireAt).Int64()
+		res, err = commitScript.Run(ctx, t.client, []string{t.k.snap, t.k.snapGen, t.k.lock, t.k.channel}, gen, env, px, lock).Int64Slice()
 		return err
 	})
 	switch {
 	case err != nil:
 		atomic.AddUint64(&t.stats.CommitErrors, 1)
 		t.opts.Log.WarnContext(ctx, "shared snapshot not written", "redis", t.redacted, "err", err)
-	case res == -1:
-		// Already expired by Redis's clock: nothing worth sharing.
-		atomic.AddUint64(&t.stats.CommitFenced, 1)
-	case res == 0:
-		atomic.AddUint64(&t.stats.CommitFenced, 1)
-		t.opts.Log.InfoContext(ctx, "shared snapshot fenced: a newer one is there", "gen", gen)
-		// The fleet serves the newer one already: serving ours here
+	case len(res) == 2 && res[0] == 0:
+		// Our lease lapsed (Redis was slow) and another replica committed
+		// a newer snapshot: the fleet serves it, and serving ours here
 		// would take this replica's readers back in time.
-		if newer, found, err := t.Read(ctx, time.Time{}); err == nil && found && newer.Gen > gen {
+		atomic.AddUint64(&t.stats.CommitFenced, 1)
+		t.opts.Log.InfoContext(ctx, "shared snapshot fenced: a newer one is there", "gen", gen, "newer", res[1])
+		if newer, found, err := t.Read(out, gen); err == nil && found {
 			return newer, nil
 		}
 	default:
 		atomic.AddUint64(&t.stats.CommitOK, 1)
 	}
-	// The data is good whatever Redis said: serve it here.
 	return e, nil
 }
 
-// wait waits up to patience for the lock holder's news, then reads the
-// snapshot. found is false if that passed with no usable snapshot.
-func (t *Tier) wait(ctx context.Context, haveDeadline time.Time, holder uint64, patience time.Duration) (Entry, bool, error) {
-	lease := time.NewTimer(patience)
-	defer lease.Stop()
-	poll := time.NewTicker(50 * time.Millisecond)
-	defer poll.Stop()
+// renew keeps the lease of lock alive until ctx ends, or until it is
+// lost (then fencing keeps a late commit from doing harm).
+func (t *Tier[V]) renew(ctx context.Context, lock string) {
+	tick := time.NewTicker(renewEvery)
+	defer tick.Stop()
 	for {
-		news := t.newsChan()
-		how := &t.stats.WaitPolled
 		select {
 		case <-ctx.Done():
-			return Entry{}, false, ctx.Err()
-		case <-lease.C:
-			atomic.AddUint64(&t.stats.WaitGaveUp, 1)
-			return Entry{}, false, nil
-		case <-news:
-			how = &t.stats.WaitNotified
-		case <-poll.C:
+			return
+		case <-tick.C:
 		}
-		if t.leaderFailed(holder) {
-			return Entry{}, false, ErrLeaderFailed
-		}
-		e, found, err := t.Read(ctx, haveDeadline)
-		if err != nil {
-			// Redis went away while we waited: fetch alone.
-			return Entry{}, false, err
-		}
-		if found {
-			atomic.AddUint64(how, 1)
-			return e, true, nil
+		var ok int64
+		err := t.call(ctx, "renew", func(ctx context.Context) error {
+			var err error
+			ok, err = renewScript.Run(ctx, t.client, []string{t.k.lock}, lock, leaseTerm.Milliseconds()).Int64()
+			return err
+		})
+		if err == nil && ok == 0 {
+			return
 		}
 	}
 }
 
-// Read returns the shared snapshot if there is one, valid, fresher than
-// haveDeadline and with time left to serve it.
-func (t *Tier) Read(ctx context.Context, haveDeadline time.Time) (Entry, bool, error) {
-	e, found, _, err := t.readSeen(ctx, haveDeadline)
-	return e, found, err
+// release frees the lock of gen after a fetch that did not commit and
+// tells the waiters why: cancelled (err nil or context.Canceled: this
+// replica is shutting down, take over now) or failed (the cause and the
+// upstream's Retry-After, kept in Redis so a message cannot forge it).
+func (t *Tier[V]) release(ctx context.Context, gen uint64, err error) {
+	kind, record, px := "r", "", int64(0)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		kind = "f"
+		var retry time.Duration
+		if t.opts.RetryAfter != nil {
+			retry = t.opts.RetryAfter(err)
+		}
+		cause := "error"
+		if t.opts.Cause != nil {
+			cause = t.opts.Cause(err)
+		}
+		record = fmt.Sprintf("%d %d %s", gen, retry.Milliseconds(), sanitize(cause))
+		px = max(retry, leaseTerm).Milliseconds()
+	}
+	t.call(ctx, "release", func(ctx context.Context) error {
+		return releaseScript.Run(ctx, t.client, []string{t.k.lock, t.k.channel, t.k.failed}, t.token, kind, gen, record, px).Err()
+	})
 }
 
-// readSeen is Read that also returns the generation of the snapshot it
-// saw, usable or not (0 if there was none), for lock.
-func (t *Tier) readSeen(ctx context.Context, haveDeadline time.Time) (Entry, bool, uint64, error) {
+// wait waits for the holder of the lock to commit, release or fail. It
+// returns found with a snapshot, errRetry when the lock should be asked
+// for again (released, or its lease due to lapse), a *FailedError, or
+// another error to fetch alone.
+func (t *Tier[V]) wait(ctx context.Context, have uint64, a acquired, firstHeld time.Time, seen uint64) (Entry[V], bool, error) {
+	recheck := time.NewTimer(min(a.left, leaseTerm) + time.Millisecond)
+	defer recheck.Stop()
+	var stuck <-chan time.Time
+	if at, ok := t.stuckAt(ctx, firstHeld); ok {
+		st := time.NewTimer(time.Until(at))
+		defer st.Stop()
+		stuck = st.C
+	}
+	for {
+		evs, wake := t.eventsAfter(&seen)
+		for _, ev := range evs {
+			switch {
+			case ev.kind == 'c' && ev.gen > have:
+				e, found, err := t.Read(ctx, have)
+				if err != nil || found {
+					if found {
+						atomic.AddUint64(&t.stats.WaitCommitted, 1)
+					}
+					return e, found, err
+				}
+			case ev.kind == 'r' && ev.gen == a.gen:
+				atomic.AddUint64(&t.stats.WaitReleased, 1)
+				return Entry[V]{}, false, errRetry
+			case ev.kind == 'f' && ev.gen == a.gen:
+				if fe, ok := t.failure(ctx, a.gen); ok {
+					atomic.AddUint64(&t.stats.WaitFailed, 1)
+					return Entry[V]{}, false, fe
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return Entry[V]{}, false, ctx.Err()
+		case <-recheck.C:
+			// The lease may have lapsed (the holder died), or was
+			// renewed: acquire tells which.
+			return Entry[V]{}, false, errRetry
+		case <-stuck:
+			atomic.AddUint64(&t.stats.WaitStuck, 1)
+			return Entry[V]{}, false, errStuck
+		case <-wake:
+		}
+	}
+}
+
+// errRetry tells Load to ask for the lock again.
+var errRetry = errors.New("fleet: ask again")
+
+// stuckAt is when a waiter that first found the lock held at firstHeld
+// takes the leader for stuck: after twice a usual fetch (at least
+// minStuck), if a fetch of its own, at twice a usual one, still fits
+// before ctx ends. Without that room, or before any fetch was seen, it
+// waits: a leader that is slow is slow for everyone.
+func (t *Tier[V]) stuckAt(ctx context.Context, firstHeld time.Time) (time.Time, bool) {
+	usual := time.Duration(t.fetch.Load())
+	dl, ok := ctx.Deadline()
+	if usual <= 0 || !ok {
+		return time.Time{}, false
+	}
+	at := firstHeld.Add(max(2*usual, minStuck))
+	return at, dl.Sub(at) >= 2*usual
+}
+
+// failure reads the failure record of gen: a "f:" message is believed
+// only if Redis holds the record.
+func (t *Tier[V]) failure(ctx context.Context, gen uint64) (*FailedError, bool) {
+	var rec string
+	err := t.call(ctx, "failure", func(ctx context.Context) error {
+		var err error
+		rec, err = peekScript.Run(ctx, t.client, []string{t.k.failed}, 300).Text()
+		return err
+	})
+	if err != nil {
+		return nil, false
+	}
+	g, rest, _ := strings.Cut(rec, " ")
+	ms, cause, _ := strings.Cut(rest, " ")
+	retry, err := strconv.ParseInt(ms, 10, 64)
+	if g != strconv.FormatUint(gen, 10) || err != nil || retry < 0 {
+		return nil, false
+	}
+	return &FailedError{Cause: cause, RetryAfter: min(time.Duration(retry)*time.Millisecond, t.opts.TTL)}, true
+}
+
+// Read returns the shared snapshot if there is one newer than generation
+// have, valid and with time left to serve it.
+func (t *Tier[V]) Read(ctx context.Context, have uint64) (Entry[V], bool, error) {
 	var res []any
 	asked := time.Now()
 	err := t.call(ctx, "read", func(ctx context.Context) error {
 		var err error
-		res, err = readScript.Run(ctx, t.client, []string{t.keys.snap}, t.opts.MaxValueBytes).Slice()
+		res, err = readScript.Run(ctx, t.client, []string{t.k.snap}, t.opts.MaxValueBytes).Slice()
 		return err
 	})
 	if err != nil {
 		atomic.AddUint64(&t.stats.ReadErrors, 1)
-		return Entry{}, false, 0, err
+		return Entry[V]{}, false, err
 	}
-	e, err := t.decode(res, asked)
-	if err != nil {
+	e, ok, err := t.decode(res, asked, have)
+	switch {
+	case err != nil:
 		atomic.AddUint64(&t.stats.Invalid, 1)
 		atomic.AddUint64(&t.stats.ReadErrors, 1)
 		t.opts.Log.ErrorContext(ctx, "rejected the shared snapshot", "redis", t.redacted, "err", err)
-		return Entry{}, false, 0, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	if e.Data != nil {
-		e.Deadline = t.steadyDeadline(e.Gen, e.Deadline)
-	}
-	// A snapshot is worth taking only if it is newer than ours and has
-	// time left to be prepared and served: one with less would expire on
-	// the way out, and its readers would be answered 503.
-	if e.Data == nil || !e.Deadline.After(haveDeadline) || time.Until(e.Deadline) < t.minLeft() {
+		return Entry[V]{}, false, fmt.Errorf("%w: %w", ErrInvalid, err)
+	case !ok:
 		atomic.AddUint64(&t.stats.ReadMisses, 1)
-		return Entry{}, false, e.Gen, nil
+	default:
+		atomic.AddUint64(&t.stats.ReadHits, 1)
 	}
-	atomic.AddUint64(&t.stats.ReadHits, 1)
-	return e, true, e.Gen, nil
-}
-
-// minLeft is the least time a shared snapshot must have left to be taken:
-// far more than preparing it costs (tens of milliseconds), and a small part
-// of a short TTL.
-func (t *Tier) minLeft() time.Duration { return min(time.Second, t.opts.TTL/4) }
-
-// steadyDeadline returns the earliest deadline this replica computed for
-// generation gen, d included: one snapshot keeps one deadline (the most
-// cautious), so reading it again is never mistaken for news.
-func (t *Tier) steadyDeadline(gen uint64, d time.Time) time.Time {
-	t.readMu.Lock()
-	defer t.readMu.Unlock()
-	if gen == t.read.gen && t.read.deadline.Before(d) {
-		return t.read.deadline
-	}
-	t.read.gen, t.read.deadline = gen, d
-	return d
+	return e, ok, nil
 }
 
 // envelope is the value stored in Redis.
 type envelope struct {
-	V           int             `json:"v"`
-	Gen         uint64          `json:"gen"`
-	FetchedAtMS int64           `json:"fetched_at_ms"`
-	Data        json.RawMessage `json:"data"`
+	V       int             `json:"v"`
+	Gen     uint64          `json:"gen"`
+	StartMS int64           `json:"start_ms"` // the fetch's start, writer's clock
+	FetchMS int64           `json:"fetch_ms"` // how long it took
+	Data    json.RawMessage `json:"data"`
 }
 
-// decode checks what the read script returned. An absent snapshot is a
-// zero Entry and no error.
-func (t *Tier) decode(res []any, asked time.Time) (Entry, error) {
-	if len(res) == 0 {
-		return Entry{}, errors.New("empty reply")
+// decode checks what the read script returned. ok is false, with no
+// error, for no snapshot, one not newer than have, or one with no time
+// left.
+func (t *Tier[V]) decode(res []any, asked time.Time, have uint64) (e Entry[V], ok bool, err error) {
+	status, _ := at[int64](res, 0)
+	switch status {
+	case 0:
+		return e, false, nil
+	case -1:
+		return e, false, errors.New("the snapshot key holds a value of the wrong type")
+	case -2:
+		return e, false, fmt.Errorf("the snapshot is over %d bytes", t.opts.MaxValueBytes)
 	}
-	status, _ := res[0].(int64)
+	raw, ok1 := at[string](res, 1)
+	pttl, ok2 := at[int64](res, 2)
+	if status != 1 || !ok1 || !ok2 || len(res) != 3 {
+		return e, false, errors.New("unexpected reply")
+	}
 	switch {
-	case status == 0:
-		return Entry{}, nil
-	case status == -1:
-		return Entry{}, errors.New("the snapshot key holds a value of the wrong type")
-	case status == -2:
-		return Entry{}, fmt.Errorf("the snapshot is over %d bytes", t.opts.MaxValueBytes)
-	case status != 1 || len(res) != 3:
-		return Entry{}, errors.New("unexpected reply")
-	}
-	raw, ok1 := res[1].(string)
-	pttl, ok2 := res[2].(int64)
-	if !ok1 || !ok2 {
-		return Entry{}, errors.New("unexpected reply types")
-	}
-	if pttl <= 1 || time.Duration(pttl)*time.Millisecond > t.opts.TTL {
-		// No expiry, or more than a TTL left: not written by this
-		// protocol, and serving it could break the promise.
-		return Entry{}, fmt.Errorf("the snapshot's expiry (%d ms) is not within the TTL", pttl)
+	case pttl == -1:
+		return e, false, errors.New("the snapshot has no expiry")
+	case pttl <= 1:
+		// Gone, or expiring as we speak: a miss, not a wrong value.
+		return e, false, nil
 	}
 	var env envelope
 	if err := json.Unmarshal([]byte(raw), &env); err != nil {
-		return Entry{}, fmt.Errorf("malformed envelope: %w", err)
+		return e, false, fmt.Errorf("malformed envelope: %w", err)
 	}
-	if env.V != 1 || env.Gen == 0 || len(env.Data) == 0 {
-		return Entry{}, errors.New("envelope lacks its version, generation or data")
+	if env.V != 2 || env.Gen == 0 || env.Gen >= maxGen || len(env.Data) == 0 {
+		return e, false, errors.New("envelope lacks its version, generation or data")
 	}
-	if err := t.opts.Validate(env.Data); err != nil {
-		return Entry{}, fmt.Errorf("invalid data: %w", err)
+	if env.Gen <= have {
+		return e, false, nil
 	}
-	return Entry{
-		Data:      env.Data,
-		Gen:       env.Gen,
-		FetchedAt: time.UnixMilli(env.FetchedAtMS),
-		// asked is before Redis measured the PTTL, and Redis counts
-		// whole milliseconds (a PTTL may be up to 1ms generous): less
-		// one, the local deadline errs early, never late.
-		Deadline: asked.Add(time.Duration(pttl-1) * time.Millisecond),
-		Source:   "shared",
-	}, nil
+	// Two estimates of the deadline, from two clocks; the earlier wins.
+	// Redis's: asked is before Redis measured the PTTL, which counts
+	// whole ms (up to 1 generous): less one, it errs early. More than a
+	// TTL means Redis's clock stepped back: a TTL is the most it can be.
+	byRedis := asked.Add(min(time.Duration(pttl-1)*time.Millisecond, t.opts.TTL))
+	// The writer's: its fetch start plus the TTL, on our clock.
+	byWriter := asked.Add(time.UnixMilli(env.StartMS).Add(t.opts.TTL).Sub(asked))
+	deadline := byRedis
+	if byWriter.Before(deadline) {
+		deadline = byWriter
+	}
+	if !time.Now().Before(deadline) {
+		return e, false, nil
+	}
+	v, err := t.opts.Decode(env.Data)
+	if err != nil {
+		return e, false, fmt.Errorf("invalid data: %w", err)
+	}
+	if env.FetchMS > 0 && env.FetchMS < t.opts.TTL.Milliseconds() {
+		t.fetch.Store(int64(time.Duration(env.FetchMS) * time.Millisecond))
+	}
+	return Entry[V]{Value: v, Gen: env.Gen, Deadline: deadline, Source: "shared"}, true, nil
 }
 
-// lock tries to take the fetch lock, unless the snapshot in Redis is no
-// longer the one of generation seen (0: none) the caller read and found
-// wanting. It returns the new generation and Redis's clock (ms) if it won;
-// 0, the holder's generation and how long its lease has left if another
-// replica holds it; or all zeros if a snapshot was committed since the
-// caller read, which it should read instead of fetching again. A lock this
-// protocol did not write (no expiry, a lease as long as the TTL, no
-// generation) is an error: waiting on it could mean waiting for ever.
-func (t *Tier) lock(ctx context.Context, seen uint64) (gen, holder uint64, leaseLeft time.Duration, redisNow int64, err error) {
-	var res []int64
-	err = t.call(ctx, "lock", func(ctx context.Context) error {
+// at returns res[i] as a T, if it is one.
+func at[T any](res []any, i int) (T, bool) {
+	var zero T
+	if i >= len(res) {
+		return zero, false
+	}
+	v, ok := res[i].(T)
+	return v, ok
+}
+
+// acquired is what acquire found.
+type acquired struct {
+	kind  int
+	gen   uint64        // acquiredLock: ours; acquiredHeld: the holder's
+	left  time.Duration // acquiredHeld: the lease; acquiredBackoff: the wait
+	cause string        // acquiredBackoff
+}
+
+const (
+	acquiredNewer = iota + 1
+	acquiredLock
+	acquiredHeld
+	acquiredBackoff
+)
+
+// acquire asks Redis what to do for a caller holding generation have:
+// read a newer snapshot, take the lock, wait for its holder, or back off.
+// A lock this protocol did not write is an error: waiting on it could mean
+// waiting for ever. If the call's outcome is unknown (it timed out after
+// sending), a lock it may have taken is released in the background.
+func (t *Tier[V]) acquire(ctx context.Context, have uint64) (acquired, error) {
+	var res []any
+	err := t.call(ctx, "lock", func(ctx context.Context) error {
 		var err error
-		res, err = lockScript.Run(ctx, t.client, []string{t.keys.lock, t.keys.gen, t.keys.snap, t.keys.snapGen},
-			t.opts.Lease.Milliseconds(), time.Now().UnixMilli(), seen).Int64Slice()
+		res, err = acquireScript.Run(ctx, t.client, []string{t.k.lock, t.k.gen, t.k.snap, t.k.snapGen, t.k.failed},
+			have, leaseTerm.Milliseconds(), time.Now().UnixMilli(), t.token).Slice()
 		return err
 	})
 	if err != nil {
-		return 0, 0, 0, 0, err
+		if !errors.Is(err, errOpen) && ctx.Err() == nil {
+			t.releaseUnknown()
+		}
+		return acquired{}, err
 	}
+	kind, _ := at[int64](res, 0)
+	n, _ := at[int64](res, 1)
 	switch {
-	case len(res) == 1 && res[0] == 0:
-		return 0, 0, 0, 0, nil
-	case len(res) == 3 && res[0] == 1 && res[1] > 0 && res[2] > 0:
-		return uint64(res[1]), 0, 0, res[2], nil
-	case len(res) == 3 && res[0] == 2 && res[1] > 0 && res[2] > 0 && res[2] <= t.opts.TTL.Milliseconds():
-		// Replicas configured apart may hold leases longer than ours,
-		// but none as long as a TTL.
-		return 0, uint64(res[1]), time.Duration(res[2]) * time.Millisecond, 0, nil
-	case len(res) == 3 && res[0] == 2:
-		atomic.AddUint64(&t.stats.Invalid, 1)
-		err := fmt.Errorf("%w: a lock of generation %d with %d ms left, not one of ours (TTL %s)", ErrInvalid, res[1], res[2], t.opts.TTL)
-		t.opts.Log.ErrorContext(ctx, "rejected the shared fetch lock", "redis", t.redacted, "err", err)
-		return 0, 0, 0, 0, err
+	case kind == acquiredNewer || (kind == acquiredLock && n > 0):
+		return acquired{kind: int(kind), gen: uint64(n)}, nil
+	case kind == acquiredHeld:
+		v, _ := at[string](res, 1)
+		pttl, _ := at[int64](res, 2)
+		g, tok, _ := strings.Cut(v, " ")
+		gen, err := strconv.ParseUint(g, 10, 64)
+		if err != nil || tok == "" || pttl <= 0 || time.Duration(pttl)*time.Millisecond > leaseTerm {
+			atomic.AddUint64(&t.stats.Invalid, 1)
+			err := fmt.Errorf("%w: a lock %q with %d ms left, not one of ours", ErrInvalid, v, pttl)
+			t.opts.Log.ErrorContext(ctx, "rejected the shared fetch lock", "redis", t.redacted, "err", err)
+			return acquired{}, err
+		}
+		return acquired{kind: acquiredHeld, gen: gen, left: time.Duration(pttl) * time.Millisecond}, nil
+	case kind == acquiredBackoff:
+		cause, _ := at[string](res, 1)
+		pttl, _ := at[int64](res, 2)
+		left := min(time.Duration(pttl)*time.Millisecond, t.opts.TTL)
+		if left > 0 {
+			return acquired{kind: acquiredBackoff, left: left, cause: sanitize(cause)}, nil
+		}
+		return acquired{kind: acquiredNewer}, nil // it just ended: ask again
 	default:
-		return 0, 0, 0, 0, fmt.Errorf("%w: unexpected reply to lock %v", ErrInvalid, res)
+		return acquired{}, fmt.Errorf("%w: unexpected reply to lock %v", ErrInvalid, res)
 	}
 }
 
+// releaseUnknown frees, in the background, a lock this replica may hold
+// without knowing it (a lock call that timed out after Redis ran it), so
+// the other replicas do not wait out its lease.
+func (t *Tier[V]) releaseUnknown() {
+	t.bg.Add(1)
+	go func() {
+		defer t.bg.Done()
+		t.call(context.Background(), "release", func(ctx context.Context) error {
+			return releaseScript.Run(ctx, t.client, []string{t.k.lock, t.k.channel, t.k.failed}, t.token, "r", 0, "", 0).Err()
+		})
+	}()
+}
+
 // call runs one Redis operation under the breaker and the call timeout.
-func (t *Tier) call(parent context.Context, op string, f func(context.Context) error) error {
+func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context) error) error {
 	ok, probe := t.breaker.allow(time.Now())
 	if !ok {
 		return errOpen
@@ -624,15 +771,14 @@ func (t *Tier) call(parent context.Context, op string, f func(context.Context) e
 	return err
 }
 
-// listen delivers news of commits from the pub/sub channel, with polling of
-// the snapshot's generation as the backstop for lost messages (pub/sub
-// drops what is sent while a subscriber reconnects).
-func (t *Tier) listen(ctx context.Context) {
-	defer close(t.done)
-	ps := t.client.Subscribe(ctx, t.keys.channel)
+// listen delivers news from the pub/sub channel, with a poll of the
+// snapshot's generation as the backstop for lost messages.
+func (t *Tier[V]) listen(ctx context.Context) {
+	defer t.bg.Done()
+	ps := t.client.Subscribe(ctx, t.k.channel)
 	defer ps.Close()
-	msgs := ps.Channel(redis.WithChannelHealthCheckInterval(time.Second))
-	poll := time.NewTicker(200 * time.Millisecond)
+	msgs := ps.Channel()
+	poll := time.NewTicker(pollEvery)
 	defer poll.Stop()
 	for {
 		select {
@@ -643,74 +789,106 @@ func (t *Tier) listen(ctx context.Context) {
 				return
 			}
 			// A message is Redis answering: after an outage, sharing
-			// (and adopting this very news) resumes now rather than at
-			// the breaker's next probe.
+			// resumes now rather than at the breaker's next probe.
 			t.breaker.alive()
-			t.heard(m.Payload)
+			kind, g, _ := strings.Cut(m.Payload, ":")
+			if gen, err := strconv.ParseUint(g, 10, 64); err == nil && gen > 0 && gen < maxGen && len(kind) == 1 && strings.Contains("crf", kind) {
+				t.heard(kind[0], gen)
+			}
 		case <-poll.C:
-			if !t.breaker.isOpen(time.Now()) {
-				var g string
-				err := t.call(ctx, "poll", func(ctx context.Context) error {
-					var err error
-					g, err = t.client.Get(ctx, t.keys.snapGen).Result()
-					return err
-				})
-				if err == nil && g != "" {
-					t.heard(g)
-				}
+			if t.breaker.isOpen(time.Now()) {
+				continue
+			}
+			var g string
+			err := t.call(ctx, "poll", func(ctx context.Context) error {
+				var err error
+				g, err = peekScript.Run(ctx, t.client, []string{t.k.snapGen}, 20).Text()
+				return err
+			})
+			if gen, perr := strconv.ParseUint(g, 10, 64); err == nil && perr == nil && gen > 0 && gen < maxGen {
+				t.heard('c', gen)
 			}
 		}
 	}
 }
 
-// heard handles one announcement: "<gen>" for a commit, "fail:<gen>" for a
-// leader's failed fetch.
-func (t *Tier) heard(payload string) {
-	rest, failed := strings.CutPrefix(payload, "fail:")
-	gen, err := strconv.ParseUint(rest, 10, 64)
-	if err != nil || gen == 0 {
-		return
-	}
-	t.newsMu.Lock()
-	changed := true
-	if failed {
-		if len(t.failed) >= 64 { // bounded: only recent ones matter
-			clear(t.failed)
+// heard records one message and wakes every waiter. News of a commit goes
+// on to OnNews, repeated or not: adopting what is held costs nothing, and
+// an adoption that failed gets another chance.
+func (t *Tier[V]) heard(kind byte, gen uint64) {
+	t.mu.Lock()
+	fresh := true
+	for _, ev := range t.events {
+		if ev.kind == kind && ev.gen == gen {
+			fresh = false
 		}
-		t.failed[gen] = true
-	} else {
-		changed = t.lastGen.Swap(gen) != gen
 	}
-	if changed {
-		close(t.news)
-		t.news = make(chan struct{})
+	if fresh {
+		t.seq++
+		t.events = append(t.events, event{seq: t.seq, kind: kind, gen: gen})
+		if len(t.events) > 32 { // only recent ones concern a waiter
+			t.events = t.events[1:]
+		}
+		close(t.wake)
+		t.wake = make(chan struct{})
 	}
-	t.newsMu.Unlock()
-	if changed && !failed {
-		atomic.AddUint64(&t.stats.NewsReceived, 1)
-	}
-	// Repeated on every poll, not only when new: an adoption that was
-	// busy or failed when the news first came gets another chance.
-	if !failed && t.opts.OnNews != nil {
-		t.opts.OnNews(gen)
+	t.mu.Unlock()
+	if kind == 'c' {
+		if fresh {
+			atomic.AddUint64(&t.stats.NewsReceived, 1)
+		}
+		if t.opts.OnNews != nil {
+			t.opts.OnNews(gen)
+		}
 	}
 }
 
-func (t *Tier) newsChan() <-chan struct{} {
-	t.newsMu.Lock()
-	defer t.newsMu.Unlock()
-	return t.news
+// lastSeq returns the sequence number of the newest event.
+func (t *Tier[V]) lastSeq() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seq
 }
 
-// leaderFailed reports whether the lock holder of generation holder
-// announced a failed fetch.
-func (t *Tier) leaderFailed(holder uint64) bool {
-	t.newsMu.Lock()
-	defer t.newsMu.Unlock()
-	return t.failed[holder]
+// eventsAfter returns the events after *seq, moving *seq to the newest,
+// and the channel the next event closes: both in one look, so no event
+// falls between them.
+func (t *Tier[V]) eventsAfter(seq *uint64) ([]event, <-chan struct{}) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []event
+	for _, ev := range t.events {
+		if ev.seq > *seq {
+			out = append(out, ev)
+		}
+	}
+	*seq = t.seq
+	return out, t.wake
 }
 
-// The scripts. Each runs atomically in Redis, in one round trip.
+func lockValue(gen uint64, token string) string { return strconv.FormatUint(gen, 10) + " " + token }
+
+// sanitize keeps a cause to a short printable word, for logs and Redis.
+func sanitize(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x21 || r > 0x7e {
+			return '_'
+		}
+		return r
+	}, s)
+	return s[:min(len(s), 64)]
+}
+
+// redisLogger sends go-redis's own messages to the tier's logger.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "redis client", "msg", fmt.Sprintf(format, v...))
+}
+
+// The scripts. Each runs atomically in Redis, in one round trip, and reads
+// everything it needs before it writes anything, so a script that fails
+// (a key of the wrong type) fails having changed nothing.
 var (
 	// readScript returns {0} for no snapshot, {-1} for a key of the wrong
 	// type, {-2} for one over ARGV[1] bytes (never transferred), or
@@ -723,56 +901,92 @@ if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then return {-2} end
 return {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 `)
 
-	// lockScript takes the lock for ARGV[1] ms if it is free and returns
-	// {1, a new generation, Redis's clock in ms}: the generation is above
-	// every earlier one, and seeded from the caller's clock (ARGV[2], ms)
-	// so generations keep rising across a Redis restarted empty. If the
-	// lock is held it returns {2, the holder's generation, its PTTL} as
-	// they are, for the caller to judge (-1: no expiry).
-	// First, if a snapshot (KEYS[3], of generation KEYS[4]) is there that
-	// is not the one of generation ARGV[3] the caller read, it returns
-	// {0}: one was committed between the caller's read and now, and
-	// fetching again would double the fleet's fetches.
-	lockScript = redis.NewScript(`
-local cur = tonumber(redis.call('GET', KEYS[4]))
-if cur and cur ~= tonumber(ARGV[3]) and redis.call('EXISTS', KEYS[3]) == 1 then
-  return {0}
+	// peekScript returns KEYS[1] if it is a string of at most ARGV[1]
+	// bytes, else nil.
+	peekScript = redis.NewScript(`
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return false end
+if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then return false end
+return redis.call('GET', KEYS[1])
+`)
+
+	// acquireScript, for a caller holding generation ARGV[1]:
+	// {1, gen} if the snapshot (KEYS[3], of generation KEYS[4]) is newer;
+	// {4, cause, pttl} if a failed fetch asked the fleet to wait (KEYS[5]);
+	// {3, holder, pttl} if the lock (KEYS[1]) is held;
+	// else it takes the lock for ARGV[2] ms and returns {2, gen}: gen is
+	// above the counter (KEYS[2]), the snapshot's, and the caller's clock
+	// in ms (ARGV[3]), so generations keep rising across a Redis restarted
+	// empty. Generations not below 2^52 are not ours and are ignored.
+	acquireScript = redis.NewScript(`
+local function gen(k)
+  local v = tonumber(redis.call('GET', k))
+  if v == nil or v < 0 or v >= 4503599627370496 then return 0 end
+  return v
 end
-if redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1]) then
-  local g = math.max((tonumber(redis.call('GET', KEYS[2])) or 0) + 1, tonumber(ARGV[2]))
-  redis.call('SET', KEYS[2], string.format('%d', g))
-  redis.call('SET', KEYS[1], string.format('%d', g), 'PX', ARGV[1])
-  local now = redis.call('TIME')
-  return {1, g, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
+local cur, counter = gen(KEYS[4]), gen(KEYS[2])
+if cur > tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[3]) == 1 then return {1, cur} end
+local f = redis.call('GET', KEYS[5])
+if f then
+  local ms, cause = string.match(f, '^%d+ (%d+) (%S*)$')
+  if ms and tonumber(ms) > 0 then return {4, cause, redis.call('PTTL', KEYS[5])} end
 end
-local h = 0
-if redis.call('TYPE', KEYS[1]).ok == 'string' then h = tonumber(redis.call('GET', KEYS[1])) or 0 end
-return {2, h, redis.call('PTTL', KEYS[1])}
+local l = redis.call('GET', KEYS[1])
+if l then return {3, l, redis.call('PTTL', KEYS[1])} end
+local g = math.max(counter + 1, cur + 1, tonumber(ARGV[3]))
+local s = string.format('%d', g)
+redis.call('SET', KEYS[2], s)
+redis.call('SET', KEYS[1], s .. ' ' .. ARGV[4], 'PX', ARGV[2])
+return {2, g}
+`)
+
+	// renewScript extends the lease of lock ARGV[1] to ARGV[2] ms if it is
+	// still held: 1, else 0.
+	renewScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
 `)
 
 	// commitScript writes the snapshot of generation ARGV[1] (value
-	// ARGV[2], expiring at ARGV[3], ms on Redis's clock) unless one of the
-	// same or a higher generation is there (fencing), announces it, and
-	// frees the lock if it is still ours. It returns 1, 0 if fenced, or -1
-	// if the expiry has passed.
+	// ARGV[2], for ARGV[3] ms) and its generation, frees lock ARGV[4] and
+	// announces it: {1, 0}. If the snapshot there is of the same or a
+	// higher generation, it writes nothing, frees the lock and announces
+	// that one instead: {0, its generation}.
 	commitScript = redis.NewScript(`
-local cur = tonumber(redis.call('GET', KEYS[2])) or 0
-if cur >= tonumber(ARGV[1]) then return 0 end
-local now = redis.call('TIME')
-local px = tonumber(ARGV[3]) - (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
-if px <= 0 then return -1 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', px)
-redis.call('SET', KEYS[2], ARGV[1])
-if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
-redis.call('PUBLISH', KEYS[4], ARGV[1])
-return 1
+local cur = tonumber(redis.call('GET', KEYS[2]))
+if cur == nil or cur < 0 or cur >= 4503599627370496 then cur = 0 end
+local mine = redis.call('GET', KEYS[3]) == ARGV[4]
+if cur >= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[1]) == 1 then
+  if mine then redis.call('DEL', KEYS[3]) end
+  redis.call('PUBLISH', KEYS[4], 'c:' .. string.format('%d', cur))
+  return {0, cur}
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+if mine then redis.call('DEL', KEYS[3]) end
+redis.call('PUBLISH', KEYS[4], 'c:' .. ARGV[1])
+return {1, 0}
 `)
 
-	// releaseScript frees the lock of generation ARGV[1] after a failed
-	// fetch and tells the waiters.
+	// releaseScript frees the lock (KEYS[1]) if this replica's token
+	// (ARGV[1]) is in it, records a failure (ARGV[4], for ARGV[5] ms, when
+	// ARGV[2] is 'f'), and announces ARGV[2]:<gen>, with gen ARGV[3], or
+	// the lock's own when ARGV[3] is 0 (a lock taken unknowingly).
 	releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('PUBLISH', KEYS[2], 'fail:' .. ARGV[1])
+local l = redis.call('GET', KEYS[1])
+local g = ARGV[3]
+if l then
+  local lg, tok = string.match(l, '^(%d+) (%w+)$')
+  if tok == ARGV[1] and (g == '0' or g == lg) then
+    redis.call('DEL', KEYS[1])
+    g = lg
+  end
+end
+if g == '0' then return 0 end
+if ARGV[2] == 'f' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
+redis.call('PUBLISH', KEYS[2], ARGV[2] .. ':' .. g)
 return 1
 `)
 )

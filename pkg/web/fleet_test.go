@@ -68,7 +68,7 @@ func TestFleet_NewsReplacesAnOlderSnapshot(t *testing.T) {
 	up.Update(func(d *builtin.Data) { d.Films[0]["title"] = "Castle in the Sky (new)" })
 	c := r.Client()
 	defer c.Close()
-	c.Del(t.Context(), "movies:snapshot")
+	c.Del(t.Context(), namespace(cfg)+":snapshot")
 	third := mustStart(t, cfg)
 	const newTitle = "Castle in the Sky (new)"
 	if got := mustAPI(t, third.URL).Movies[0].Title; got != newTitle {
@@ -115,45 +115,6 @@ func TestDecodeShared_RejectsWhatWeNeverWrite(t *testing.T) {
 	}
 }
 
-// TestFleet_ALoadOvertakenByNewsFetchesNothing: a load the cache started
-// for its old snapshot (an early refresh) that news overtakes, bringing a
-// newer one another replica fetched, returns that one: asking the shared
-// tier for something newer still would make a second fleet fetch moments
-// after the first.
-func TestFleet_ALoadOvertakenByNewsFetchesNothing(t *testing.T) {
-	t.Parallel()
-	r := fleettest.Start(t)
-	up := startFake(t)
-	cfg := fleetConfig(up, r)
-	a, b := mustStart(t, cfg), mustStart(t, cfg)
-	t.Cleanup(testClient.CloseIdleConnections)
-	mustAPI(t, a.URL)
-	started := time.Now() // a's cache starts a load for the snapshot it has
-	// b fetches a newer one (the shared one is gone, as if it expired)
-	// and a hears of it.
-	c := r.Client()
-	defer c.Close()
-	c.Del(t.Context(), "movies:snapshot")
-	mustAPI(t, b.URL)
-	l := a.srv.adopter.loader
-	waitUntil(t, 5*time.Second, "a adopts b's snapshot", func() bool {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		return !l.last.adopted.IsZero()
-	})
-	fetches := up.Requests(builtin.Films)
-	s, _, err := l.LoadDated(t.Context(), started)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := up.Requests(builtin.Films) - fetches; got != 0 {
-		t.Errorf("the overtaken load made %d upstream fetches, want none", got)
-	}
-	if cached, _ := a.srv.cache.Peek(); s != cached.Value {
-		t.Errorf("the overtaken load returned a snapshot other than the adopted one")
-	}
-}
-
 // TestFleet_HitsStayLocal: with the shared tier on, a hit reads nothing
 // from Redis.
 func TestFleet_HitsStayLocal(t *testing.T) {
@@ -194,12 +155,12 @@ func TestFleet_AWritersClockIsNotTrusted(t *testing.T) {
 	c := r.Client()
 	defer c.Close()
 	var env map[string]any
-	if err := json.Unmarshal([]byte(c.Get(t.Context(), "movies:snapshot").Val()), &env); err != nil {
+	if err := json.Unmarshal([]byte(c.Get(t.Context(), namespace(cfg)+":snapshot").Val()), &env); err != nil {
 		t.Fatal(err)
 	}
-	env["fetched_at_ms"] = time.Now().Add(time.Hour).UnixMilli()
+	env["start_ms"] = time.Now().Add(time.Hour).UnixMilli()
 	b, _ := json.Marshal(env)
-	if err := c.SetArgs(t.Context(), "movies:snapshot", b, redis.SetArgs{KeepTTL: true}).Err(); err != nil {
+	if err := c.SetArgs(t.Context(), namespace(cfg)+":snapshot", b, redis.SetArgs{KeepTTL: true}).Err(); err != nil {
 		t.Fatal(err)
 	}
 	late := mustStart(t, cfg)
@@ -217,65 +178,34 @@ func TestFleet_AWritersClockIsNotTrusted(t *testing.T) {
 	}
 }
 
-// TestFleet_ABogusGenerationDoesNotStopAdoptions: the generations news
-// carries come from Redis unchecked. A huge one (a key set by hand, a
-// buggy writer) is settled like any other, and must not make the replica
-// deaf to the real generations after it.
-func TestFleet_ABogusGenerationDoesNotStopAdoptions(t *testing.T) {
+// TestFleet_FleetsKeepToTheirOwnNamespace: two fleets on one Redis with
+// different upstreams, or one fleet whose -ttl is being changed, never
+// serve each other's snapshots nor reject them as invalid.
+func TestFleet_FleetsKeepToTheirOwnNamespace(t *testing.T) {
 	t.Parallel()
 	r := fleettest.Start(t)
-	up := startFake(t)
-	cfg := fleetConfig(up, r)
-	a, b := mustStart(t, cfg), mustStart(t, cfg)
+	up1, up2 := startFake(t), startFake(t)
+	up2.Update(func(d *builtin.Data) { d.Films[0]["title"] = "Only upstream 2" })
 	t.Cleanup(testClient.CloseIdleConnections)
-	mustAPI(t, a.URL)
-	mustAPI(t, b.URL)
-	c := r.Client()
-	defer c.Close()
-	const bogus = 9_000_000_000_000_000_000
-	was := c.Get(t.Context(), "movies:snapshot:gen").Val()
-	c.Set(t.Context(), "movies:snapshot:gen", uint64(bogus), 0)
-	waitUntil(t, 5*time.Second, "replica b hears of the bogus generation", func() bool { return b.srv.adopter.settled.Load() == bogus })
-	// The key is put right, and a third replica commits changed data.
-	c.Set(t.Context(), "movies:snapshot:gen", was, 0)
-	c.Del(t.Context(), "movies:snapshot")
-	up.Update(func(d *builtin.Data) { d.Films[0]["title"] = "Castle in the Sky (new)" })
-	if got := mustAPI(t, mustStart(t, cfg).URL).Movies[0].Title; got != "Castle in the Sky (new)" {
-		t.Fatalf("third replica served %q, want its own new fetch", got)
+	one := mustStart(t, fleetConfig(up1, r))
+	two := mustStart(t, fleetConfig(up2, r))
+	cfg3 := fleetConfig(up1, r)
+	cfg3.TTL = 4 * time.Second // a rolling change of -ttl
+	three := mustStart(t, cfg3)
+	mustAPI(t, one.URL)
+	if got := mustAPI(t, two.URL).Movies[0].Title; got != "Only upstream 2" {
+		t.Errorf("the second fleet served %q, want its own upstream's data", got)
 	}
-	waitUntil(t, 2*time.Second, "replica b adopts the newer snapshot (else the bogus generation silenced it)", func() bool {
-		return mustAPI(t, b.URL).Movies[0].Title == "Castle in the Sky (new)"
-	})
-}
-
-// TestFleet_AnAdoptionRedisFailedIsTriedAgain: news the adopter could not
-// act on because Redis failed is not settled, so the next poll's repeat of
-// it is acted on; news acted on is settled, so repeats cost nothing.
-func TestFleet_AnAdoptionRedisFailedIsTriedAgain(t *testing.T) {
-	t.Parallel()
-	r := fleettest.Start(t)
-	up := startFake(t)
-	b := mustStart(t, fleetConfig(up, r))
-	t.Cleanup(testClient.CloseIdleConnections)
-	mustAPI(t, b.URL)
-	ad := b.srv.adopter
-	idle := func() bool { return !ad.busy.Load() }
-	const gen = 1 << 62 // news of a generation nobody committed
-	waitUntil(t, 5*time.Second, "no adoption running", idle)
-	readErrors := b.srv.tier.Stats().ReadErrors
-	r.Stop() // connections open, no answers
-	ad.news(gen)
-	waitUntil(t, 5*time.Second, "the adoption's read gives up", idle)
-	r.Cont()
-	if b.srv.tier.Stats().ReadErrors == readErrors {
-		t.Fatal("the adoption's read did not fail: the test did not put Redis out of reach")
+	mustAPI(t, three.URL)
+	if got := up2.Requests(builtin.Films); got != 1 {
+		t.Errorf("the second fleet's upstream saw %d fetches, want 1", got)
 	}
-	if got := ad.settled.Load(); got == gen {
-		t.Fatal("news the adopter could not read Redis for was settled: its repeats would be ignored")
+	if got := up1.Requests(builtin.Films); got != 2 {
+		t.Errorf("the first upstream saw %d fetches, want 2: one per TTL's namespace", got)
 	}
-	// Redis answers again: a repeat of the news is acted on, and settled.
-	waitUntil(t, 10*time.Second, "the repeated news acted on after Redis came back", func() bool {
-		ad.news(gen)
-		return ad.settled.Load() == gen
-	})
+	for _, in := range []*instance{one, two, three} {
+		if n := in.log.count("rejected the shared snapshot"); n != 0 {
+			t.Errorf("a replica logged %d rejections of another fleet's snapshot", n)
+		}
+	}
 }

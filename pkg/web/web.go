@@ -11,6 +11,8 @@ package web
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,10 +68,53 @@ type Config struct {
 	// with NewLogHandler so lines carry their request id.
 	Log *slog.Logger
 
+	// UpstreamName, if set, names the upstream in the fleet's namespace
+	// instead of Upstream: replicas share snapshots only when they name
+	// the same upstream (cmd/movies says "builtin" for the bundled one,
+	// whose URL differs on each replica).
+	UpstreamName string
+
 	// redisCallTimeout, if set, replaces fleet's bound on a Redis call:
 	// tests that are not about Redis being slow raise it, so a loaded
 	// machine running them under -race does not turn into a fallback.
 	redisCallTimeout time.Duration
+	// redisDialer and upstreamTransport, if set, replace the network
+	// (the simulator runs a fleet inside a synctest bubble).
+	redisDialer       func(ctx context.Context, network, addr string) (net.Conn, error)
+	upstreamTransport http.RoundTripper
+}
+
+// sharedFormat is the version of what replicas share in Redis: a change
+// to the envelope or the catalogue's shape changes it, so replicas of two
+// versions never read each other's snapshots.
+const sharedFormat = "movies/2"
+
+// namespace is the fleet's key prefix: replicas share snapshots only if
+// they are interchangeable (the same format, upstream and TTL), so two
+// fleets on one Redis, or one fleet in the middle of a rolling change of
+// -ttl, never serve each other's data. The braces keep every key in one
+// Redis Cluster hash slot.
+func namespace(cfg Config) string {
+	name := cfg.UpstreamName
+	if name == "" {
+		name = cfg.Upstream
+	}
+	h := sha256.Sum256([]byte(sharedFormat + "\n" + name + "\n" + cfg.TTL.String()))
+	return "movies:{" + hex.EncodeToString(h[:6]) + "}"
+}
+
+// retryAfter is the wait an upstream failure asked for: the upstream's
+// Retry-After, or the fleet's when another replica's fetch failed.
+func retryAfter(err error) time.Duration {
+	var se *ghibli.StatusError
+	var fe *fleet.FailedError
+	switch {
+	case errors.As(err, &se):
+		return se.RetryAfter
+	case errors.As(err, &fe):
+		return fe.RetryAfter
+	}
+	return 0
 }
 
 // DefaultUpstreamTimeout is the bound on one fetch when Config leaves it
@@ -119,8 +164,7 @@ type Server struct {
 	log     *slog.Logger
 	cache   *cache.Cache[*snapshot.Snapshot]
 	client  *ghibli.Client
-	tier    *fleet.Tier // nil without Config.Redis
-	adopter *adopter    // nil without Config.Redis
+	tier    *fleet.Tier[[]ghibli.Movie] // nil without Config.Redis
 	metrics *metrics.Metrics
 	ready   atomic.Bool // false once shutdown has begun
 	ids     *idSource
@@ -149,19 +193,16 @@ func New(cfg Config) (*Server, error) {
 		HTTPClient: ghibli.NewHTTPClient(cfg.UpstreamTimeout),
 		Observe:    m.ObserveUpstream,
 	}
+	if cfg.upstreamTransport != nil {
+		client.HTTPClient.Transport = cfg.upstreamTransport
+	}
 	l := &loader{client: client, log: cfg.Log, ttl: cfg.TTL}
 	c := cache.New[*snapshot.Snapshot](l, cache.Options{
 		TTL:          cfg.TTL,
 		LoadTimeout:  cfg.UpstreamTimeout,
 		StaleIfError: cfg.StaleIfError,
 		RefreshAhead: true,
-		RetryAfter: func(err error) time.Duration {
-			var se *ghibli.StatusError
-			if errors.As(err, &se) {
-				return se.RetryAfter
-			}
-			return 0
-		},
+		RetryAfter:   retryAfter,
 	})
 	age := func() (time.Duration, bool) {
 		s, ok := c.Peek()
@@ -170,20 +211,20 @@ func New(cfg Config) (*Server, error) {
 	if err := metrics.RegisterCache(reg, c.Stats, cfg.TTL, age); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	var a *adopter
 	if cfg.Redis != "" {
-		a = &adopter{loader: l, cache: c}
-		tier, err := fleet.New(fleet.Options{
+		tier, err := fleet.New(fleet.Options[[]ghibli.Movie]{
 			URL: cfg.Redis, TTL: cfg.TTL,
-			// A waiting replica takes over from a leader that died after
-			// one lease, and must still have time to fetch before its own
-			// timeout: half of it.
-			Lease:       cfg.UpstreamTimeout / 2,
+			Namespace:   namespace(cfg),
 			CallTimeout: cfg.redisCallTimeout,
-			Validate:    validateShared,
-			Observe:     m.ObserveRedis,
-			OnNews:      a.news,
-			Log:         cfg.Log,
+			Decode:      decodeShared,
+			RetryAfter:  retryAfter,
+			Cause:       ghibli.Cause,
+			// News of a snapshot goes to the cache, which loads it
+			// through its one flight (or already holds it).
+			OnNews:  c.Adopt,
+			Observe: m.ObserveRedis,
+			Log:     cfg.Log,
+			Dialer:  cfg.redisDialer,
 		})
 		if err != nil {
 			return nil, err
@@ -195,7 +236,7 @@ func New(cfg Config) (*Server, error) {
 		l.tier = tier
 	}
 	s := &Server{
-		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier, adopter: a,
+		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier,
 		metricsHandler: noStoreHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 			ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
 		})),
@@ -230,9 +271,6 @@ func (s *Server) TTL() time.Duration { return s.cfg.TTL }
 // fleet, and closes idle upstream and Redis connections. Serve calls it
 // on the way out; call it yourself only when serving through Handler.
 func (s *Server) Close() {
-	if s.adopter != nil {
-		s.adopter.close() // no adoption may start, or run, past here
-	}
 	s.cache.Close() // before the tier: a running load may be using it
 	if s.tier != nil {
 		s.tier.Close()
