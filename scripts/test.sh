@@ -19,6 +19,12 @@ fi
 echo "== go vet"
 go vet ./...
 
+# deploy/check is a module of its own (the Kubernetes API types stay out of
+# the product's go.mod): the manifests decoded strictly, the numbers that
+# compose, HAProxy, Kubernetes and the binary share.
+echo "== deploy/check (Kubernetes manifests, shared numbers)"
+(cd deploy/check && go vet ./... && go test -race -count=1 ./...)
+
 echo "== e2e dependencies (Prometheus, HAProxy, Chromium, Redis, nginx, Varnish from Debian; axe-core from npm)"
 bash scripts/install-e2e-deps.sh
 

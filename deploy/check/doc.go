@@ -1,0 +1,11 @@
+// Package check tests what the project deploys with, where no cluster
+// runs: the Kubernetes manifests under deploy/kubernetes decoded strictly
+// into the API types of Kubernetes 1.37 (k8s.io/api v0.37.2) and of the
+// prometheus-operator (monitoring/v1, v0.95.2), both kustomizations
+// rendered by kustomize's own library, and the numbers (ports, probes,
+// drain, shutdown, grace) that docker-compose.yml, deploy/haproxy, the
+// Dockerfile, the manifests and the binary's flags must agree on.
+//
+// It is a module of its own so that the Kubernetes libraries stay out of
+// the product's go.mod; scripts/test.sh runs its tests.
+package check
