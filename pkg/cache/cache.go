@@ -189,7 +189,7 @@ type Cache[V any] struct {
 	opts   Options // defaults filled in
 
 	group singleflight.Group
-	snap  atomic.Pointer[Snapshot[V]] // written only by the flight
+	state atomic.Pointer[held[V]] // replaced only by the flight, and by promote
 
 	mu       sync.Mutex // guards the failure state below, and Close against track
 	failures int        // consecutive failed loads
@@ -224,6 +224,22 @@ func New[V any](l Loader[V], o Options) *Cache[V] {
 	return c
 }
 
+// held is what the cache holds: the value it serves, and the one that
+// replaces it at switchAt, if a newer one came while it was fresh.
+type held[V any] struct {
+	cur, next *Snapshot[V]
+	switchAt  time.Time
+}
+
+// switchBefore is how long before the served value's deadline a newer one,
+// loaded ahead (an early refresh, another replica's news), takes its place.
+// Every replica of a fleet reckons that deadline alike, so they switch
+// together and a reader moving between them never sees an older value
+// after a newer one; a second before expiry, because caches downstream
+// count whole seconds and could not keep a value with less than one left.
+// At most a quarter of the TTL.
+const switchBefore = time.Second
+
 // flightKey is the one singleflight key: the cache holds a single value.
 const flightKey = ""
 
@@ -237,7 +253,7 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 	now := time.Now()
 	if s := c.fresh(now); s != nil {
 		atomic.AddUint64(&c.stats.Hits, 1)
-		if c.opts.RefreshAhead && s.Age(now) >= c.opts.TTL-c.refreshWindow() {
+		if c.opts.RefreshAhead && s.Age(now) >= c.opts.TTL-c.refreshWindow() && c.newest() == s {
 			c.refreshEarly(ctx, now)
 		}
 		return *s, nil
@@ -339,8 +355,55 @@ func (c *Cache[V]) Adopt(v uint64) {
 
 // holds reports whether the cached value is version v or newer.
 func (c *Cache[V]) holds(v uint64) bool {
-	s := c.snap.Load()
+	s := c.newest()
 	return s != nil && s.Version >= v
+}
+
+// current returns the value to serve at now, switching to the next one
+// if its time has come.
+func (c *Cache[V]) current(now time.Time) *Snapshot[V] {
+	h := c.state.Load()
+	if h == nil {
+		return nil
+	}
+	if h.next != nil && !now.Before(h.switchAt) {
+		c.state.CompareAndSwap(h, &held[V]{cur: h.next})
+		return h.next
+	}
+	return h.cur
+}
+
+// newest returns the newest value held, served yet or not.
+func (c *Cache[V]) newest() *Snapshot[V] {
+	h := c.state.Load()
+	switch {
+	case h == nil:
+		return nil
+	case h.next != nil:
+		return h.next
+	}
+	return h.cur
+}
+
+// store puts s in the cache at now: to serve at once if nothing fresh is
+// served, else next, at the switch. It returns what is served now.
+func (c *Cache[V]) store(s *Snapshot[V], now time.Time) *Snapshot[V] {
+	for {
+		h := c.state.Load()
+		cur := c.current(now)
+		if h != c.state.Load() {
+			continue // promoted meanwhile
+		}
+		nh := &held[V]{cur: s}
+		if cur != nil && cur.Age(now) < c.opts.TTL {
+			if at := cur.Fetched.Add(c.opts.TTL - min(switchBefore, c.opts.TTL/4)); now.Before(at) {
+				nh = &held[V]{cur: cur, next: s, switchAt: at}
+			}
+		}
+		if c.state.CompareAndSwap(h, nh) {
+			return nh.cur
+		}
+	}
 }
 
 // Close cancels every running load, makes later ones fail at once, and
@@ -376,13 +439,15 @@ func (c *Cache[V]) load(ctx context.Context, early bool, adopt uint64) (*Snapsho
 	// backoff; loading anyway would double the upstream traffic, and in an
 	// outage would let the retry rate grow with the request rate. An
 	// adoption fetches nothing, so no backoff holds it back.
-	cur := c.snap.Load()
+	cur := c.newest()
 	switch s := c.fresh(start); {
 	case adopt != 0:
 		if c.holds(adopt) {
 			return nil, ErrNotNewer
 		}
-	case s != nil && (!early || s.Age(start) < c.opts.TTL-c.refreshWindow()):
+	case s != nil && (!early || s.Age(start) < c.opts.TTL-c.refreshWindow() || cur != s):
+		// Fresh, and for an early refresh either not in its window yet
+		// or with a newer value waiting for its switch.
 		return s, nil
 	default:
 		if err := c.backoff(start); err != nil {
@@ -423,17 +488,17 @@ func (c *Cache[V]) load(ctx context.Context, early bool, adopt uint64) (*Snapsho
 	if adopt == 0 {
 		c.lastLoad.Store(int64(time.Since(start)))
 	}
-	// Only the flight writes snap, so cur is still what is held; a value
+	// Only the flight stores, so cur is still the newest held; a value
 	// no newer than it (the same version, read again) leaves it in place
 	// while it is fresh.
-	if cur != nil && !s.supersedes(cur) && cur.Age(time.Now()) < c.opts.TTL {
-		return cur, nil
+	now := time.Now()
+	if cur != nil && !s.supersedes(cur) && cur.Age(now) < c.opts.TTL {
+		return c.current(now), nil
 	}
 	if adopt != 0 {
 		atomic.AddUint64(&c.stats.Adopted, 1)
 	}
-	c.snap.Store(s)
-	return s, nil
+	return c.store(s, now), nil
 }
 
 // fail records a failed load and starts its backoff.
@@ -474,7 +539,7 @@ func (c *Cache[V]) unavailable(err error) error {
 
 // staleOr returns the last value if StaleIfError allows it, else err.
 func (c *Cache[V]) staleOr(err error) (Snapshot[V], error) {
-	if s := c.snap.Load(); s != nil && c.opts.StaleIfError > 0 &&
+	if s := c.current(time.Now()); s != nil && c.opts.StaleIfError > 0 &&
 		s.Age(time.Now()) < c.opts.TTL+c.opts.StaleIfError {
 		atomic.AddUint64(&c.stats.Stale, 1)
 		out := *s
@@ -512,7 +577,7 @@ func (c *Cache[V]) safeLoad(ctx context.Context, r Request[V]) (s *Snapshot[V], 
 
 // fresh returns the cached snapshot if it is younger than the TTL at now.
 func (c *Cache[V]) fresh(now time.Time) *Snapshot[V] {
-	s := c.snap.Load()
+	s := c.current(now)
 	if s == nil || s.Age(now) >= c.opts.TTL {
 		return nil
 	}
@@ -522,7 +587,7 @@ func (c *Cache[V]) fresh(now time.Time) *Snapshot[V] {
 // Peek returns the last value loaded, however old, without loading or
 // counting. It is for reporting (its age in metrics), never for serving.
 func (c *Cache[V]) Peek() (Snapshot[V], bool) {
-	s := c.snap.Load()
+	s := c.current(time.Now())
 	if s == nil {
 		return Snapshot[V]{}, false
 	}

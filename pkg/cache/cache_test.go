@@ -746,8 +746,14 @@ func TestCache_AdoptTakesANewerVersionOnce(t *testing.T) {
 		v.mu.Unlock()
 		c.Adopt(5)
 		synctest.Wait()
+		// Taken at once, served from the switch: a second before the
+		// served one's deadline.
+		if s := mustGet(t, c); s.Version != 1 {
+			t.Fatalf("Get() right after Adopt(5) = version %d, want 1 until the switch", s.Version)
+		}
+		time.Sleep(ttl - time.Second)
 		if s := mustGet(t, c); s.Version != 5 {
-			t.Fatalf("Get() after Adopt(5) = version %d, want 5", s.Version)
+			t.Fatalf("Get() at the switch = version %d, want 5", s.Version)
 		}
 		for range 3 {
 			c.Adopt(5)
@@ -757,8 +763,8 @@ func TestCache_AdoptTakesANewerVersionOnce(t *testing.T) {
 		if len(v.loads) != 2 {
 			t.Errorf("loads = %d, want 2: news of a version held must not load", len(v.loads))
 		}
-		if st := c.Stats(); st.Loads != 1 || st.Adopted != 1 || st.Hits != 1 {
-			t.Errorf("Stats() = %+v, want 1 load, 1 adoption, 1 hit", st)
+		if st := c.Stats(); st.Loads != 1 || st.Adopted != 1 || st.Hits != 2 {
+			t.Errorf("Stats() = %+v, want 1 load, 1 adoption, 2 hits", st)
 		}
 	})
 }
@@ -868,4 +874,45 @@ type sharedFunc func(context.Context, cache.Request[int]) (cache.Snapshot[int], 
 func (f sharedFunc) Load(context.Context, time.Time) (int, error) { panic("not a Loader") }
 func (f sharedFunc) LoadShared(ctx context.Context, r cache.Request[int]) (cache.Snapshot[int], error) {
 	return f(ctx, r)
+}
+
+// TestCache_ReplicasSwitchTogether: a newer value loaded ahead (an early
+// refresh, or news) is served from one instant computed from the old
+// value's deadline, switchBefore before it, not from whenever each
+// replica happened to load it; a value that comes later than that instant
+// is served at once. A switch any earlier would let replicas that load at
+// different moments disagree; any later would leave readers a value that
+// caches downstream cannot keep (less than a whole second left).
+func TestCache_ReplicasSwitchTogether(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		v := &versions{}
+		c := cache.New[int64](v, cache.Options{TTL: ttl, RefreshAhead: true})
+		defer c.Close()
+		first := mustGet(t, c)
+		time.Sleep(ttl - 2*time.Second) // the refresh window opens
+		mustGet(t, c)                   // starts the early refresh
+		synctest.Wait()
+		switchAt := first.Fetched.Add(ttl - time.Second)
+		time.Sleep(time.Until(switchAt) - time.Nanosecond)
+		if s := mustGet(t, c); s.Version != 1 {
+			t.Fatalf("Get() just before the switch = version %d, want 1", s.Version)
+		}
+		time.Sleep(time.Nanosecond)
+		if s := mustGet(t, c); s.Version != 2 {
+			t.Fatalf("Get() at the switch = version %d, want 2", s.Version)
+		}
+		if st := c.Stats(); st.Loads != 2 || st.Early != 1 {
+			t.Errorf("Stats() = %+v, want 2 loads, one of them early", st)
+		}
+		// News after the switch instant is served at once.
+		v.mu.Lock()
+		v.shared = 9
+		v.mu.Unlock()
+		time.Sleep(ttl - 1500*time.Millisecond) // past version 2's switch point, before its deadline
+		c.Adopt(9)
+		synctest.Wait()
+		if s := mustGet(t, c); s.Version != 9 {
+			t.Errorf("Get() after late news = version %d, want 9 at once", s.Version)
+		}
+	})
 }
