@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -556,4 +557,105 @@ func startStaleReplica(t *testing.T, name, addr string) {
 		}
 		return nil
 	})
+}
+
+// TestBrowser_PagesPassTheNuHTMLChecker runs the W3C Nu HTML checker
+// (vnu.jar, offline, on the machine's Java) over the bytes the replicas
+// serve: the list, the 503 page, the stale page, the 404 and the 405. Any
+// error fails the run; warnings are logged. A page broken on purpose must
+// be caught, or the check proves nothing.
+func TestBrowser_PagesPassTheNuHTMLChecker(t *testing.T) {
+	java := mustLookPath(t, "java")
+	jar := vnuJar(t)
+	listAddr, downAddr, staleAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	startReplica(t, "movies", listAddr)
+	startReplica(t, "movies-down", downAddr, "-upstream", "http://"+freeAddr(t))
+	startStaleReplica(t, "movies-stale", staleAddr)
+
+	dir := t.TempDir()
+	fetch := func(name, method, url string, want int) string {
+		t.Helper()
+		req, err := http.NewRequest(method, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != want || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+			t.Fatalf("%s %s: %s %s, want %d text/html", method, url, resp.Status, resp.Header.Get("Content-Type"), want)
+		}
+		path := filepath.Join(dir, name+".html")
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	pages := []string{
+		fetch("list", http.MethodGet, "http://"+listAddr+"/movies/", http.StatusOK),
+		fetch("503", http.MethodGet, "http://"+downAddr+"/movies/", http.StatusServiceUnavailable),
+		fetch("stale", http.MethodGet, "http://"+staleAddr+"/movies/", http.StatusOK),
+		fetch("404", http.MethodGet, "http://"+listAddr+"/nope", http.StatusNotFound),
+		fetch("405", http.MethodPost, "http://"+listAddr+"/movies/", http.StatusMethodNotAllowed),
+	}
+	// The detector: the real list with an element left open.
+	list, err := os.ReadFile(pages[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := filepath.Join(dir, "broken.html")
+	if err := os.WriteFile(broken, bytes.Replace(list, []byte("</h1>"), []byte("</h1><div>"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// One JVM for all pages: starting Java is most of the cost. It needs a
+	// deeper stack than the default for its schema validation.
+	cmd := exec.Command(java, append([]string{"-Xss16m", "-jar", jar, "--format", "json", "--stdout"}, append(pages, broken)...)...)
+	out, err := cmd.Output() // exits 1 when it reports errors: the broken page always has some
+	var report struct {
+		Messages []struct {
+			Type, SubType, URL, Message, Extract string
+			LastLine                             int
+		} `json:"messages"`
+	}
+	if jerr := json.Unmarshal(out, &report); jerr != nil {
+		t.Fatalf("vnu.jar: %v (exit: %v); output:\n%s", jerr, err, out)
+	}
+	caught := 0
+	for _, m := range report.Messages {
+		page := strings.TrimSuffix(filepath.Base(m.URL), ".html")
+		switch {
+		case page == "broken":
+			caught++
+		case m.Type == "error" || m.Type == "non-document-error":
+			t.Errorf("Nu HTML checker, %s page, line %d: %s (%q)", page, m.LastLine, m.Message, m.Extract)
+		default:
+			t.Logf("Nu HTML checker, %s page, line %d (%s %s): %s", page, m.LastLine, m.Type, m.SubType, m.Message)
+		}
+	}
+	if caught == 0 {
+		t.Errorf("the Nu HTML checker found nothing wrong with a page with an unclosed <div>: the check cannot fail")
+	}
+	t.Logf("Nu HTML checker: %d messages over %d pages, %d on the broken one", len(report.Messages)-caught, len(pages), caught)
+}
+
+// vnuJar returns vnu.jar as scripts/install-e2e-deps.sh installs it (npm ci
+// in e2e/axe, package vnu-jar). Missing, it skips the test on a developer's
+// machine and fails it under CI=true, as mustLookPath does for programs.
+func vnuJar(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(repoRoot(t), "e2e", "axe", "node_modules", "vnu-jar", "build", "dist", "vnu.jar")
+	if _, err := os.Stat(path); err == nil {
+		return path
+	} else if os.Getenv("CI") == "true" {
+		t.Fatalf("vnu.jar not found (%v): CI must run this test; install it with scripts/install-e2e-deps.sh", err)
+	}
+	t.Skipf("vnu.jar not found: run scripts/install-e2e-deps.sh to run this test")
+	return ""
 }

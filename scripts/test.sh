@@ -25,7 +25,7 @@ go vet ./...
 echo "== deploy/check (Kubernetes manifests, shared numbers)"
 (cd deploy/check && go vet ./... && go test -race -count=1 ./...)
 
-echo "== e2e dependencies (Prometheus, HAProxy, Chromium, Redis, nginx, Varnish from Debian; axe-core from npm)"
+echo "== e2e dependencies (Prometheus, HAProxy, Chromium, Redis, nginx, Varnish, Java from Debian; axe-core, vnu-jar from npm)"
 bash scripts/install-e2e-deps.sh
 
 echo "== go test -race (unit and in-process end-to-end)"
