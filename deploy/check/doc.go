@@ -4,7 +4,8 @@
 // prometheus-operator (monitoring/v1, v0.95.2), both kustomizations
 // rendered by kustomize's own library, and the numbers (ports, probes,
 // drain, shutdown, grace) that docker-compose.yml, deploy/haproxy, the
-// Dockerfile, the manifests and the binary's flags must agree on.
+// Dockerfile, the manifests and the binary's flags must agree on. It also
+// checks that every relative link in README.md and docs/*.md resolves.
 //
 // It is a module of its own so that the Kubernetes libraries stay out of
 // the product's go.mod; scripts/test.sh runs its tests.
