@@ -5,7 +5,9 @@
 // rendered by kustomize's own library, and the numbers (ports, probes,
 // drain, shutdown, grace) that docker-compose.yml, deploy/haproxy, the
 // Dockerfile, the manifests and the binary's flags must agree on. It also
-// checks that every relative link in README.md and docs/*.md resolves.
+// checks that every relative link in README.md and docs/*.md resolves, and
+// lints the rendered manifests with kube-score, pinned as a tool in the
+// module deploy/check/kubescore (its imports clash with k8s.io/api v0.37).
 //
 // It is a module of its own so that the Kubernetes libraries stay out of
 // the product's go.mod; scripts/test.sh runs its tests.

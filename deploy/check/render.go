@@ -25,11 +25,7 @@ func Render(dir string) ([]runtime.Object, error) {
 	if err := sigsyaml.UnmarshalStrict(b, &k); err != nil {
 		return nil, fmt.Errorf("%s/kustomization.yaml: %w", dir, err)
 	}
-	rm, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
-	if err != nil {
-		return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
-	}
-	stream, err := rm.AsYaml()
+	stream, err := RenderYAML(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -46,6 +42,15 @@ func Render(dir string) ([]runtime.Object, error) {
 		objs = append(objs, obj)
 	}
 	return objs, nil
+}
+
+// RenderYAML is `kustomize build dir`: the YAML stream kubectl would apply.
+func RenderYAML(dir string) ([]byte, error) {
+	rm, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
+	}
+	return rm.AsYaml()
 }
 
 // Named is an object with a name, as every manifest object is.
