@@ -20,9 +20,10 @@
 //     cancelled (its replica shutting down) publishes "r:<gen>", and the
 //     waiters take the lock at once.
 //   - Waiters wake on news and re-check, never trust it: a message costs at
-//     most a read. They also re-check when the lock's lease would lapse,
-//     and stop waiting for a leader that is far slower than a fetch while
-//     a fetch of their own still fits (stuck, not slow).
+//     most a read. They also re-check when the lock's lease would lapse.
+//     They wait for a live leader as long as their own load may last: it
+//     started before them, with the same timeout (the namespace holds it),
+//     so a fetch of their own would end no sooner.
 //
 // Freshness does not rest on one clock: a shared snapshot's deadline on a
 // reader is the earlier of Redis's expiry (the time it asked plus the PTTL)
@@ -53,6 +54,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // The protocol's timings. Each is pinned by a test that fails if it moves
@@ -67,10 +69,6 @@ const (
 	// pollEvery is the backstop for news lost while the subscription
 	// reconnects (pub/sub keeps nothing): one small read a second.
 	pollEvery = time.Second
-	// minStuck is the least a leader must have fetched, beyond twice a
-	// usual fetch, before a waiter takes it for stuck and fetches alone:
-	// less would let a loaded machine's scheduling noise double fetches.
-	minStuck = 500 * time.Millisecond
 	// maxGen bounds generations: above it Lua's numbers lose integers.
 	maxGen = 1 << 52
 )
@@ -88,6 +86,10 @@ type Options[V any] struct {
 	TTL time.Duration
 	// CallTimeout bounds every Redis call; default 100ms.
 	CallTimeout time.Duration
+	// FetchTimeout, if set, bounds a fetch made alone because Redis failed
+	// during a load: a budget of its own, as a lone replica's fetch has,
+	// not what is left of a wait Redis cut short.
+	FetchTimeout time.Duration
 	// MaxValueBytes is the largest value accepted; default 256 KiB. Larger
 	// ones are refused inside Redis, never transferred.
 	MaxValueBytes int
@@ -111,6 +113,10 @@ type Options[V any] struct {
 	// Dialer, if set, replaces the network dial (tests use it to run Redis
 	// inside a synctest bubble).
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Now, if set, replaces the wall clock for what crosses processes
+	// (a fetch's start, generation seeds); tests step it. Deadlines on
+	// this replica use the monotonic clock whatever Now says.
+	Now func() time.Time
 }
 
 // Stats are the tier's counters. Their tags name the Prometheus counters
@@ -122,11 +128,10 @@ type Stats struct {
 	Invalid        uint64 `metric:"fleet_invalid_values_total" help:"Values in Redis rejected as malformed, of the wrong type, too large or hostile; the replica fetched for itself."`
 	LockWon        uint64 `metric:"fleet_locks_total" labels:"result=won" help:"Attempts to take the fetch lock, by result."`
 	LockLost       uint64 `metric:"fleet_locks_total" labels:"result=lost" help:"Attempts to take the fetch lock, by result."`
-	WaitCommitted  uint64 `metric:"fleet_waits_total" labels:"result=committed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
-	WaitReleased   uint64 `metric:"fleet_waits_total" labels:"result=released" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
-	WaitFailed     uint64 `metric:"fleet_waits_total" labels:"result=failed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
-	WaitLapsed     uint64 `metric:"fleet_waits_total" labels:"result=lapsed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
-	WaitStuck      uint64 `metric:"fleet_waits_total" labels:"result=stuck" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died), stuck (fetched alone)."`
+	WaitCommitted  uint64 `metric:"fleet_waits_total" labels:"result=committed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
+	WaitReleased   uint64 `metric:"fleet_waits_total" labels:"result=released" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
+	WaitFailed     uint64 `metric:"fleet_waits_total" labels:"result=failed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
+	WaitLapsed     uint64 `metric:"fleet_waits_total" labels:"result=lapsed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
 	CommitOK       uint64 `metric:"fleet_commits_total" labels:"result=ok" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
 	CommitFenced   uint64 `metric:"fleet_commits_total" labels:"result=fenced" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
 	CommitErrors   uint64 `metric:"fleet_commits_total" labels:"result=error" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
@@ -170,9 +175,8 @@ func (e *FailedError) Error() string {
 var ErrInvalid = errors.New("fleet: invalid value in Redis")
 
 var (
-	errOpen  = errors.New("fleet: circuit breaker open")
-	errStuck = errors.New("fleet: the leader is stuck")
-	errSpin  = errors.New("fleet: the snapshot announced by Redis cannot be read")
+	errOpen = errors.New("fleet: circuit breaker open")
+	errSpin = errors.New("fleet: the snapshot announced by Redis cannot be read")
 )
 
 // Tier is a replica's handle on the shared tier. It is safe for concurrent
@@ -184,8 +188,7 @@ type Tier[V any] struct {
 	k        keys
 	token    string // in the locks this replica takes, to tell them apart
 	breaker  breaker
-	stats    Stats        // only through sync/atomic
-	fetch    atomic.Int64 // how long a fetch takes (ns): the last made or heard of
+	stats    Stats // only through sync/atomic
 
 	mu     sync.Mutex
 	wake   chan struct{} // closed and replaced on every message
@@ -237,6 +240,9 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	log := opts.Log
 	setLogger.Do(func() { redis.SetLogger(redisLogger{log}) })
 	// Every call is bounded by its context, with no retries hidden inside
@@ -244,6 +250,7 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 	// which the breaker keeps it out of the way.
 	ro.ContextTimeoutEnabled = true
 	ro.MaxRetries = -1
+	ro.DialerRetries = 1 // one dial a try, not five with pauses between
 	ro.DialTimeout = opts.CallTimeout
 	ro.ReadTimeout = opts.CallTimeout
 	ro.WriteTimeout = opts.CallTimeout
@@ -253,6 +260,9 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 	// no CLIENT SETINFO round trip on each new connection.
 	ro.MinIdleConns = 1
 	ro.DisableIdentity = true
+	// Maintenance notifications (a managed-service feature) would resolve
+	// the host at New and add a handshake round trip to each connection.
+	ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	if opts.Dialer != nil {
 		ro.Dialer = opts.Dialer
 	}
@@ -297,7 +307,7 @@ func (t *Tier[V]) BreakerOpen() bool { return t.breaker.isOpen(time.Now()) }
 // its bytes to share), or, whenever Redis fails, one it fetches alone.
 // ctx bounds the whole load.
 func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Context) (V, []byte, error)) (Entry[V], error) {
-	var firstHeld time.Time
+	rechecked := false // the last wait ended when the lock's lease was due
 	for rereads := 0; ; {
 		if err := ctx.Err(); err != nil {
 			return Entry[V]{}, err
@@ -326,20 +336,21 @@ func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Cont
 			}
 		case acquiredLock:
 			atomic.AddUint64(&t.stats.LockWon, 1)
+			if rechecked {
+				atomic.AddUint64(&t.stats.WaitLapsed, 1) // its holder died
+			}
 			return t.lead(ctx, a.gen, fetch)
 		case acquiredBackoff:
 			atomic.AddUint64(&t.stats.Backoffs, 1)
 			return Entry[V]{}, &FailedError{Cause: a.cause, RetryAfter: a.left}
 		case acquiredHeld:
 			atomic.AddUint64(&t.stats.LockLost, 1)
-			if firstHeld.IsZero() {
-				firstHeld = time.Now()
-			}
-			e, found, err := t.wait(ctx, have, a, firstHeld, seq)
+			e, found, err := t.wait(ctx, have, a, seq)
+			rechecked = errors.Is(err, errRecheck)
 			switch {
 			case found:
 				return e, nil
-			case errors.Is(err, errRetry):
+			case errors.Is(err, errRetry), rechecked:
 			case ctx.Err() != nil:
 				return Entry[V]{}, ctx.Err()
 			case errors.As(err, new(*FailedError)):
@@ -353,8 +364,27 @@ func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Cont
 
 // fallback fetches without the shared tier, as a lone replica does.
 func (t *Tier[V]) fallback(ctx context.Context, fetch func(context.Context) (V, []byte, error), cause error) (Entry[V], error) {
+	if err := ctx.Err(); err != nil {
+		// The load ended while Redis was asked: no fetch now, it would
+		// be for nobody.
+		return Entry[V]{}, err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return Entry[V]{}, context.DeadlineExceeded // ctx's timer not run yet
+	}
 	atomic.AddUint64(&t.stats.Fallbacks, 1)
 	t.opts.Log.DebugContext(ctx, "fetching alone", "redis", t.redacted, "err", cause)
+	if t.opts.FetchTimeout > 0 {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.opts.FetchTimeout)
+		defer cancel()
+		// A cancellation (the replica shutting down) still ends it.
+		defer context.AfterFunc(ctx, func() {
+			if errors.Is(ctx.Err(), context.Canceled) {
+				cancel()
+			}
+		})()
+		ctx = fctx
+	}
 	start := time.Now()
 	v, _, err := fetch(ctx)
 	if err != nil {
@@ -385,14 +415,14 @@ func (t *Tier[V]) lead(ctx context.Context, gen uint64, fetch func(context.Conte
 		return Entry[V]{}, err
 	}
 	took := time.Since(start)
-	t.fetch.Store(int64(took))
 	e := Entry[V]{Value: v, Gen: gen, Deadline: start.Add(t.opts.TTL), Source: "leader"}
 	px := time.Until(e.Deadline).Milliseconds()
 	if px < 2 {
 		t.release(out, gen, nil) // nothing left to share
 		return e, nil
 	}
-	env, err := json.Marshal(envelope{V: 2, Gen: gen, StartMS: start.UnixMilli(), FetchMS: took.Milliseconds(), Data: data})
+	startWall := t.opts.Now().Add(-took) // when the fetch started, on the wall clock
+	env, err := json.Marshal(envelope{V: 2, Gen: gen, StartMS: startWall.UnixMilli(), Data: data})
 	if err != nil {
 		t.release(out, gen, nil)
 		return e, nil
@@ -473,15 +503,9 @@ func (t *Tier[V]) release(ctx context.Context, gen uint64, err error) {
 // returns found with a snapshot, errRetry when the lock should be asked
 // for again (released, or its lease due to lapse), a *FailedError, or
 // another error to fetch alone.
-func (t *Tier[V]) wait(ctx context.Context, have uint64, a acquired, firstHeld time.Time, seen uint64) (Entry[V], bool, error) {
+func (t *Tier[V]) wait(ctx context.Context, have uint64, a acquired, seen uint64) (Entry[V], bool, error) {
 	recheck := time.NewTimer(min(a.left, leaseTerm) + time.Millisecond)
 	defer recheck.Stop()
-	var stuck <-chan time.Time
-	if at, ok := t.stuckAt(ctx, firstHeld); ok {
-		st := time.NewTimer(time.Until(at))
-		defer st.Stop()
-		stuck = st.C
-	}
 	for {
 		evs, wake := t.eventsAfter(&seen)
 		for _, ev := range evs {
@@ -510,32 +534,18 @@ func (t *Tier[V]) wait(ctx context.Context, have uint64, a acquired, firstHeld t
 		case <-recheck.C:
 			// The lease may have lapsed (the holder died), or was
 			// renewed: acquire tells which.
-			return Entry[V]{}, false, errRetry
-		case <-stuck:
-			atomic.AddUint64(&t.stats.WaitStuck, 1)
-			return Entry[V]{}, false, errStuck
+			return Entry[V]{}, false, errRecheck
 		case <-wake:
 		}
 	}
 }
 
-// errRetry tells Load to ask for the lock again.
-var errRetry = errors.New("fleet: ask again")
-
-// stuckAt is when a waiter that first found the lock held at firstHeld
-// takes the leader for stuck: after twice a usual fetch (at least
-// minStuck), if a fetch of its own, at twice a usual one, still fits
-// before ctx ends. Without that room, or before any fetch was seen, it
-// waits: a leader that is slow is slow for everyone.
-func (t *Tier[V]) stuckAt(ctx context.Context, firstHeld time.Time) (time.Time, bool) {
-	usual := time.Duration(t.fetch.Load())
-	dl, ok := ctx.Deadline()
-	if usual <= 0 || !ok {
-		return time.Time{}, false
-	}
-	at := firstHeld.Add(max(2*usual, minStuck))
-	return at, dl.Sub(at) >= 2*usual
-}
+// errRetry and errRecheck tell Load to ask for the lock again: it was
+// released, or its lease was due to lapse.
+var (
+	errRetry   = errors.New("fleet: the lock was released")
+	errRecheck = errors.New("fleet: the lock's lease is due")
+)
 
 // failure reads the failure record of gen: a "f:" message is believed
 // only if Redis holds the record.
@@ -562,17 +572,17 @@ func (t *Tier[V]) failure(ctx context.Context, gen uint64) (*FailedError, bool) 
 // have, valid and with time left to serve it.
 func (t *Tier[V]) Read(ctx context.Context, have uint64) (Entry[V], bool, error) {
 	var res []any
-	asked := time.Now()
+	asked, wall := time.Now(), t.opts.Now()
 	err := t.call(ctx, "read", func(ctx context.Context) error {
 		var err error
-		res, err = readScript.Run(ctx, t.client, []string{t.k.snap}, t.opts.MaxValueBytes).Slice()
+		res, err = readScript.Run(ctx, t.client, []string{t.k.snap, t.k.snapGen}, t.opts.MaxValueBytes).Slice()
 		return err
 	})
 	if err != nil {
 		atomic.AddUint64(&t.stats.ReadErrors, 1)
 		return Entry[V]{}, false, err
 	}
-	e, ok, err := t.decode(res, asked, have)
+	e, ok, err := t.decode(res, asked, wall, have)
 	switch {
 	case err != nil:
 		atomic.AddUint64(&t.stats.Invalid, 1)
@@ -590,16 +600,15 @@ func (t *Tier[V]) Read(ctx context.Context, have uint64) (Entry[V], bool, error)
 // envelope is the value stored in Redis.
 type envelope struct {
 	V       int             `json:"v"`
-	Gen     uint64          `json:"gen"`
+	Gen     uint64          `json:"gen"`      // for people; the fence's key is the generation
 	StartMS int64           `json:"start_ms"` // the fetch's start, writer's clock
-	FetchMS int64           `json:"fetch_ms"` // how long it took
 	Data    json.RawMessage `json:"data"`
 }
 
 // decode checks what the read script returned. ok is false, with no
 // error, for no snapshot, one not newer than have, or one with no time
 // left.
-func (t *Tier[V]) decode(res []any, asked time.Time, have uint64) (e Entry[V], ok bool, err error) {
+func (t *Tier[V]) decode(res []any, asked, wall time.Time, have uint64) (e Entry[V], ok bool, err error) {
 	status, _ := at[int64](res, 0)
 	switch status {
 	case 0:
@@ -611,8 +620,13 @@ func (t *Tier[V]) decode(res []any, asked time.Time, have uint64) (e Entry[V], o
 	}
 	raw, ok1 := at[string](res, 1)
 	pttl, ok2 := at[int64](res, 2)
-	if status != 1 || !ok1 || !ok2 || len(res) != 3 {
+	g, ok3 := at[string](res, 3)
+	if status != 1 || !ok1 || !ok2 || !ok3 || len(res) != 4 {
 		return e, false, errors.New("unexpected reply")
+	}
+	gen, err := strconv.ParseUint(g, 10, 64)
+	if err != nil || gen == 0 || gen >= maxGen {
+		return e, false, fmt.Errorf("the snapshot's generation %.20q is not one of ours", g)
 	}
 	switch {
 	case pttl == -1:
@@ -625,10 +639,10 @@ func (t *Tier[V]) decode(res []any, asked time.Time, have uint64) (e Entry[V], o
 	if err := json.Unmarshal([]byte(raw), &env); err != nil {
 		return e, false, fmt.Errorf("malformed envelope: %w", err)
 	}
-	if env.V != 2 || env.Gen == 0 || env.Gen >= maxGen || len(env.Data) == 0 {
-		return e, false, errors.New("envelope lacks its version, generation or data")
+	if env.V != 2 || len(env.Data) == 0 {
+		return e, false, errors.New("envelope lacks its version or data")
 	}
-	if env.Gen <= have {
+	if gen <= have {
 		return e, false, nil
 	}
 	// Two estimates of the deadline, from two clocks; the earlier wins.
@@ -637,7 +651,7 @@ func (t *Tier[V]) decode(res []any, asked time.Time, have uint64) (e Entry[V], o
 	// TTL means Redis's clock stepped back: a TTL is the most it can be.
 	byRedis := asked.Add(min(time.Duration(pttl-1)*time.Millisecond, t.opts.TTL))
 	// The writer's: its fetch start plus the TTL, on our clock.
-	byWriter := asked.Add(time.UnixMilli(env.StartMS).Add(t.opts.TTL).Sub(asked))
+	byWriter := asked.Add(time.UnixMilli(env.StartMS).Add(t.opts.TTL).Sub(wall))
 	deadline := byRedis
 	if byWriter.Before(deadline) {
 		deadline = byWriter
@@ -649,10 +663,7 @@ func (t *Tier[V]) decode(res []any, asked time.Time, have uint64) (e Entry[V], o
 	if err != nil {
 		return e, false, fmt.Errorf("invalid data: %w", err)
 	}
-	if env.FetchMS > 0 && env.FetchMS < t.opts.TTL.Milliseconds() {
-		t.fetch.Store(int64(time.Duration(env.FetchMS) * time.Millisecond))
-	}
-	return Entry[V]{Value: v, Gen: env.Gen, Deadline: deadline, Source: "shared"}, true, nil
+	return Entry[V]{Value: v, Gen: gen, Deadline: deadline, Source: "shared"}, true, nil
 }
 
 // at returns res[i] as a T, if it is one.
@@ -690,7 +701,7 @@ func (t *Tier[V]) acquire(ctx context.Context, have uint64) (acquired, error) {
 	err := t.call(ctx, "lock", func(ctx context.Context) error {
 		var err error
 		res, err = acquireScript.Run(ctx, t.client, []string{t.k.lock, t.k.gen, t.k.snap, t.k.snapGen, t.k.failed},
-			have, leaseTerm.Milliseconds(), time.Now().UnixMilli(), t.token).Slice()
+			have, leaseTerm.Milliseconds(), t.opts.Now().UnixMilli(), t.token).Slice()
 		return err
 	})
 	if err != nil {
@@ -890,15 +901,16 @@ func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 // everything it needs before it writes anything, so a script that fails
 // (a key of the wrong type) fails having changed nothing.
 var (
-	// readScript returns {0} for no snapshot, {-1} for a key of the wrong
-	// type, {-2} for one over ARGV[1] bytes (never transferred), or
-	// {1, value, pttl}.
+	// readScript returns {0} for no snapshot (or none with its generation:
+	// one of the two evicted), {-1} for a key of the wrong type, {-2} for one over ARGV[1] bytes (never transferred), or
+	// {1, value, pttl, generation}: the generation is the one commits are
+	// fenced by (KEYS[2]), so a read and a lock never disagree on it.
 	readScript = redis.NewScript(`
-local t = redis.call('TYPE', KEYS[1]).ok
-if t == 'none' then return {0} end
-if t ~= 'string' then return {-1} end
-if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then return {-2} end
-return {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+local t, g = redis.call('TYPE', KEYS[1]).ok, redis.call('TYPE', KEYS[2]).ok
+if t == 'none' or g == 'none' then return {0} end
+if t ~= 'string' or g ~= 'string' then return {-1} end
+if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) or redis.call('STRLEN', KEYS[2]) > 20 then return {-2} end
+return {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
 `)
 
 	// peekScript returns KEYS[1] if it is a string of at most ARGV[1]
@@ -910,7 +922,8 @@ return redis.call('GET', KEYS[1])
 `)
 
 	// acquireScript, for a caller holding generation ARGV[1]:
-	// {1, gen} if the snapshot (KEYS[3], of generation KEYS[4]) is newer;
+	// {1, gen} if the snapshot (KEYS[3], of generation KEYS[4]) is newer
+	// and not expiring (a PTTL of 0-1 ms is none, as for a read);
 	// {4, cause, pttl} if a failed fetch asked the fleet to wait (KEYS[5]);
 	// {3, holder, pttl} if the lock (KEYS[1]) is held;
 	// else it takes the lock for ARGV[2] ms and returns {2, gen}: gen is
@@ -924,7 +937,7 @@ local function gen(k)
   return v
 end
 local cur, counter = gen(KEYS[4]), gen(KEYS[2])
-if cur > tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[3]) == 1 then return {1, cur} end
+if cur > tonumber(ARGV[1]) and redis.call('PTTL', KEYS[3]) > 1 then return {1, cur} end
 local f = redis.call('GET', KEYS[5])
 if f then
   local ms, cause = string.match(f, '^%d+ (%d+) (%S*)$')

@@ -286,7 +286,7 @@ func TestTier_FencedCommitFreesTheLockAndAnnouncesTheNewer(t *testing.T) {
 	waitFor(t, func() bool { g, _ := c.Get(bg(), "test:gen").Uint64(); gen = g; return g > 0 })
 	// Another replica's newer commit lands meanwhile.
 	newer := gen + 10
-	env := fmt.Sprintf(`{"v":2,"gen":%d,"start_ms":%d,"fetch_ms":1,"data":"new"}`, newer, time.Now().UnixMilli())
+	env := fmt.Sprintf(`{"v":2,"gen":%d,"start_ms":%d,"data":"new"}`, newer, time.Now().UnixMilli())
 	c.Set(bg(), "test:snapshot", env, testTTL)
 	c.Set(bg(), "test:snapshot:gen", newer, testTTL)
 	close(release)
@@ -331,6 +331,13 @@ func TestTier_AGenerationFarAheadHeals(t *testing.T) {
 	if n, _ := c.Exists(bg(), "test:lock").Result(); n != 0 {
 		t.Error("the lock was left behind")
 	}
+	// One past 2^52, where Lua's numbers lose integers, is not ours: it
+	// is overwritten by the next commit, not obeyed.
+	c.Set(bg(), "test:snapshot:gen", uint64(1<<60), testTTL)
+	e, err = tier.Load(bg(), e.Gen, (&fetcher{}).fetch)
+	if err != nil || e.Source != "leader" || e.Gen >= maxGen || tier.Stats().CommitOK != 2 {
+		t.Errorf("Load() over a generation past 2^52 = %+v, %v, stats %+v; want a commit of our own", e, err, tier.Stats())
+	}
 }
 
 // TestTier_ReadsTheEarlierOfTwoClocks: a snapshot's deadline is the
@@ -343,8 +350,9 @@ func TestTier_ReadsTheEarlierOfTwoClocks(t *testing.T) {
 	c := client(t, r)
 	tier := newTier(t, r.URL)
 	put := func(gen uint64, startedAgo, pttl time.Duration) {
-		env := fmt.Sprintf(`{"v":2,"gen":%d,"start_ms":%d,"fetch_ms":1,"data":"\"x\""}`, gen, time.Now().Add(-startedAgo).UnixMilli())
+		env := fmt.Sprintf(`{"v":2,"gen":%d,"start_ms":%d,"data":"\"x\""}`, gen, time.Now().Add(-startedAgo).UnixMilli())
 		c.Set(bg(), "test:snapshot", env, pttl)
+		c.Set(bg(), "test:snapshot:gen", gen, pttl)
 	}
 	for _, tt := range []struct {
 		name             string
@@ -372,7 +380,8 @@ func TestTier_TheLastMillisecondIsAMiss(t *testing.T) {
 	r := startRedis(t)
 	c := client(t, r)
 	tier := newTier(t, r.URL)
-	c.Set(bg(), "test:snapshot", `{"v":2,"gen":5,"start_ms":1,"fetch_ms":1,"data":"\"x\""}`, 0)
+	c.Set(bg(), "test:snapshot", `{"v":2,"gen":5,"start_ms":1,"data":"\"x\""}`, 0)
+	c.Set(bg(), "test:snapshot:gen", 5, 0)
 	c.PExpire(bg(), "test:snapshot", time.Millisecond)
 	e, err := tier.Load(bg(), 0, (&fetcher{}).fetch)
 	if err != nil || e.Source != "leader" {
@@ -384,28 +393,29 @@ func TestTier_TheLastMillisecondIsAMiss(t *testing.T) {
 }
 
 // TestTier_NothingInRedisIsTrusted: whatever sits under the keys, the
-// replica never uses it unchecked; it counts it and fetches for itself.
+// replica never uses it unchecked: a value it would read is counted and it
+// fetches for itself; one it would not (no expiry, the wrong type) is
+// overwritten by its commit, which heals the key.
 func TestTier_NothingInRedisIsTrusted(t *testing.T) {
 	t.Parallel()
 	r := startRedis(t)
 	c := client(t, r)
 	ctx := bg()
 	huge := strings.Repeat("x", 300<<10)
-	env := func(gen uint64, data string) string {
-		return fmt.Sprintf(`{"v":2,"gen":%d,"start_ms":%d,"fetch_ms":1,"data":%s}`, gen, time.Now().UnixMilli(), data)
+	env := func(data string) string {
+		return fmt.Sprintf(`{"v":2,"gen":9,"start_ms":%d,"data":%s}`, time.Now().UnixMilli(), data)
 	}
 	tests := []struct {
-		name string
-		set  func() error
+		name, want string
+		set        func() error
 	}{
-		{"wrong type", func() error { return c.RPush(ctx, "test:snapshot", "a").Err() }},
-		{"huge", func() error { return c.Set(ctx, "test:snapshot", huge, time.Second).Err() }},
-		{"not JSON", func() error { return c.Set(ctx, "test:snapshot", "<script>", time.Second).Err() }},
-		{"invalid data", func() error { return c.Set(ctx, "test:snapshot", env(9, "[1]"), time.Second).Err() }},
-		{"no expiry", func() error { return c.Set(ctx, "test:snapshot", env(9, `"x"`), 0).Err() }},
-		{"a generation past 2^52", func() error { return c.Set(ctx, "test:snapshot", env(1<<60, `"x"`), time.Second).Err() }},
-		{"a lock that never expires", func() error { return c.Set(ctx, "test:lock", "3 abc", 0).Err() }},
-		{"a lock of another shape", func() error { return c.Set(ctx, "test:lock", "whatever", time.Second).Err() }},
+		{"wrong type", "leader", func() error { return c.RPush(ctx, "test:snapshot", "a").Err() }},
+		{"no expiry", "leader", func() error { return c.Set(ctx, "test:snapshot", env(`"x"`), 0).Err() }},
+		{"huge", "local", func() error { return c.Set(ctx, "test:snapshot", huge, time.Second).Err() }},
+		{"not JSON", "local", func() error { return c.Set(ctx, "test:snapshot", "<script>", time.Second).Err() }},
+		{"invalid data", "local", func() error { return c.Set(ctx, "test:snapshot", env("[1]"), time.Second).Err() }},
+		{"a lock that never expires", "local", func() error { return c.Set(ctx, "test:lock", "3 abc", 0).Err() }},
+		{"a lock of another shape", "local", func() error { return c.Set(ctx, "test:lock", "whatever", time.Second).Err() }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -417,11 +427,15 @@ func TestTier_NothingInRedisIsTrusted(t *testing.T) {
 			tier := newTier(t, r.URL)
 			f := &fetcher{}
 			e, err := tier.Load(ctx, 0, f.fetch)
-			if err != nil || e.Source != "local" || f.n.Load() != 1 {
-				t.Errorf("Load() = %+v, %v; want a local fetch", e, err)
+			if err != nil || e.Source != tt.want || f.n.Load() != 1 || e.Value != "fetch 1" {
+				t.Errorf("Load() = %+v, %v; want our own fetch, as %s", e, err, tt.want)
 			}
-			if st := tier.Stats(); st.Invalid != 1 || st.Fallbacks != 1 {
+			st := tier.Stats()
+			if tt.want == "local" && (st.Invalid != 1 || st.Fallbacks != 1) {
 				t.Errorf("stats = %+v, want 1 invalid value and 1 fallback", st)
+			}
+			if v, _ := c.Get(ctx, "test:snapshot").Result(); tt.want == "leader" && !strings.Contains(v, `"fetch 1"`) {
+				t.Errorf("Redis holds %.40q, want our commit over what was there", v)
 			}
 		})
 	}

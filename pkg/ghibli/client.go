@@ -82,6 +82,9 @@ type Client struct {
 	// Observe, if set, is told of every upstream request: its endpoint,
 	// its Cause ("ok" on success) and how long it took.
 	Observe func(endpoint, cause string, d time.Duration)
+	// Jitter, if set, returns a number in [0, 1) for the retry's jitter in
+	// place of math/rand (a simulation replays its seeds with it).
+	Jitter func() float64
 }
 
 // NewHTTPClient returns an http.Client suitable for the upstream: bounded
@@ -150,7 +153,11 @@ func fetch[T any](ctx context.Context, c *Client, endpoint, fields string) ([]T,
 	if err == nil || !retryable(err) {
 		return list, err
 	}
-	wait := retryWait/2 + rand.N(retryWait) // jittered so replicas do not retry in step
+	jitter := rand.Float64
+	if c.Jitter != nil {
+		jitter = c.Jitter
+	}
+	wait := retryWait/2 + time.Duration(jitter()*float64(retryWait)) // jittered so replicas do not retry in step
 	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < 2*wait {
 		return nil, err // no time left for a useful retry
 	}

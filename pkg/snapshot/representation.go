@@ -76,16 +76,26 @@ var codingNames = [numCodings]string{
 // changed is when the data last changed (its Last-Modified), prevChanged
 // when the data before it did (zero if none).
 func NewRepresentation(body []byte, contentType string, changed, prevChanged time.Time) (*Representation, error) {
+	return newRepresentation(body, contentType, changed, prevChanged, false)
+}
+
+// newRepresentation is NewRepresentation, at the fastest brotli and gzip
+// levels if quick.
+func newRepresentation(body []byte, contentType string, changed, prevChanged time.Time, quick bool) (*Representation, error) {
 	var bodies [numCodings][]byte
 	bodies[codingIdentity] = body
+	brQuality, gzLevel := brotliQuality, gzip.BestCompression
+	if quick {
+		brQuality, gzLevel = 0, gzip.NoCompression
+	}
 	var err error
-	if bodies[codingBr], err = compressBrotli(body); err != nil {
+	if bodies[codingBr], err = compressBrotli(body, brQuality); err != nil {
 		return nil, err
 	}
 	if bodies[codingZstd], err = compressZstd(body); err != nil {
 		return nil, err
 	}
-	if bodies[codingGzip], err = compressGzip(body); err != nil {
+	if bodies[codingGzip], err = compressGzip(body, gzLevel); err != nil {
 		return nil, err
 	}
 
@@ -125,13 +135,13 @@ func NewRepresentation(body []byte, contentType string, changed, prevChanged tim
 // compressBrotli uses a window just large enough for body: the encoder
 // does not know the size up front, and at quality 11 the default 4 MiB
 // window costs some 32 MB of match-finder tables for a 12 KB page.
-func compressBrotli(body []byte) ([]byte, error) {
+func compressBrotli(body []byte, quality int) ([]byte, error) {
 	lgwin := 10 // the smallest window brotli has
 	for lgwin < 24 && 1<<lgwin-16 < len(body) {
 		lgwin++
 	}
 	var buf bytes.Buffer
-	w := brotli.NewWriterOptions(&buf, brotli.WriterOptions{Quality: brotliQuality, LGWin: lgwin})
+	w := brotli.NewWriterOptions(&buf, brotli.WriterOptions{Quality: quality, LGWin: lgwin})
 	if _, err := w.Write(body); err != nil {
 		return nil, err
 	}
@@ -163,11 +173,20 @@ func compressZstd(body []byte) ([]byte, error) {
 	return enc.EncodeAll(body, nil), nil
 }
 
-func compressGzip(body []byte) ([]byte, error) {
+func compressGzip(body []byte, level int) ([]byte, error) {
 	var buf bytes.Buffer
-	w, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	if err != nil {
-		return nil, err
+	var w *gzip.Writer
+	if level == gzip.NoCompression {
+		// NewQuick's: a writer costs more to make than to use, and the
+		// simulator makes thousands.
+		w = storedGzip.Get().(*gzip.Writer)
+		defer storedGzip.Put(w)
+		w.Reset(&buf)
+	} else {
+		var err error
+		if w, err = gzip.NewWriterLevel(&buf, level); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := w.Write(body); err != nil {
 		return nil, err
@@ -177,6 +196,11 @@ func compressGzip(body []byte) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+var storedGzip = sync.Pool{New: func() any {
+	w, _ := gzip.NewWriterLevel(nil, gzip.NoCompression)
+	return w
+}}
 
 // Identity is the uncompressed variant.
 func (r *Representation) Identity() *Variant { return &r.variants[codingIdentity] }

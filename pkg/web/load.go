@@ -35,6 +35,8 @@ type loader struct {
 	log    *slog.Logger
 	ttl    time.Duration
 	tier   *fleet.Tier[[]ghibli.Movie] // nil without -redis
+	// newSnapshot is snapshot.New (the simulator's replicas use NewQuick).
+	newSnapshot func(render.View, time.Time, time.Time) (*snapshot.Snapshot, error)
 
 	mu    sync.Mutex // loads run one at a time, but say so
 	dates struct {
@@ -67,6 +69,10 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	case l.tier == nil:
 		e.Value, err = l.fetch(ctx, r.Started)
 		e.Deadline = r.Started.Add(l.ttl)
+	case r.Adopt != 0 && r.Have != nil && r.Have.Version == 0 && time.Since(r.Have.Fetched) < l.ttl:
+		// What is served was fetched alone (Redis failed): it has no
+		// place in the fleet's order, and is kept until it expires.
+		return cache.Snapshot[*snapshot.Snapshot]{}, cache.ErrNotNewer
 	case r.Adopt != 0:
 		var found bool
 		if e, found, err = l.tier.Read(ctx, have); err == nil && !found {
@@ -126,7 +132,7 @@ func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, fetched tim
 	if data != l.dates.data {
 		changed, prevChanged = fetched, l.dates.changed
 	}
-	s, err := snapshot.New(view, changed, prevChanged)
+	s, err := l.newSnapshot(view, changed, prevChanged)
 	if err != nil {
 		l.log.ErrorContext(ctx, "render failed", "err", err)
 		return nil, fmt.Errorf("render: %w", err)

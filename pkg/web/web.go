@@ -29,6 +29,7 @@ import (
 	"github.com/movies-dev/movies/pkg/cache"
 	"github.com/movies-dev/movies/pkg/fleet"
 	"github.com/movies-dev/movies/pkg/ghibli"
+	"github.com/movies-dev/movies/pkg/render"
 	"github.com/movies-dev/movies/pkg/snapshot"
 )
 
@@ -82,6 +83,9 @@ type Config struct {
 	// (the simulator runs a fleet inside a synctest bubble).
 	redisDialer       func(ctx context.Context, network, addr string) (net.Conn, error)
 	upstreamTransport http.RoundTripper
+	wallClock         func() time.Time                                                    // the fleet's wall clock, stepped by the simulator
+	newSnapshot       func(render.View, time.Time, time.Time) (*snapshot.Snapshot, error) // snapshot.New unless set
+	jitter            func() float64                                                      // the backoffs' and retries' jitter, in [0, 1)
 }
 
 // sharedFormat is the version of what replicas share in Redis: a change
@@ -92,14 +96,16 @@ const sharedFormat = "movies/2"
 // namespace is the fleet's key prefix: replicas share snapshots only if
 // they are interchangeable (the same format, upstream and TTL), so two
 // fleets on one Redis, or one fleet in the middle of a rolling change of
-// -ttl, never serve each other's data. The braces keep every key in one
-// Redis Cluster hash slot.
+// -ttl, never serve each other's data. The upstream timeout is in it too:
+// a replica waits on another's fetch only if that fetch has no more time
+// than its own would. The braces keep every key in one Redis Cluster hash
+// slot.
 func namespace(cfg Config) string {
 	name := cfg.UpstreamName
 	if name == "" {
 		name = cfg.Upstream
 	}
-	h := sha256.Sum256([]byte(sharedFormat + "\n" + name + "\n" + cfg.TTL.String()))
+	h := sha256.Sum256([]byte(sharedFormat + "\n" + name + "\n" + cfg.TTL.String() + "\n" + cfg.UpstreamTimeout.String()))
 	return "movies:{" + hex.EncodeToString(h[:6]) + "}"
 }
 
@@ -196,13 +202,20 @@ func New(cfg Config) (*Server, error) {
 	if cfg.upstreamTransport != nil {
 		client.HTTPClient.Transport = cfg.upstreamTransport
 	}
-	l := &loader{client: client, log: cfg.Log, ttl: cfg.TTL}
+	if cfg.jitter != nil {
+		client.Jitter = cfg.jitter
+	}
+	l := &loader{client: client, log: cfg.Log, ttl: cfg.TTL, newSnapshot: cfg.newSnapshot}
+	if l.newSnapshot == nil {
+		l.newSnapshot = snapshot.New
+	}
 	c := cache.New[*snapshot.Snapshot](l, cache.Options{
 		TTL:          cfg.TTL,
 		LoadTimeout:  cfg.UpstreamTimeout,
 		StaleIfError: cfg.StaleIfError,
 		RefreshAhead: true,
 		RetryAfter:   retryAfter,
+		Rand:         cfg.jitter,
 	})
 	age := func() (time.Duration, bool) {
 		s, ok := c.Peek()
@@ -214,17 +227,19 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Redis != "" {
 		tier, err := fleet.New(fleet.Options[[]ghibli.Movie]{
 			URL: cfg.Redis, TTL: cfg.TTL,
-			Namespace:   namespace(cfg),
-			CallTimeout: cfg.redisCallTimeout,
-			Decode:      decodeShared,
-			RetryAfter:  retryAfter,
-			Cause:       ghibli.Cause,
+			Namespace:    namespace(cfg),
+			CallTimeout:  cfg.redisCallTimeout,
+			FetchTimeout: cfg.UpstreamTimeout,
+			Decode:       decodeShared,
+			RetryAfter:   retryAfter,
+			Cause:        ghibli.Cause,
 			// News of a snapshot goes to the cache, which loads it
 			// through its one flight (or already holds it).
 			OnNews:  c.Adopt,
 			Observe: m.ObserveRedis,
 			Log:     cfg.Log,
 			Dialer:  cfg.redisDialer,
+			Now:     cfg.wallClock,
 		})
 		if err != nil {
 			return nil, err
