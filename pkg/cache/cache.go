@@ -59,6 +59,20 @@ type SharedLoader[V any] interface {
 	LoadShared(ctx context.Context, r Request[V]) (Snapshot[V], error)
 }
 
+// SharedFunc adapts a function to a SharedLoader (and a Loader).
+type SharedFunc[V any] func(ctx context.Context, r Request[V]) (Snapshot[V], error)
+
+// LoadShared calls f(ctx, r).
+func (f SharedFunc[V]) LoadShared(ctx context.Context, r Request[V]) (Snapshot[V], error) {
+	return f(ctx, r)
+}
+
+// Load calls f with a request that says only when the load started.
+func (f SharedFunc[V]) Load(ctx context.Context, started time.Time) (V, error) {
+	s, err := f(ctx, Request[V]{Started: started})
+	return s.Value, err
+}
+
 // A Request tells a SharedLoader what a load is for.
 type Request[V any] struct {
 	// Started is the instant a value fetched by this load ages from.

@@ -1,43 +1,23 @@
 // Package fleet lets the replicas of a service share one upstream fetch and
 // one snapshot through Redis, without ever making Redis a reason to fail.
 //
-// The protocol (each step one Lua script, one round trip):
-//
-//   - acquire: a replica that needs data asks Redis. A snapshot newer than
-//     the one it holds: it reads it. The fleet backing off (the upstream
-//     asked for a Retry-After): it backs off too. The lock held: it waits.
-//     Otherwise it takes the lock, with a generation above every one
-//     issued and above the snapshot's, and a short lease.
-//   - The leader renews its lease while it fetches, so a live leader is
-//     never overtaken however slow the upstream; a dead one is replaced
-//     within one lease (leaseTerm).
-//   - commit: the leader writes the snapshot, expiring when its TTL ends
-//     (counted from the fetch's start), frees the lock and publishes
-//     "c:<gen>". A commit older than the snapshot in Redis is fenced: the
-//     lock is freed and the newer snapshot announced instead.
-//   - release: a fetch that failed publishes "f:<gen>" and leaves the cause
-//     and the upstream's Retry-After in Redis, for the whole fleet; one
-//     cancelled (its replica shutting down) publishes "r:<gen>", and the
-//     waiters take the lock at once.
-//   - Waiters wake on news and re-check, never trust it: a message costs at
-//     most a read. They also re-check when the lock's lease would lapse.
-//     They wait for a live leader as long as their own load may last: it
-//     started before them, with the same timeout (the namespace holds it),
-//     so a fetch of their own would end no sooner.
-//
-// Freshness does not rest on one clock: a shared snapshot's deadline on a
-// reader is the earlier of Redis's expiry (the time it asked plus the PTTL)
-// and the writer's fetch start plus the TTL (on the reader's clock). A step
-// of any one clock makes one of them late and leaves the other right.
-//
-// Every call is bounded (100 ms by default) and goes through a circuit
-// breaker; any Redis failure makes the caller fetch for itself, as a lone
-// replica does. Nothing read from Redis is trusted: sizes are checked
-// inside Redis, generations are bounded, values go through Options.Decode.
-// The package knows nothing of what it stores.
+// Each step is one Lua script, one round trip. acquire: read a newer
+// snapshot, back off with the fleet (a recorded Retry-After), wait for the
+// lock's holder, or take the lock with a generation above every one issued
+// and a short lease the leader renews while it fetches. commit: write the
+// snapshot, fenced by generation, free the lock, publish "c:<gen>".
+// release: publish "f:<gen>" (failed, its cause and Retry-After recorded)
+// or "r:<gen>" (cancelled: take over now). Waiters wake on messages and
+// check with Redis, so a message costs at most a read. A shared deadline is
+// the earlier of Redis's expiry and the writer's fetch start plus the TTL,
+// so a step of one clock cannot stretch it. Every call is bounded and
+// behind a circuit breaker; any Redis failure makes the caller fetch alone,
+// as a lone replica does. Nothing read from Redis is trusted. The package
+// knows nothing of what it stores. docs/fleet.md tells the whole protocol.
 package fleet
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -71,6 +51,9 @@ const (
 	pollEvery = time.Second
 	// maxGen bounds generations: above it Lua's numbers lose integers.
 	maxGen = 1 << 52
+	// maxValueBytes bounds a snapshot, checked inside Redis: far above a
+	// catalogue (12 KB), far below what would hurt each replica's render.
+	maxValueBytes = 256 << 10
 )
 
 // Options configures a Tier.
@@ -78,11 +61,9 @@ type Options[V any] struct {
 	// URL is the Redis server: redis:// or rediss://, with optional user,
 	// password and database number. Required.
 	URL string
-	// Namespace prefixes every key and the channel: replicas share only
-	// within one. Default "movies".
+	// Namespace prefixes every key and the channel; default "movies".
 	Namespace string
-	// TTL is how long a snapshot is served from the start of its fetch.
-	// Required.
+	// TTL is how long a snapshot is served from its fetch's start. Required.
 	TTL time.Duration
 	// CallTimeout bounds every Redis call; default 100ms.
 	CallTimeout time.Duration
@@ -90,11 +71,7 @@ type Options[V any] struct {
 	// during a load: a budget of its own, as a lone replica's fetch has,
 	// not what is left of a wait Redis cut short.
 	FetchTimeout time.Duration
-	// MaxValueBytes is the largest value accepted; default 256 KiB. Larger
-	// ones are refused inside Redis, never transferred.
-	MaxValueBytes int
-	// Decode turns a value read from Redis into a V, or refuses it.
-	// Required: nothing in Redis is trusted.
+	// Decode turns a value read from Redis into a V, or refuses it. Required.
 	Decode func([]byte) (V, error)
 	// RetryAfter, if set, extracts from a fetch error the wait the
 	// upstream asked for: the whole fleet then waits that long.
@@ -105,13 +82,11 @@ type Options[V any] struct {
 	// committed to Redis: on each announcement and on each poll (once a
 	// second), repeating generations. It must be cheap and not block.
 	OnNews func(gen uint64)
-	// Observe, if set, is told of every Redis call: its operation, how
-	// long it took and its error.
+	// Observe, if set, is told of every Redis call's operation, time, error.
 	Observe func(op string, d time.Duration, err error)
 	// Log receives the tier's logs, and go-redis's own; nil discards them.
 	Log *slog.Logger
-	// Dialer, if set, replaces the network dial (tests use it to run Redis
-	// inside a synctest bubble).
+	// Dialer, if set, replaces the network dial (a synctest bubble's Redis).
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Now, if set, replaces the wall clock for what crosses processes
 	// (a fetch's start, generation seeds); tests step it. Deadlines on
@@ -177,6 +152,10 @@ var ErrInvalid = errors.New("fleet: invalid value in Redis")
 var (
 	errOpen = errors.New("fleet: circuit breaker open")
 	errSpin = errors.New("fleet: the snapshot announced by Redis cannot be read")
+	// errRetry and errRecheck tell Load to ask for the lock again: it was
+	// released, or its lease was due to lapse.
+	errRetry   = errors.New("fleet: the lock was released")
+	errRecheck = errors.New("fleet: the lock's lease is due")
 )
 
 // Tier is a replica's handle on the shared tier. It is safe for concurrent
@@ -192,8 +171,9 @@ type Tier[V any] struct {
 
 	mu     sync.Mutex
 	wake   chan struct{} // closed and replaced on every message
-	events []event       // recent messages, oldest first
+	events []event       // the last 32 messages, oldest first
 	seq    uint64        // of the newest event
+	newest uint64        // the newest commit heard of
 
 	stop context.CancelFunc
 	bg   sync.WaitGroup // the listener and best-effort releases
@@ -201,12 +181,10 @@ type Tier[V any] struct {
 
 type keys struct{ snap, snapGen, gen, lock, failed, channel string }
 
-// event is one message from the channel: kind 'c' (commit), 'r'
-// (released) or 'f' (failed), and its generation.
+// event is one message: kind 'c' (commit), 'r' (released) or 'f' (failed).
 type event struct {
-	seq  uint64
-	kind byte
-	gen  uint64
+	seq, gen uint64
+	kind     byte
 }
 
 var setLogger sync.Once
@@ -233,9 +211,6 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 	}
 	if opts.CallTimeout <= 0 {
 		opts.CallTimeout = 100 * time.Millisecond
-	}
-	if opts.MaxValueBytes <= 0 {
-		opts.MaxValueBytes = 256 << 10
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -285,9 +260,6 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 	return t, nil
 }
 
-// Redacted is the Redis URL with its password masked, for logs.
-func (t *Tier[V]) Redacted() string { return t.redacted }
-
 // Close stops listening for news and closes the connections.
 func (t *Tier[V]) Close() error {
 	t.stop()
@@ -314,7 +286,8 @@ func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Cont
 		}
 		// News that arrives while acquire runs concerns a wait that
 		// follows it: count from before.
-		seq := t.lastSeq()
+		var seq uint64
+		t.eventsAfter(&seq)
 		a, err := t.acquire(ctx, have)
 		if err != nil {
 			return t.fallback(ctx, fetch, err)
@@ -364,13 +337,10 @@ func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Cont
 
 // fallback fetches without the shared tier, as a lone replica does.
 func (t *Tier[V]) fallback(ctx context.Context, fetch func(context.Context) (V, []byte, error), cause error) (Entry[V], error) {
-	if err := ctx.Err(); err != nil {
-		// The load ended while Redis was asked: no fetch now, it would
-		// be for nobody.
-		return Entry[V]{}, err
-	}
-	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
-		return Entry[V]{}, context.DeadlineExceeded // ctx's timer not run yet
+	// The load ended while Redis was asked (its timer may not have run
+	// yet): no fetch now, it would be for nobody.
+	if dl, ok := ctx.Deadline(); ctx.Err() != nil || ok && !time.Now().Before(dl) {
+		return Entry[V]{}, cmp.Or(ctx.Err(), context.DeadlineExceeded)
 	}
 	atomic.AddUint64(&t.stats.Fallbacks, 1)
 	t.opts.Log.DebugContext(ctx, "fetching alone", "redis", t.redacted, "err", cause)
@@ -398,14 +368,11 @@ func (t *Tier[V]) lead(ctx context.Context, gen uint64, fetch func(context.Conte
 	lock := lockValue(gen, t.token)
 	start := time.Now()
 	renewCtx, stopRenewing := context.WithCancel(context.WithoutCancel(ctx))
-	renewed := make(chan struct{})
-	go func() {
-		defer close(renewed)
-		t.renew(renewCtx, lock)
-	}()
+	var renewing sync.WaitGroup
+	renewing.Go(func() { t.renew(renewCtx, lock) })
 	v, data, err := fetch(ctx)
 	stopRenewing()
-	<-renewed
+	renewing.Wait()
 	// Whatever happens to ctx now, the lock and the news must go out, or
 	// the waiters wait out a lease.
 	out := context.WithoutCancel(ctx)
@@ -540,13 +507,6 @@ func (t *Tier[V]) wait(ctx context.Context, have uint64, a acquired, seen uint64
 	}
 }
 
-// errRetry and errRecheck tell Load to ask for the lock again: it was
-// released, or its lease was due to lapse.
-var (
-	errRetry   = errors.New("fleet: the lock was released")
-	errRecheck = errors.New("fleet: the lock's lease is due")
-)
-
 // failure reads the failure record of gen: a "f:" message is believed
 // only if Redis holds the record.
 func (t *Tier[V]) failure(ctx context.Context, gen uint64) (*FailedError, bool) {
@@ -575,7 +535,7 @@ func (t *Tier[V]) Read(ctx context.Context, have uint64) (Entry[V], bool, error)
 	asked, wall := time.Now(), t.opts.Now()
 	err := t.call(ctx, "read", func(ctx context.Context) error {
 		var err error
-		res, err = readScript.Run(ctx, t.client, []string{t.k.snap, t.k.snapGen}, t.opts.MaxValueBytes).Slice()
+		res, err = readScript.Run(ctx, t.client, []string{t.k.snap, t.k.snapGen}, maxValueBytes).Slice()
 		return err
 	})
 	if err != nil {
@@ -616,7 +576,7 @@ func (t *Tier[V]) decode(res []any, asked, wall time.Time, have uint64) (e Entry
 	case -1:
 		return e, false, errors.New("the snapshot key holds a value of the wrong type")
 	case -2:
-		return e, false, fmt.Errorf("the snapshot is over %d bytes", t.opts.MaxValueBytes)
+		return e, false, fmt.Errorf("the snapshot is over %d bytes", maxValueBytes)
 	}
 	raw, ok1 := at[string](res, 1)
 	pttl, ok2 := at[int64](res, 2)
@@ -667,12 +627,10 @@ func (t *Tier[V]) decode(res []any, asked, wall time.Time, have uint64) (e Entry
 }
 
 // at returns res[i] as a T, if it is one.
-func at[T any](res []any, i int) (T, bool) {
-	var zero T
-	if i >= len(res) {
-		return zero, false
+func at[T any](res []any, i int) (v T, ok bool) {
+	if i < len(res) {
+		v, ok = res[i].(T)
 	}
-	v, ok := res[i].(T)
 	return v, ok
 }
 
@@ -744,13 +702,7 @@ func (t *Tier[V]) acquire(ctx context.Context, have uint64) (acquired, error) {
 // without knowing it (a lock call that timed out after Redis ran it), so
 // the other replicas do not wait out its lease.
 func (t *Tier[V]) releaseUnknown() {
-	t.bg.Add(1)
-	go func() {
-		defer t.bg.Done()
-		t.call(context.Background(), "release", func(ctx context.Context) error {
-			return releaseScript.Run(ctx, t.client, []string{t.k.lock, t.k.channel, t.k.failed}, t.token, "r", 0, "", 0).Err()
-		})
-	}()
+	t.bg.Go(func() { t.release(context.Background(), 0, nil) })
 }
 
 // call runs one Redis operation under the breaker and the call timeout.
@@ -828,37 +780,25 @@ func (t *Tier[V]) listen(ctx context.Context) {
 // an adoption that failed gets another chance.
 func (t *Tier[V]) heard(kind byte, gen uint64) {
 	t.mu.Lock()
-	fresh := true
-	for _, ev := range t.events {
-		if ev.kind == kind && ev.gen == gen {
-			fresh = false
-		}
-	}
-	if fresh {
+	repeat := kind == 'c' && gen <= t.newest // a poll, or a fenced commit's
+	if !repeat {
 		t.seq++
-		t.events = append(t.events, event{seq: t.seq, kind: kind, gen: gen})
-		if len(t.events) > 32 { // only recent ones concern a waiter
-			t.events = t.events[1:]
+		t.events = append(t.events[max(0, len(t.events)-31):], event{seq: t.seq, kind: kind, gen: gen})
+		if kind == 'c' {
+			t.newest = gen
 		}
 		close(t.wake)
 		t.wake = make(chan struct{})
 	}
 	t.mu.Unlock()
 	if kind == 'c' {
-		if fresh {
+		if !repeat {
 			atomic.AddUint64(&t.stats.NewsReceived, 1)
 		}
 		if t.opts.OnNews != nil {
 			t.opts.OnNews(gen)
 		}
 	}
-}
-
-// lastSeq returns the sequence number of the newest event.
-func (t *Tier[V]) lastSeq() uint64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.seq
 }
 
 // eventsAfter returns the events after *seq, moving *seq to the newest,
@@ -879,14 +819,9 @@ func (t *Tier[V]) eventsAfter(seq *uint64) ([]event, <-chan struct{}) {
 
 func lockValue(gen uint64, token string) string { return strconv.FormatUint(gen, 10) + " " + token }
 
-// sanitize keeps a cause to a short printable word, for logs and Redis.
+// sanitize keeps a cause to a short word, for logs and Redis.
 func sanitize(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x21 || r > 0x7e {
-			return '_'
-		}
-		return r
-	}, s)
+	s = strings.Join(strings.Fields(s), "_")
 	return s[:min(len(s), 64)]
 }
 
@@ -901,10 +836,10 @@ func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 // everything it needs before it writes anything, so a script that fails
 // (a key of the wrong type) fails having changed nothing.
 var (
-	// readScript returns {0} for no snapshot (or none with its generation:
-	// one of the two evicted), {-1} for a key of the wrong type, {-2} for one over ARGV[1] bytes (never transferred), or
-	// {1, value, pttl, generation}: the generation is the one commits are
-	// fenced by (KEYS[2]), so a read and a lock never disagree on it.
+	// readScript returns {0} for no snapshot (or one without its
+	// generation: evicted), {-1} for a key of the wrong type, {-2} for one
+	// over ARGV[1] bytes (never transferred), or {1, value, pttl, gen}: gen
+	// is what commits are fenced by (KEYS[2]), so reads and locks agree.
 	readScript = redis.NewScript(`
 local t, g = redis.call('TYPE', KEYS[1]).ok, redis.call('TYPE', KEYS[2]).ok
 if t == 'none' or g == 'none' then return {0} end
@@ -938,11 +873,8 @@ local function gen(k)
 end
 local cur, counter = gen(KEYS[4]), gen(KEYS[2])
 if cur > tonumber(ARGV[1]) and redis.call('PTTL', KEYS[3]) > 1 then return {1, cur} end
-local f = redis.call('GET', KEYS[5])
-if f then
-  local ms, cause = string.match(f, '^%d+ (%d+) (%S*)$')
-  if ms and tonumber(ms) > 0 then return {4, cause, redis.call('PTTL', KEYS[5])} end
-end
+local ms, cause = string.match(redis.call('GET', KEYS[5]) or '', '^%d+ (%d+) (%S*)$')
+if ms and tonumber(ms) > 0 then return {4, cause, redis.call('PTTL', KEYS[5])} end
 local l = redis.call('GET', KEYS[1])
 if l then return {3, l, redis.call('PTTL', KEYS[1])} end
 local g = math.max(counter + 1, cur + 1, tonumber(ARGV[3]))
@@ -955,11 +887,8 @@ return {2, g}
 	// renewScript extends the lease of lock ARGV[1] to ARGV[2] ms if it is
 	// still held: 1, else 0.
 	renewScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 `)
 
 	// commitScript writes the snapshot of generation ARGV[1] (value

@@ -467,8 +467,8 @@ func TestTier_RedisDownIsNoReasonToFail(t *testing.T) {
 	if st.Fallbacks != 10 || st.BreakerOpened != 1 || !tier.BreakerOpen() {
 		t.Errorf("stats = %+v, open %v; want 10 fallbacks and the breaker open", st, tier.BreakerOpen())
 	}
-	if strings.Contains(tier.Redacted(), "s3cret") {
-		t.Errorf("Redacted() = %q shows the password", tier.Redacted())
+	if strings.Contains(tier.redacted, "s3cret") {
+		t.Errorf("redacted = %q shows the password", tier.redacted)
 	}
 }
 

@@ -47,12 +47,6 @@ type loader struct {
 	}
 }
 
-// Load is the cache.Loader method; the cache prefers LoadShared.
-func (l *loader) Load(ctx context.Context, started time.Time) (*snapshot.Snapshot, error) {
-	s, err := l.LoadShared(ctx, cache.Request[*snapshot.Snapshot]{Started: started})
-	return s.Value, err
-}
-
 // LoadShared returns a new snapshot with the instant its age counts from
 // (this load's start, or the start of the fetch another replica made) and
 // its generation in the fleet.

@@ -209,7 +209,7 @@ func New(cfg Config) (*Server, error) {
 	if l.newSnapshot == nil {
 		l.newSnapshot = snapshot.New
 	}
-	c := cache.New[*snapshot.Snapshot](l, cache.Options{
+	c := cache.New[*snapshot.Snapshot](cache.SharedFunc[*snapshot.Snapshot](l.LoadShared), cache.Options{
 		TTL:          cfg.TTL,
 		LoadTimeout:  cfg.UpstreamTimeout,
 		StaleIfError: cfg.StaleIfError,
