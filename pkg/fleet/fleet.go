@@ -60,16 +60,14 @@ const (
 type Options[V any] struct {
 	// URL is the Redis server: redis:// or rediss://, with optional user,
 	// password and database number. Required.
-	URL string
-	// Namespace prefixes every key and the channel; default "movies".
-	Namespace string
+	URL       string
+	Namespace string // prefixes every key and the channel; default "movies"
 	// TTL is how long a snapshot is served from its fetch's start. Required.
 	TTL time.Duration
 	// CallTimeout bounds every Redis call; default 100ms.
 	CallTimeout time.Duration
-	// FetchTimeout, if set, bounds a fetch made alone because Redis failed
-	// during a load: a budget of its own, as a lone replica's fetch has,
-	// not what is left of a wait Redis cut short.
+	// FetchTimeout, if set, is the budget of a fetch a failed Redis or a
+	// dead leader delayed (see budget).
 	FetchTimeout time.Duration
 	// Decode turns a value read from Redis into a V, or refuses it. Required.
 	Decode func([]byte) (V, error)
@@ -84,8 +82,7 @@ type Options[V any] struct {
 	OnNews func(gen uint64)
 	// Observe, if set, is told of every Redis call's operation, time, error.
 	Observe func(op string, d time.Duration, err error)
-	// Log receives the tier's logs, and go-redis's own; nil discards them.
-	Log *slog.Logger
+	Log     *slog.Logger // the tier's logs and go-redis's own; nil discards them
 	// Dialer, if set, replaces the network dial (a synctest bubble's Redis).
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Now, if set, replaces the wall clock for what crosses processes
@@ -284,8 +281,7 @@ func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Cont
 		if err := ctx.Err(); err != nil {
 			return Entry[V]{}, err
 		}
-		// News that arrives while acquire runs concerns a wait that
-		// follows it: count from before.
+		// News during acquire concerns the wait after it: count from before.
 		var seq uint64
 		t.eventsAfter(&seq)
 		a, err := t.acquire(ctx, have)
@@ -301,16 +297,18 @@ func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Cont
 			if found {
 				return e, nil
 			}
-			// Gone or expiring between two calls: ask again, but keys
-			// that disagree for good (not written by this protocol)
-			// are no reason to spin.
+			// Gone or expiring between two calls: ask again, but not for
+			// ever (a writer's clock far behind makes every read a miss).
 			if rereads++; rereads > 2 {
 				return t.fallback(ctx, fetch, errSpin)
 			}
 		case acquiredLock:
 			atomic.AddUint64(&t.stats.LockWon, 1)
-			if rechecked {
-				atomic.AddUint64(&t.stats.WaitLapsed, 1) // its holder died
+			if rechecked { // its holder died, and the wait cost this budget
+				atomic.AddUint64(&t.stats.WaitLapsed, 1)
+				var done func()
+				ctx, done = t.budget(ctx)
+				defer done()
 			}
 			return t.lead(ctx, a.gen, fetch)
 		case acquiredBackoff:
@@ -344,23 +342,30 @@ func (t *Tier[V]) fallback(ctx context.Context, fetch func(context.Context) (V, 
 	}
 	atomic.AddUint64(&t.stats.Fallbacks, 1)
 	t.opts.Log.DebugContext(ctx, "fetching alone", "redis", t.redacted, "err", cause)
-	if t.opts.FetchTimeout > 0 {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.opts.FetchTimeout)
-		defer cancel()
-		// A cancellation (the replica shutting down) still ends it.
-		defer context.AfterFunc(ctx, func() {
-			if errors.Is(ctx.Err(), context.Canceled) {
-				cancel()
-			}
-		})()
-		ctx = fctx
-	}
+	ctx, done := t.budget(ctx)
+	defer done()
 	start := time.Now()
 	v, _, err := fetch(ctx)
 	if err != nil {
 		return Entry[V]{}, err
 	}
 	return Entry[V]{Value: v, Deadline: start.Add(t.opts.TTL), Source: "local"}, nil
+}
+
+// budget gives a fetch a failed Redis or a dead leader delayed a budget of
+// its own, as a lone replica's has, not what the wait left; a cancellation
+// (the replica shutting down) still ends it.
+func (t *Tier[V]) budget(ctx context.Context) (context.Context, func()) {
+	if t.opts.FetchTimeout <= 0 {
+		return ctx, func() {}
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.opts.FetchTimeout)
+	stop := context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			cancel()
+		}
+	})
+	return fctx, func() { stop(); cancel() }
 }
 
 // lead fetches for the fleet, renewing the lease meanwhile, and commits.
@@ -373,9 +378,7 @@ func (t *Tier[V]) lead(ctx context.Context, gen uint64, fetch func(context.Conte
 	v, data, err := fetch(ctx)
 	stopRenewing()
 	renewing.Wait()
-	// Whatever happens to ctx now, the lock and the news must go out, or
-	// the waiters wait out a lease.
-	out := context.WithoutCancel(ctx)
+	out := context.WithoutCancel(ctx) // the lock and the news go out whatever ctx does
 	if err != nil {
 		atomic.AddUint64(&t.stats.LeaderFailures, 1)
 		t.release(out, gen, err)
@@ -466,9 +469,8 @@ func (t *Tier[V]) release(ctx context.Context, gen uint64, err error) {
 	})
 }
 
-// wait waits for the holder of the lock to commit, release or fail. It
-// returns found with a snapshot, errRetry when the lock should be asked
-// for again (released, or its lease due to lapse), a *FailedError, or
+// wait waits for the lock's holder to commit, release or fail: found with
+// a snapshot, errRetry or errRecheck to ask again, a *FailedError, or
 // another error to fetch alone.
 func (t *Tier[V]) wait(ctx context.Context, have uint64, a acquired, seen uint64) (Entry[V], bool, error) {
 	recheck := time.NewTimer(min(a.left, leaseTerm) + time.Millisecond)
@@ -478,13 +480,13 @@ func (t *Tier[V]) wait(ctx context.Context, have uint64, a acquired, seen uint64
 		for _, ev := range evs {
 			switch {
 			case ev.kind == 'c' && ev.gen > have:
+				// A commit frees the lock: take its snapshot, or if it is
+				// of no use here, ask again at once rather than wait.
 				e, found, err := t.Read(ctx, have)
-				if err != nil || found {
-					if found {
-						atomic.AddUint64(&t.stats.WaitCommitted, 1)
-					}
-					return e, found, err
+				if found {
+					atomic.AddUint64(&t.stats.WaitCommitted, 1)
 				}
+				return e, found, cmp.Or(err, errRetry)
 			case ev.kind == 'r' && ev.gen == a.gen:
 				atomic.AddUint64(&t.stats.WaitReleased, 1)
 				return Entry[V]{}, false, errRetry

@@ -563,10 +563,7 @@ func (s *sim) inject(ctx context.Context, f fault) {
 		}
 		s.logf("fault %s hits r%d", f.kind, r.id)
 		if f.kind == "kill-leader" {
-			s.mu.Lock()
-			r.dead, r.gone = true, true
-			s.mu.Unlock()
-			s.breakConns(r)
+			s.kill(r)
 			return
 		}
 		s.mu.Lock()
@@ -575,10 +572,7 @@ func (s *sim) inject(ctx context.Context, f fault) {
 		r.busy.Wait()
 		r.close.Do(r.srv.Close)
 	case "kill":
-		s.mu.Lock()
-		r.dead, r.gone = true, true
-		s.mu.Unlock()
-		s.breakConns(r)
+		s.kill(r)
 	case "shutdown":
 		s.mu.Lock()
 		r.gone = true
@@ -593,6 +587,21 @@ func (s *sim) inject(ctx context.Context, f fault) {
 		s.mu.Unlock()
 		s.addReplica(id)
 	}
+}
+
+// kill takes r out of the readers' rotation, lets the requests in flight
+// on it be answered (as a load balancer draining it would: what a kill
+// cuts is the replica's own work, never a client's request), then cuts
+// everything it does: its Redis connections and its upstream requests.
+func (s *sim) kill(r *simReplica) {
+	s.mu.Lock()
+	r.gone = true
+	s.mu.Unlock()
+	r.busy.Wait()
+	s.mu.Lock()
+	r.dead = true
+	s.mu.Unlock()
+	s.breakConns(r)
 }
 
 // simTransport is the fake upstream, in process: /films gets the next
@@ -877,9 +886,11 @@ func (s *sim) judge() []string {
 	}
 	// One preparation per replica per fetched catalogue, however it heard
 	// of it (its own fetch, a wait, news, a poll), with Redis healthy (a
-	// generation set by hand makes the same data a new version).
+	// generation set by hand makes the same data a new version) and the
+	// clocks agreeing (a writer's clock behind makes its snapshots useless
+	// to the others, who fetch again).
 	for k, n := range s.prepared {
-		if n > 1 && !sc.redisTrouble {
+		if n > 1 && !sc.redisTrouble && !sc.clockStepped {
 			add("economical: r%d prepared #%d %d times", k[0], k[1], n)
 		}
 	}
