@@ -335,8 +335,7 @@ func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Cont
 
 // fallback fetches without the shared tier, as a lone replica does.
 func (t *Tier[V]) fallback(ctx context.Context, fetch func(context.Context) (V, []byte, error), cause error) (Entry[V], error) {
-	// The load ended while Redis was asked (its timer may not have run
-	// yet): no fetch now, it would be for nobody.
+	// The load ended (its timer may not have run yet): no fetch for nobody.
 	if dl, ok := ctx.Deadline(); ctx.Err() != nil || ok && !time.Now().Before(dl) {
 		return Entry[V]{}, cmp.Or(ctx.Err(), context.DeadlineExceeded)
 	}
@@ -422,8 +421,8 @@ func (t *Tier[V]) lead(ctx context.Context, gen uint64, fetch func(context.Conte
 	return e, nil
 }
 
-// renew keeps the lease of lock alive until ctx ends, or until it is
-// lost (then fencing keeps a late commit from doing harm).
+// renew keeps lock's lease alive until ctx ends or it is lost (fencing
+// then keeps a late commit from doing harm).
 func (t *Tier[V]) renew(ctx context.Context, lock string) {
 	tick := time.NewTicker(renewEvery)
 	defer tick.Stop()
@@ -445,10 +444,9 @@ func (t *Tier[V]) renew(ctx context.Context, lock string) {
 	}
 }
 
-// release frees the lock of gen after a fetch that did not commit and
-// tells the waiters why: cancelled (err nil or context.Canceled: this
-// replica is shutting down, take over now) or failed (the cause and the
-// upstream's Retry-After, kept in Redis so a message cannot forge it).
+// release frees gen's lock after a fetch that did not commit, and tells
+// the waiters why: cancelled (err nil or context.Canceled: take over now)
+// or failed (cause and Retry-After kept in Redis: no message can forge it).
 func (t *Tier[V]) release(ctx context.Context, gen uint64, err error) {
 	kind, record, px := "r", "", int64(0)
 	if err != nil && !errors.Is(err, context.Canceled) {
@@ -473,7 +471,15 @@ func (t *Tier[V]) release(ctx context.Context, gen uint64, err error) {
 // a snapshot, errRetry or errRecheck to ask again, a *FailedError, or
 // another error to fetch alone.
 func (t *Tier[V]) wait(ctx context.Context, have uint64, a acquired, seen uint64) (Entry[V], bool, error) {
-	recheck := time.NewTimer(min(a.left, leaseTerm) + time.Millisecond)
+	// Check again when the lease would lapse, or two calls before this
+	// load's end: news lost in a Redis restart must not time it out.
+	after := min(a.left, leaseTerm) + time.Millisecond
+	if dl, ok := ctx.Deadline(); ok {
+		if last := time.Until(dl) - 2*t.opts.CallTimeout; last > 0 && last < after {
+			after = last
+		}
+	}
+	recheck := time.NewTimer(after)
 	defer recheck.Stop()
 	for {
 		evs, wake := t.eventsAfter(&seen)
@@ -530,8 +536,8 @@ func (t *Tier[V]) failure(ctx context.Context, gen uint64) (*FailedError, bool) 
 	return &FailedError{Cause: cause, RetryAfter: min(time.Duration(retry)*time.Millisecond, t.opts.TTL)}, true
 }
 
-// Read returns the shared snapshot if there is one newer than generation
-// have, valid and with time left to serve it.
+// Read returns the shared snapshot if one is there, newer than generation
+// have, valid and with time left.
 func (t *Tier[V]) Read(ctx context.Context, have uint64) (Entry[V], bool, error) {
 	var res []any
 	asked, wall := time.Now(), t.opts.Now()
@@ -567,9 +573,8 @@ type envelope struct {
 	Data    json.RawMessage `json:"data"`
 }
 
-// decode checks what the read script returned. ok is false, with no
-// error, for no snapshot, one not newer than have, or one with no time
-// left.
+// decode checks what the read script returned: ok false, no error, for no
+// snapshot, one not newer than have, or one with no time left.
 func (t *Tier[V]) decode(res []any, asked, wall time.Time, have uint64) (e Entry[V], ok bool, err error) {
 	status, _ := at[int64](res, 0)
 	switch status {
@@ -636,8 +641,7 @@ func at[T any](res []any, i int) (v T, ok bool) {
 	return v, ok
 }
 
-// acquired is what acquire found.
-type acquired struct {
+type acquired struct { // what acquire found
 	kind  int
 	gen   uint64        // acquiredLock: ours; acquiredHeld: the holder's
 	left  time.Duration // acquiredHeld: the lease; acquiredBackoff: the wait
@@ -651,11 +655,10 @@ const (
 	acquiredBackoff
 )
 
-// acquire asks Redis what to do for a caller holding generation have:
-// read a newer snapshot, take the lock, wait for its holder, or back off.
-// A lock this protocol did not write is an error: waiting on it could mean
-// waiting for ever. If the call's outcome is unknown (it timed out after
-// sending), a lock it may have taken is released in the background.
+// acquire asks Redis what to do for a caller holding generation have: read
+// a newer snapshot, take the lock, wait for its holder, or back off. A lock
+// not ours is an error (waiting on it could be for ever); a call that timed
+// out may have taken the lock, which is then released in the background.
 func (t *Tier[V]) acquire(ctx context.Context, have uint64) (acquired, error) {
 	var res []any
 	err := t.call(ctx, "lock", func(ctx context.Context) error {
@@ -736,8 +739,7 @@ func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context
 	return err
 }
 
-// listen delivers news from the pub/sub channel, with a poll of the
-// snapshot's generation as the backstop for lost messages.
+// listen delivers news from the channel, polling as the backstop.
 func (t *Tier[V]) listen(ctx context.Context) {
 	defer t.bg.Done()
 	ps := t.client.Subscribe(ctx, t.k.channel)
@@ -777,9 +779,8 @@ func (t *Tier[V]) listen(ctx context.Context) {
 	}
 }
 
-// heard records one message and wakes every waiter. News of a commit goes
-// on to OnNews, repeated or not: adopting what is held costs nothing, and
-// an adoption that failed gets another chance.
+// heard records a message and wakes every waiter. A commit goes on to
+// OnNews even repeated: an adoption that failed gets another chance.
 func (t *Tier[V]) heard(kind byte, gen uint64) {
 	t.mu.Lock()
 	repeat := kind == 'c' && gen <= t.newest // a poll, or a fenced commit's
@@ -804,8 +805,7 @@ func (t *Tier[V]) heard(kind byte, gen uint64) {
 }
 
 // eventsAfter returns the events after *seq, moving *seq to the newest,
-// and the channel the next event closes: both in one look, so no event
-// falls between them.
+// and the channel the next event closes, in one look.
 func (t *Tier[V]) eventsAfter(seq *uint64) ([]event, <-chan struct{}) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
