@@ -52,6 +52,18 @@ func TestFleet_SecondEdition(t *testing.T) {
 	}
 }
 
+// filmsChannel delivers the fake's /films requests (the last 16 unread).
+func (rig *fleetRig) filmsChannel() <-chan arrival {
+	films := make(chan arrival, 16)
+	rig.setOnFilms(func(a arrival) {
+		select {
+		case films <- a:
+		default:
+		}
+	})
+	return films
+}
+
 // caseResult is what one run of a case measured.
 type caseResult struct {
 	fleetFigures
@@ -116,13 +128,7 @@ func caseLeaderShutdown(t *testing.T, withRedis bool) caseResult {
 	rig.up.SetBehavior("", ghiblitest.Behavior{Latency: latency})
 	rig.addReplica("r1")
 	rig.addReplica("r2")
-	films := make(chan arrival, 16)
-	rig.setOnFilms(func(a arrival) {
-		select {
-		case films <- a:
-		default:
-		}
-	})
+	films := rig.filmsChannel()
 	var takeover time.Duration
 	r := runLoad(t, rig, 4, 14*time.Second, ttl, func(*fleetLoad) {
 		// The first fetches serve the first misses; wait for the first
@@ -280,13 +286,7 @@ func caseRedisClockStep(t *testing.T, withRedis bool) caseResult {
 	rig := newFleetRig(t, withRedis, "-ttl", ttl.String())
 	rig.addReplica("r1")
 	rig.addReplica("r2")
-	films := make(chan arrival, 16)
-	rig.setOnFilms(func(a arrival) {
-		select {
-		case films <- a:
-		default:
-		}
-	})
+	films := rig.filmsChannel()
 	r := runLoad(t, rig, 4, 14*time.Second, ttl, func(*fleetLoad) {
 		select {
 		case <-films:
