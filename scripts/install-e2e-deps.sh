@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests (e2e/) run against: Prometheus and
-# promtool, HAProxy, Chromium, Node.js and npm, redis-server, nginx,
-# Varnish and Java from Debian packages, and axe-core and the Nu HTML checker
-# (pinned by e2e/axe/package-lock.json) from npm into e2e/axe/node_modules.
+# promtool, HAProxy, Chromium, Node.js and npm, redis-server, redis-cli,
+# redis-sentinel, openssl, nginx, Varnish and Java from Debian packages, and
+# axe-core and the Nu HTML checker (pinned by e2e/axe/package-lock.json)
+# from npm into e2e/axe/node_modules.
 # Idempotent: does nothing when all are there. Needs root (or sudo),
 # Debian's package archive and the npm registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian package providing each command; Debian's prometheus package ships
-# promtool. Java runs the Nu HTML checker (vnu.jar).
+# promtool. Java runs the Nu HTML checker (vnu.jar). redis-cli (redis-tools)
+# builds a Redis Cluster, redis-sentinel runs a Sentinel set and openssl makes
+# the TLS case's CA and certificates (e2e/deployments_test.go).
 declare -A pkg=([prometheus]=prometheus [promtool]=prometheus [haproxy]=haproxy
   [chromium]=chromium [node]=nodejs [npm]=npm [redis-server]=redis-server
+  [redis-cli]=redis-tools [redis-sentinel]=redis-sentinel [openssl]=openssl
   [nginx]=nginx [varnishd]=varnish [java]=openjdk-17-jre-headless)
 
 missing=()
@@ -19,7 +23,7 @@ for bin in "${!pkg[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "e2e deps: prometheus, promtool, haproxy, chromium, node, npm, redis-server, nginx, varnishd, java all present"
+  echo "e2e deps: prometheus, promtool, haproxy, chromium, node, npm, redis-server, redis-cli, redis-sentinel, openssl, nginx, varnishd, java all present"
 else
   echo "e2e deps: missing ${missing[*]}; installing from Debian packages"
   sudo=()
@@ -29,8 +33,8 @@ else
   packages=()
   for bin in "${missing[@]}"; do packages+=("${pkg[$bin]}"); done
   export DEBIAN_FRONTEND=noninteractive
-  # The nginx, varnish and redis packages start their system services on
-  # install where they can; the tests run their own instances on free
+  # The nginx, varnish, redis and redis-sentinel packages start their
+  # system services on install where they can; the tests run their own instances on free
   # loopback ports, and a packaged nginx failing to bind :80 would fail the
   # install. A policy-rc.d that denies every start (as Docker images ship)
   # keeps services down for the install, and is removed after if we made it.
