@@ -85,10 +85,24 @@ type arrival struct {
 func newFleetRig(t *testing.T, withRedis bool, args ...string) *fleetRig {
 	t.Helper()
 	skipIfShort(t)
-	rig := &fleetRig{t: t, up: startFake(t), timeline: &markerTimeline{}}
+	var r *fleettest.Redis
+	url := ""
 	if withRedis {
-		rig.redis = fleettest.Start(t)
+		r = fleettest.Start(t)
+		url = r.URL
 	}
+	rig := newFleetRigOn(t, url, args...)
+	rig.redis = r
+	return rig
+}
+
+// newFleetRigOn is newFleetRig on a Redis the caller started (a Cluster, a
+// Sentinel set, TLS: e2e/deployments_test.go), at redisURL ("" runs the
+// replicas alone); args may carry the flags that deployment needs.
+func newFleetRigOn(t *testing.T, redisURL string, args ...string) *fleetRig {
+	t.Helper()
+	skipIfShort(t)
+	rig := &fleetRig{t: t, up: startFake(t), timeline: &markerTimeline{}}
 	filmIndex := slices.IndexFunc(ghiblitest.Bundled().Films, func(f map[string]any) bool { return f["id"] == castleID })
 	rig.up.Update(func(d *ghiblitest.Data) { d.Films[filmIndex]["title"] = "Castle in the Sky #0" })
 	rig.up.OnRequest(func(r *http.Request) {
@@ -121,8 +135,8 @@ func newFleetRig(t *testing.T, withRedis bool, args ...string) *fleetRig {
 	}()
 	t.Cleanup(func() { cancel(); <-done }) // before the fake closes: cleanups run last-in first-out
 	rig.args = append([]string{"-upstream", rig.up.URL}, args...)
-	if withRedis {
-		rig.args = append(rig.args, "-redis", rig.redis.URL)
+	if redisURL != "" {
+		rig.args = append(rig.args, "-redis", redisURL)
 	}
 	return rig
 }

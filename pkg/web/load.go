@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -38,6 +39,8 @@ type loader struct {
 	// newSnapshot is snapshot.New (the simulator's replicas use NewQuick).
 	newSnapshot func(render.View, time.Time, time.Time) (*snapshot.Snapshot, error)
 
+	stats loaderStats // only through sync/atomic
+
 	mu    sync.Mutex // loads run one at a time, but say so
 	dates struct {
 		// What identifies the last data prepared, when that data was
@@ -45,6 +48,18 @@ type loader struct {
 		data                 [sha256.Size]byte
 		changed, prevChanged time.Time
 	}
+}
+
+// loaderStats are the loader's counters (see metrics.RegisterCounters).
+type loaderStats struct {
+	// Renders is what a fleet pays per replica for each snapshot: a
+	// render and the compression of every coding, tens of ms of CPU.
+	Renders uint64 `metric:"renders_total" help:"Snapshots rendered and compressed (a page in every coding), whether fetched here or read from the fleet."`
+}
+
+// Stats returns the loader's counters.
+func (l *loader) Stats() loaderStats {
+	return loaderStats{Renders: atomic.LoadUint64(&l.stats.Renders)}
 }
 
 // LoadShared returns a new snapshot with the instant its age counts from
@@ -127,6 +142,7 @@ func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, fetched tim
 		changed, prevChanged = fetched, l.dates.changed
 	}
 	s, err := l.newSnapshot(view, changed, prevChanged)
+	atomic.AddUint64(&l.stats.Renders, 1)
 	if err != nil {
 		l.log.ErrorContext(ctx, "render failed", "err", err)
 		return nil, fmt.Errorf("render: %w", err)

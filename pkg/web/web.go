@@ -224,6 +224,9 @@ func New(cfg Config) (*Server, error) {
 	if err := metrics.RegisterCache(reg, c.Stats, cfg.TTL, age); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	if err := metrics.RegisterCounters(reg, l.Stats); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	if cfg.Redis != "" {
 		tier, err := fleet.New(fleet.Options[[]ghibli.Movie]{
 			URL: cfg.Redis, TTL: cfg.TTL,
