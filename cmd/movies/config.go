@@ -11,8 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/movies-dev/movies/pkg/fleet"
 	"github.com/movies-dev/movies/pkg/ghibli"
 	"github.com/movies-dev/movies/pkg/web"
 )
@@ -27,9 +26,9 @@ type config struct {
 	ttl             time.Duration
 	upstreamTimeout time.Duration
 	staleIfError    time.Duration
-	metricsAddr     string // "" serves /metrics on addr
-	readyFile       string // "" writes none
-	redis           string // "" runs alone
+	metricsAddr     string      // "" serves /metrics on addr
+	readyFile       string      // "" writes none
+	redis           fleet.Redis // URL "" runs alone
 	drainDelay      time.Duration
 	shutdownTimeout time.Duration
 	logFormat       string
@@ -78,8 +77,16 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		"on SIGTERM, keep serving this long with /readyz at 503 so load balancers stop sending traffic")
 	dur(&c.shutdownTimeout, "shutdown-timeout", "MOVIES_SHUTDOWN_TIMEOUT", 15*time.Second,
 		"on SIGTERM, how long in-flight requests get to finish")
-	str(&c.redis, "redis", "MOVIES_REDIS_URL", "",
-		"redis:// or rediss:// URL of a Redis the replicas share one upstream fetch and one snapshot through (default: none, each replica fetches alone)")
+	str(&c.redis.URL, "redis", "MOVIES_REDIS_URL", "",
+		"redis://, rediss:// or unix:// URL of a Redis the replicas share one upstream fetch and one snapshot through (default: none, each replica fetches alone); with -redis-mode sentinel or cluster, a sentinel or a seed node, further ones as ?addr=host:port")
+	str(&c.redis.Mode, "redis-mode", "MOVIES_REDIS_MODE", fleet.ModeStandalone,
+		"how -redis is deployed: standalone (one server, or a proxy to the master), sentinel (the URL names a sentinel and ?master_name=) or cluster")
+	str(&c.redis.CAFile, "redis-ca", "MOVIES_REDIS_CA", "",
+		"PEM file of certificate authorities trusted for a rediss:// server's certificate, besides the system's")
+	str(&c.redis.CertFile, "redis-cert", "MOVIES_REDIS_CERT", "",
+		"PEM client certificate for a rediss:// server that requires one (with -redis-key)")
+	str(&c.redis.KeyFile, "redis-key", "MOVIES_REDIS_KEY", "",
+		"PEM key of -redis-cert")
 	str(&c.readyFile, "ready-file", "MOVIES_READY_FILE", "",
 		"once listening, write the listening addresses here (host:port, -addr first), for supervisors and tests using port 0")
 	str(&c.logFormat, "log-format", "MOVIES_LOG_FORMAT", "text", "log format: text or json")
@@ -126,10 +133,13 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	if c.staleIfError < 0 || c.staleIfError > 24*time.Hour {
 		return c, fmt.Errorf("invalid -stale-if-error %s: must be between 0 (off) and 24h", c.staleIfError)
 	}
-	if c.redis != "" {
-		if err := validateRedis(c.redis); err != nil {
-			return c, fmt.Errorf("invalid -redis %s: %w", redactURL(c.redis), err)
+	switch {
+	case c.redis.URL != "":
+		if err := c.redis.Check(); err != nil {
+			return c, fmt.Errorf("invalid -redis %s", strings.TrimPrefix(err.Error(), "fleet: Redis "))
 		}
+	case c.redis.CAFile != "" || c.redis.CertFile != "" || c.redis.KeyFile != "":
+		return c, errors.New("-redis-ca, -redis-cert and -redis-key need -redis")
 	}
 	if c.metricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.metricsAddr); err != nil {
@@ -167,29 +177,6 @@ func validateUpstream(s string) error {
 		return errors.New("want a base URL with no query, fragment or credentials")
 	case strings.ContainsAny(u.Path, "?#"):
 		return errors.New("bad path")
-	}
-	return nil
-}
-
-// validateRedis checks a -redis URL as go-redis will read it, so a bad one
-// is reported against the flag at startup, with the password kept out of
-// the message.
-func validateRedis(s string) error {
-	u, err := url.Parse(s)
-	switch {
-	case err != nil:
-		return errors.New("not a URL") // url's error would quote the password
-	case u.Scheme != "redis" && u.Scheme != "rediss":
-		return errors.New("scheme must be redis or rediss")
-	case u.Host == "":
-		return errors.New("no host")
-	}
-	if _, err := redis.ParseURL(s); err != nil {
-		msg := strings.TrimPrefix(err.Error(), "redis: ")
-		if pw, ok := u.User.Password(); ok && pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		}
-		return errors.New(msg)
 	}
 	return nil
 }

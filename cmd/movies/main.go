@@ -83,7 +83,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		DrainDelay:      cfg.drainDelay,
 		ShutdownTimeout: cfg.shutdownTimeout,
 		SeparateMetrics: cfg.metricsAddr != "",
-		Redis:           cfg.redis,
+		Redis:           cfg.redis.URL,
+		RedisMode:       cfg.redis.Mode,
+		RedisCA:         cfg.redis.CAFile,
+		RedisCert:       cfg.redis.CertFile,
+		RedisKey:        cfg.redis.KeyFile,
 		Log:             log,
 	})
 	if err != nil {
@@ -116,8 +120,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		}
 	}
 	attrs := []any{"addr", strings.Join(addrs, ","), "upstream", cfg.upstream, "ttl", cfg.ttl, "upstream_timeout", cfg.upstreamTimeout}
-	if cfg.redis != "" {
-		attrs = append(attrs, "redis", redactURL(cfg.redis))
+	if cfg.redis.URL != "" {
+		attrs = append(attrs, "redis", redactURL(cfg.redis.URL), "redis_mode", cfg.redis.Mode)
 	}
 	log.Info("listening", attrs...)
 	if err := srv.Serve(ctx, ln, metricsLn); err != nil {

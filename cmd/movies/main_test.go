@@ -141,13 +141,37 @@ func TestParseConfig(t *testing.T) {
 		{name: "bad duration", args: []string{"-ttl", "soon"}, wantErr: "-ttl"},
 		{name: "bad env duration", env: map[string]string{"MOVIES_UPSTREAM_TIMEOUT": "x"}, wantErr: "MOVIES_UPSTREAM_TIMEOUT"},
 		{name: "redis URL with password", args: []string{"-redis", "redis://u:s3cret@127.0.0.1:6379/2"}, check: func(t *testing.T, c config) {
-			if c.redis != "redis://u:s3cret@127.0.0.1:6379/2" {
-				t.Errorf("redis = %q", c.redis)
+			if c.redis.URL != "redis://u:s3cret@127.0.0.1:6379/2" {
+				t.Errorf("redis = %q", c.redis.URL)
 			}
 		}},
 		{name: "redis bad scheme hides the password", args: []string{"-redis", "http://u:s3cret@h:1"}, wantErr: "invalid -redis http://u:xxxxx@h:1"},
 		{name: "redis bad database hides the password", args: []string{"-redis", "redis://u:s3cret@127.0.0.1:6379/x"}, wantErr: "invalid -redis redis://u:xxxxx@127.0.0.1:6379/x: invalid database number"},
 		{name: "redis bad option", args: []string{"-redis", "redis://:s3cret@127.0.0.1:6379/0?pool_size=many"}, wantErr: "invalid -redis redis://:xxxxx@127.0.0.1:6379/0?pool_size=many: invalid pool_size"},
+		{name: "redis host list refused", args: []string{"-redis", "redis://a:6379,b:6379"}, wantErr: "a host list is not one Redis"},
+		{name: "redis unix socket", args: []string{"-redis", "unix:///run/redis/redis.sock?db=1"}, check: func(t *testing.T, c config) {
+			if c.redis.URL != "unix:///run/redis/redis.sock?db=1" || c.redis.Mode != "standalone" {
+				t.Errorf("redis = %+v", c.redis)
+			}
+		}},
+		{name: "redis sentinel from env", env: map[string]string{"MOVIES_REDIS_URL": "redis://127.0.0.1:26379?master_name=m&addr=127.0.0.1:26380", "MOVIES_REDIS_MODE": "sentinel"}, check: func(t *testing.T, c config) {
+			if c.redis.Mode != "sentinel" {
+				t.Errorf("redis = %+v", c.redis)
+			}
+		}},
+		{name: "redis sentinel needs a master", args: []string{"-redis-mode", "sentinel", "-redis", "redis://127.0.0.1:26379"}, wantErr: "master_name"},
+		{name: "redis cluster seeds", args: []string{"-redis-mode", "cluster", "-redis", "redis://127.0.0.1:7000?addr=127.0.0.1:7001"}, check: func(t *testing.T, c config) {
+			if c.redis.Mode != "cluster" {
+				t.Errorf("redis = %+v", c.redis)
+			}
+		}},
+		{name: "redis bad mode", args: []string{"-redis-mode", "ring", "-redis", "redis://127.0.0.1:7000"}, wantErr: `mode "ring"`},
+		{name: "redis CA needs TLS", args: []string{"-redis", "redis://127.0.0.1:6379", "-redis-ca", "/etc/hostname"}, wantErr: "needs a rediss:// URL"},
+		{name: "redis CA needs redis", args: []string{"-redis-ca", "/etc/hostname"}, wantErr: "need -redis"},
+		{name: "redis CA unreadable", args: []string{"-redis", "rediss://127.0.0.1:6379", "-redis-ca", "/nonexistent/ca.pem"}, wantErr: "CA file"},
+		{name: "redis CA not PEM", args: []string{"-redis", "rediss://127.0.0.1:6379", "-redis-ca", "/etc/hostname"}, wantErr: "holds no PEM certificate"},
+		{name: "redis cert without key", args: []string{"-redis", "rediss://127.0.0.1:6379", "-redis-cert", "/etc/hostname"}, wantErr: "both its file and its key"},
+		{name: "redis query password hidden", args: []string{"-redis-mode", "sentinel", "-redis", "redis://127.0.0.1:26379?master_name=m&password=s3cret&bogus=1"}, wantErr: "password=xxxxx"},
 		{name: "redis from env", env: map[string]string{"MOVIES_REDIS_URL": "ftp://x"}, wantErr: "invalid -redis"},
 		{name: "bad addr", args: []string{"-addr", "8000"}, wantErr: "invalid -addr"},
 		{name: "bad log format", args: []string{"-log-format", "xml"}, wantErr: "invalid -log-format"},
@@ -199,7 +223,7 @@ func TestRun_Help(t *testing.T) {
 			flags++
 		}
 	}
-	if flags != 13 { // every flag in config.go
+	if flags != 17 { // every flag in config.go
 		t.Errorf("usage lists %d flags, want all of them:\n%s", flags, out.String())
 	}
 }

@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,7 +33,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // The protocol's timings. Each is pinned by a test that fails if it moves
@@ -58,9 +56,8 @@ const (
 
 // Options configures a Tier.
 type Options[V any] struct {
-	// URL is the Redis server: redis:// or rediss://, with optional user,
-	// password and database number. Required.
-	URL       string
+	// Redis is the Redis server and how to reach it; its URL is required.
+	Redis     Redis
 	Namespace string // prefixes every key and the channel; default "movies"
 	// TTL is how long a snapshot is served from its fetch's start. Required.
 	TTL time.Duration
@@ -159,7 +156,7 @@ var (
 // use.
 type Tier[V any] struct {
 	opts     Options[V]
-	client   *redis.Client
+	client   redis.UniversalClient
 	redacted string
 	k        keys
 	token    string // in the locks this replica takes, to tell them apart
@@ -189,16 +186,9 @@ var setLogger sync.Once
 // New connects to opts.URL (lazily: New itself makes no call) and starts
 // the goroutine that listens for news. Close stops it.
 func New[V any](opts Options[V]) (*Tier[V], error) {
-	u, err := url.Parse(opts.URL)
+	p, err := opts.Redis.parse()
 	if err != nil {
-		return nil, errors.New("fleet: the Redis URL is not a URL")
-	}
-	redacted := u.Redacted()
-	ro, err := redis.ParseURL(opts.URL)
-	if err != nil {
-		// go-redis's message may quote parts of the URL: never the
-		// password, but say only what is safe.
-		return nil, fmt.Errorf("fleet: invalid Redis URL %s: want redis://[user:password@]host:port[/db] or rediss://", redacted)
+		return nil, err
 	}
 	if opts.TTL <= 0 || opts.Decode == nil {
 		return nil, errors.New("fleet: TTL and Decode are required")
@@ -217,35 +207,20 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 	}
 	log := opts.Log
 	setLogger.Do(func() { redis.SetLogger(redisLogger{log}) })
-	// Every call is bounded by its context, with no retries hidden inside
-	// the client: a sick Redis must cost a request one bounded call, after
-	// which the breaker keeps it out of the way.
-	ro.ContextTimeoutEnabled = true
-	ro.MaxRetries = -1
-	ro.DialerRetries = 1 // one dial a try, not five with pauses between
-	ro.DialTimeout = opts.CallTimeout
-	ro.ReadTimeout = opts.CallTimeout
-	ro.WriteTimeout = opts.CallTimeout
-	ro.PoolTimeout = opts.CallTimeout
-	// A connection kept ready, so a replica's first call after start or
-	// idle does not spend its bounded call on a dial and a handshake, and
-	// no CLIENT SETINFO round trip on each new connection.
-	ro.MinIdleConns = 1
-	ro.DisableIdentity = true
-	// Maintenance notifications (a managed-service feature) would resolve
-	// the host at New and add a handshake round trip to each connection.
-	ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	if opts.Dialer != nil {
-		ro.Dialer = opts.Dialer
+	// Pub/sub is not per database: fleets on two databases of one Redis
+	// would hear each other's news (and pay a read for each).
+	channel := opts.Namespace + ":news"
+	if p.db != 0 {
+		channel += ":db" + strconv.Itoa(p.db)
 	}
 	var tok [8]byte
 	rand.Read(tok[:])
 	ns := opts.Namespace
 	t := &Tier[V]{
-		opts: opts, client: redis.NewClient(ro), redacted: redacted, token: hex.EncodeToString(tok[:]),
+		opts: opts, client: p.client(opts.CallTimeout, opts.Dialer), redacted: p.redacted, token: hex.EncodeToString(tok[:]),
 		k: keys{
 			snap: ns + ":snapshot", snapGen: ns + ":snapshot:gen", gen: ns + ":gen",
-			lock: ns + ":lock", failed: ns + ":failed", channel: ns + ":news",
+			lock: ns + ":lock", failed: ns + ":failed", channel: channel,
 		},
 		breaker: breaker{threshold: 3, cooldown: time.Second, maxCooldown: 30 * time.Second},
 		wake:    make(chan struct{}),

@@ -41,7 +41,7 @@ func decodeString(b []byte) (string, error) {
 
 func newTier(t testing.TB, url string, mod ...func(*Options[string])) *Tier[string] {
 	t.Helper()
-	o := Options[string]{URL: url, Namespace: "test", TTL: testTTL, Decode: decodeString,
+	o := Options[string]{Redis: Redis{URL: url}, Namespace: "test", TTL: testTTL, Decode: decodeString,
 		// These tests are not about Redis being slow: a loaded machine
 		// under -race must not turn their calls into fallbacks.
 		CallTimeout: time.Second,
@@ -475,7 +475,7 @@ func TestTier_RedisDownIsNoReasonToFail(t *testing.T) {
 func TestNew_RefusesBadURLsWithoutShowingThePassword(t *testing.T) {
 	t.Parallel()
 	for _, u := range []string{"ftp://user:s3cret@host", "redis://user:s3cret@host:notaport", "::"} {
-		_, err := New(Options[string]{URL: u, TTL: time.Second, Decode: decodeString})
+		_, err := New(Options[string]{Redis: Redis{URL: u}, TTL: time.Second, Decode: decodeString})
 		if err == nil {
 			t.Errorf("New(%q) succeeded, want an error", u)
 			continue

@@ -62,6 +62,12 @@ type Config struct {
 	// never a reason to fail a request: without it, or when it fails, the
 	// server fetches alone.
 	Redis string
+	// RedisMode is how Redis is deployed: fleet.ModeStandalone (the
+	// default), fleet.ModeSentinel or fleet.ModeCluster (see fleet.Redis).
+	RedisMode string
+	// RedisCA, RedisCert and RedisKey are a CA file to trust and a client
+	// certificate and key, for a rediss:// Redis (see fleet.Redis).
+	RedisCA, RedisCert, RedisKey string
 	// SeparateMetrics takes /metrics off the main handler: it is then
 	// served only by MetricsHandler, on a listener of its own.
 	SeparateMetrics bool
@@ -229,7 +235,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Redis != "" {
 		tier, err := fleet.New(fleet.Options[[]ghibli.Movie]{
-			URL: cfg.Redis, TTL: cfg.TTL,
+			Redis: fleet.Redis{URL: cfg.Redis, Mode: cfg.RedisMode, CAFile: cfg.RedisCA, CertFile: cfg.RedisCert, KeyFile: cfg.RedisKey},
+			TTL: cfg.TTL,
 			Namespace:    namespace(cfg),
 			CallTimeout:  cfg.redisCallTimeout,
 			FetchTimeout: cfg.UpstreamTimeout,
