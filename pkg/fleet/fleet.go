@@ -91,24 +91,36 @@ type Options[V any] struct {
 // Stats are the tier's counters. Their tags name the Prometheus counters
 // they are exported as (see package metrics).
 type Stats struct {
-	ReadHits       uint64 `metric:"fleet_reads_total" labels:"result=hit" help:"Reads of the shared snapshot, by result: hit (a usable snapshot), miss (none, or none newer than ours), error."`
-	ReadMisses     uint64 `metric:"fleet_reads_total" labels:"result=miss" help:"Reads of the shared snapshot, by result: hit (a usable snapshot), miss (none, or none newer than ours), error."`
-	ReadErrors     uint64 `metric:"fleet_reads_total" labels:"result=error" help:"Reads of the shared snapshot, by result: hit (a usable snapshot), miss (none, or none newer than ours), error."`
-	Invalid        uint64 `metric:"fleet_invalid_values_total" help:"Values in Redis rejected as malformed, of the wrong type, too large or hostile; the replica fetched for itself."`
-	LockWon        uint64 `metric:"fleet_locks_total" labels:"result=won" help:"Attempts to take the fetch lock, by result."`
-	LockLost       uint64 `metric:"fleet_locks_total" labels:"result=lost" help:"Attempts to take the fetch lock, by result."`
-	WaitCommitted  uint64 `metric:"fleet_waits_total" labels:"result=committed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
-	WaitReleased   uint64 `metric:"fleet_waits_total" labels:"result=released" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
-	WaitFailed     uint64 `metric:"fleet_waits_total" labels:"result=failed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
-	WaitLapsed     uint64 `metric:"fleet_waits_total" labels:"result=lapsed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
-	CommitOK       uint64 `metric:"fleet_commits_total" labels:"result=ok" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
-	CommitFenced   uint64 `metric:"fleet_commits_total" labels:"result=fenced" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
-	CommitErrors   uint64 `metric:"fleet_commits_total" labels:"result=error" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
-	Fallbacks      uint64 `metric:"fleet_fallbacks_total" help:"Loads that fetched without the shared tier because Redis failed or the breaker was open."`
-	BreakerOpened  uint64 `metric:"fleet_breaker_opens_total" help:"Times the circuit breaker opened after consecutive Redis failures."`
-	NewsReceived   uint64 `metric:"fleet_news_total" help:"Announcements of a newer snapshot, by pub/sub or polling."`
-	LeaderFailures uint64 `metric:"fleet_leader_failures_total" help:"Fetches that failed while this replica held the lock (the waiters were told at once)."`
-	Backoffs       uint64 `metric:"fleet_backoffs_total" help:"Loads that did not fetch because the upstream had asked the fleet to wait (Retry-After)."`
+	ReadHits          uint64 `metric:"fleet_reads_total" labels:"result=hit" help:"Reads of the shared snapshot, by result: hit (a usable snapshot), miss (none, or none newer than ours), error."`
+	ReadMisses        uint64 `metric:"fleet_reads_total" labels:"result=miss" help:"Reads of the shared snapshot, by result: hit (a usable snapshot), miss (none, or none newer than ours), error."`
+	ReadErrors        uint64 `metric:"fleet_reads_total" labels:"result=error" help:"Reads of the shared snapshot, by result: hit (a usable snapshot), miss (none, or none newer than ours), error."`
+	Invalid           uint64 `metric:"fleet_invalid_values_total" help:"Values in Redis rejected as malformed, of the wrong type, too large or hostile; the replica fetched for itself."`
+	LockWon           uint64 `metric:"fleet_locks_total" labels:"result=won" help:"Attempts to take the fetch lock, by result."`
+	LockLost          uint64 `metric:"fleet_locks_total" labels:"result=lost" help:"Attempts to take the fetch lock, by result."`
+	WaitCommitted     uint64 `metric:"fleet_waits_total" labels:"result=committed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
+	WaitReleased      uint64 `metric:"fleet_waits_total" labels:"result=released" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
+	WaitFailed        uint64 `metric:"fleet_waits_total" labels:"result=failed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
+	WaitLapsed        uint64 `metric:"fleet_waits_total" labels:"result=lapsed" help:"Waits for another replica's fetch, by how they ended: committed (its snapshot), released (it shut down), failed (its fetch failed), lapsed (its lease did: it died)."`
+	CommitOK          uint64 `metric:"fleet_commits_total" labels:"result=ok" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
+	CommitFenced      uint64 `metric:"fleet_commits_total" labels:"result=fenced" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
+	CommitErrors      uint64 `metric:"fleet_commits_total" labels:"result=error" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
+	FallbackBreaker   uint64 `metric:"fleet_fallbacks_total" labels:"cause=breaker" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackTimeout   uint64 `metric:"fleet_fallbacks_total" labels:"cause=timeout" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackDown      uint64 `metric:"fleet_fallbacks_total" labels:"cause=down" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackTLS       uint64 `metric:"fleet_fallbacks_total" labels:"cause=tls" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackAuth      uint64 `metric:"fleet_fallbacks_total" labels:"cause=auth" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackNoPerm    uint64 `metric:"fleet_fallbacks_total" labels:"cause=noperm" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackOOM       uint64 `metric:"fleet_fallbacks_total" labels:"cause=oom" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackReadOnly  uint64 `metric:"fleet_fallbacks_total" labels:"cause=readonly" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackCrossSlot uint64 `metric:"fleet_fallbacks_total" labels:"cause=crossslot" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackMoved     uint64 `metric:"fleet_fallbacks_total" labels:"cause=moved" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackLoading   uint64 `metric:"fleet_fallbacks_total" labels:"cause=loading" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackInvalid   uint64 `metric:"fleet_fallbacks_total" labels:"cause=invalid" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackError     uint64 `metric:"fleet_fallbacks_total" labels:"cause=error" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	BreakerOpened     uint64 `metric:"fleet_breaker_opens_total" help:"Times the circuit breaker opened after consecutive Redis failures."`
+	NewsReceived      uint64 `metric:"fleet_news_total" help:"Announcements of a newer snapshot, by pub/sub or polling."`
+	LeaderFailures    uint64 `metric:"fleet_leader_failures_total" help:"Fetches that failed while this replica held the lock (the waiters were told at once)."`
+	Backoffs          uint64 `metric:"fleet_backoffs_total" help:"Loads that did not fetch because the upstream had asked the fleet to wait (Retry-After)."`
 }
 
 // Entry is a snapshot with what a replica needs to serve it.
@@ -162,6 +174,9 @@ type Tier[V any] struct {
 	token    string // in the locks this replica takes, to tell them apart
 	breaker  breaker
 	stats    Stats // only through sync/atomic
+	// condition is why the shared tier is not being used, nil while it
+	// is: its changes are what the log says (see trouble).
+	condition atomic.Pointer[cause]
 
 	mu     sync.Mutex
 	wake   chan struct{} // closed and replaced on every message
@@ -263,6 +278,7 @@ func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Cont
 		if err != nil {
 			return t.fallback(ctx, fetch, err)
 		}
+		t.fine(ctx)
 		switch a.kind {
 		case acquiredNewer:
 			e, found, err := t.Read(ctx, have)
@@ -314,8 +330,9 @@ func (t *Tier[V]) fallback(ctx context.Context, fetch func(context.Context) (V, 
 	if dl, ok := ctx.Deadline(); ctx.Err() != nil || ok && !time.Now().Before(dl) {
 		return Entry[V]{}, cmp.Or(ctx.Err(), context.DeadlineExceeded)
 	}
-	atomic.AddUint64(&t.stats.Fallbacks, 1)
-	t.opts.Log.DebugContext(ctx, "fetching alone", "redis", t.redacted, "err", cause)
+	c := t.trouble(ctx, "load", cause)
+	t.stats.countFallback(c)
+	t.opts.Log.DebugContext(ctx, "fetching alone", "cause", c.name, "redis", t.redacted, "err", cause)
 	ctx, done := t.budget(ctx)
 	defer done()
 	start := time.Now()
@@ -380,7 +397,8 @@ func (t *Tier[V]) lead(ctx context.Context, gen uint64, fetch func(context.Conte
 	switch {
 	case err != nil:
 		atomic.AddUint64(&t.stats.CommitErrors, 1)
-		t.opts.Log.WarnContext(ctx, "shared snapshot not written", "redis", t.redacted, "err", err)
+		t.trouble(ctx, "commit", err)
+		t.opts.Log.DebugContext(ctx, "shared snapshot not written", "redis", t.redacted, "err", err)
 	case len(res) == 2 && res[0] == 0:
 		// Our lease lapsed (Redis was slow) and another replica committed
 		// a newer snapshot: the fleet serves it, and serving ours here
@@ -638,7 +656,7 @@ func (t *Tier[V]) acquire(ctx context.Context, have uint64) (acquired, error) {
 	var res []any
 	err := t.call(ctx, "lock", func(ctx context.Context) error {
 		var err error
-		res, err = acquireScript.Run(ctx, t.client, []string{t.k.lock, t.k.gen, t.k.snap, t.k.snapGen, t.k.failed},
+		res, err = acquireScript.Run(ctx, t.client, []string{t.k.lock, t.k.gen, t.k.snap, t.k.snapGen, t.k.failed, t.k.channel},
 			have, leaseTerm.Milliseconds(), t.opts.Now().UnixMilli(), t.token).Slice()
 		return err
 	})
@@ -707,9 +725,12 @@ func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context
 		t.breaker.abandon(probe)
 		return err
 	}
-	if opened := t.breaker.record(time.Now(), err == nil, probe); opened {
+	// A reply, even an error, is Redis answering, and quickly: a refusal
+	// (READONLY, OOM, NOPERM...) costs a round trip, which the breaker
+	// must not save at the price of hiding the refusal's cause.
+	if opened := t.breaker.record(time.Now(), err == nil || reply(err), probe); opened {
 		atomic.AddUint64(&t.stats.BreakerOpened, 1)
-		t.opts.Log.Warn("shared tier off: Redis keeps failing; serving as a lone replica", "redis", t.redacted, "err", err)
+		t.opts.Log.Info("circuit breaker open: Redis keeps failing", "redis", t.redacted, "err", err)
 	}
 	return err
 }
@@ -794,6 +815,30 @@ func (t *Tier[V]) eventsAfter(seq *uint64) ([]event, <-chan struct{}) {
 	return out, t.wake
 }
 
+// aclCheck is Lua that ends a script with a NOPERM error naming the
+// command and key, before the script changes anything, if the ACL denies
+// the user one of checks ("cmd:i" for the command on KEYS[i]); Redis
+// would otherwise fail the script at that command, after its writes
+// before it. Redis before 7 has no redis.acl_check_cmd (nor fine ACLs).
+func aclCheck(checks string) string {
+	var b strings.Builder
+	b.WriteString("if redis.acl_check_cmd then\n  for _, c in ipairs({")
+	for _, c := range strings.Fields(checks) {
+		cmd, i, _ := strings.Cut(c, ":")
+		fmt.Fprintf(&b, "{'%s', KEYS[%s]}, ", cmd, i)
+	}
+	b.WriteString(`}) do
+    local args = {c[1], c[2]}
+    if c[1] == 'set' or c[1] == 'publish' or c[1] == 'pexpire' then args[3] = '1' end
+    if not redis.acl_check_cmd(unpack(args)) then
+      return redis.error_reply('NOPERM the fleet needs ' .. string.upper(c[1]) .. ' on ' .. c[2] .. ' (ACL: +' .. c[1] .. ' and a key and channel pattern for it)')
+    end
+  end
+end
+`)
+	return b.String()
+}
+
 func lockValue(gen uint64, token string) string { return strconv.FormatUint(gen, 10) + " " + token }
 
 // sanitize keeps a cause to a short word, for logs and Redis.
@@ -811,7 +856,10 @@ func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 
 // The scripts. Each runs atomically in Redis, in one round trip, and reads
 // everything it needs before it writes anything, so a script that fails
-// (a key of the wrong type) fails having changed nothing.
+// (a key of the wrong type, a permission the ACL denies: see aclCheck)
+// fails having changed nothing. A Redis out of memory refuses a script's
+// first write, and every script here writes first what it would otherwise
+// leave half done.
 var (
 	// readScript returns {0} for no snapshot (or one without its
 	// generation: evicted), {-1} for a key of the wrong type, {-2} for one
@@ -833,7 +881,10 @@ if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then return false end
 return redis.call('GET', KEYS[1])
 `)
 
-	// acquireScript, for a caller holding generation ARGV[1]:
+	// acquireScript, for a caller holding generation ARGV[1] (it checks
+	// first that the ACL lets it run every command the protocol needs, on
+	// every key and the channel, KEYS[6], so a missing permission is found
+	// before any lock is taken):
 	// {1, gen} if the snapshot (KEYS[3], of generation KEYS[4]) is newer
 	// and not expiring (a PTTL of 0-1 ms is none, as for a read);
 	// {4, cause, pttl} if a failed fetch asked the fleet to wait (KEYS[5]);
@@ -842,7 +893,9 @@ return redis.call('GET', KEYS[1])
 	// above the counter (KEYS[2]), the snapshot's, and the caller's clock
 	// in ms (ARGV[3]), so generations keep rising across a Redis restarted
 	// empty. Generations not below 2^52 are not ours and are ignored.
-	acquireScript = redis.NewScript(`
+	acquireScript = redis.NewScript(aclCheck(
+		"get:1 set:1 del:1 pexpire:1 pttl:1 get:2 set:2 type:3 strlen:3 get:3 pttl:3 set:3 exists:3 "+
+			"type:4 strlen:4 get:4 set:4 get:5 set:5 pttl:5 publish:6 subscribe:6") + `
 local function gen(k)
   local v = tonumber(redis.call('GET', k))
   if v == nil or v < 0 or v >= 4503599627370496 then return 0 end
@@ -873,7 +926,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 	// announces it: {1, 0}. If the snapshot there is of the same or a
 	// higher generation, it writes nothing, frees the lock and announces
 	// that one instead: {0, its generation}.
-	commitScript = redis.NewScript(`
+	commitScript = redis.NewScript(aclCheck("get:2 exists:1 get:3 set:1 set:2 del:3 publish:4") + `
 local cur = tonumber(redis.call('GET', KEYS[2]))
 if cur == nil or cur < 0 or cur >= 4503599627370496 then cur = 0 end
 local mine = redis.call('GET', KEYS[3]) == ARGV[4]
@@ -893,7 +946,7 @@ return {1, 0}
 	// (ARGV[1]) is in it, records a failure (ARGV[4], for ARGV[5] ms, when
 	// ARGV[2] is 'f'), and announces ARGV[2]:<gen>, with gen ARGV[3], or
 	// the lock's own when ARGV[3] is 0 (a lock taken unknowingly).
-	releaseScript = redis.NewScript(`
+	releaseScript = redis.NewScript(aclCheck("get:1 del:1 set:3 publish:2") + `
 local l = redis.call('GET', KEYS[1])
 local g = ARGV[3]
 if l then

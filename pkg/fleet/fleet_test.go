@@ -431,7 +431,7 @@ func TestTier_NothingInRedisIsTrusted(t *testing.T) {
 				t.Errorf("Load() = %+v, %v; want our own fetch, as %s", e, err, tt.want)
 			}
 			st := tier.Stats()
-			if tt.want == "local" && (st.Invalid != 1 || st.Fallbacks != 1) {
+			if tt.want == "local" && (st.Invalid != 1 || st.Fallbacks() != 1) {
 				t.Errorf("stats = %+v, want 1 invalid value and 1 fallback", st)
 			}
 			if v, _ := c.Get(ctx, "test:snapshot").Result(); tt.want == "leader" && !strings.Contains(v, `"fetch 1"`) {
@@ -464,7 +464,7 @@ func TestTier_RedisDownIsNoReasonToFail(t *testing.T) {
 		}
 	}
 	st := tier.Stats()
-	if st.Fallbacks != 10 || st.BreakerOpened != 1 || !tier.BreakerOpen() {
+	if st.Fallbacks() != 10 || st.BreakerOpened != 1 || !tier.BreakerOpen() {
 		t.Errorf("stats = %+v, open %v; want 10 fallbacks and the breaker open", st, tier.BreakerOpen())
 	}
 	if strings.Contains(tier.redacted, "s3cret") {

@@ -235,8 +235,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Redis != "" {
 		tier, err := fleet.New(fleet.Options[[]ghibli.Movie]{
-			Redis: fleet.Redis{URL: cfg.Redis, Mode: cfg.RedisMode, CAFile: cfg.RedisCA, CertFile: cfg.RedisCert, KeyFile: cfg.RedisKey},
-			TTL: cfg.TTL,
+			Redis:        fleet.Redis{URL: cfg.Redis, Mode: cfg.RedisMode, CAFile: cfg.RedisCA, CertFile: cfg.RedisCert, KeyFile: cfg.RedisKey},
+			TTL:          cfg.TTL,
 			Namespace:    namespace(cfg),
 			CallTimeout:  cfg.redisCallTimeout,
 			FetchTimeout: cfg.UpstreamTimeout,

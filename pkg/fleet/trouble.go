@@ -1,0 +1,154 @@
+package fleet
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// A cause names why a load fetched without the shared tier: the label of
+// movies_fleet_fallbacks_total, and the word the log's WARN leads with.
+// A refusal is Redis answering that it will not do what the fleet asks
+// (a configuration to fix); a failure is Redis not answering.
+type cause struct {
+	name    string
+	refusal bool
+	hint    string // what the operator can do
+}
+
+var (
+	causeBreaker   = cause{"breaker", false, "Redis kept failing: the circuit breaker keeps calls away until a probe succeeds"}
+	causeTimeout   = cause{"timeout", false, "Redis did not answer within the call timeout"}
+	causeDown      = cause{"down", false, "Redis refused or dropped the connection, or its host does not resolve"}
+	causeTLS       = cause{"tls", true, "the TLS handshake failed: trust the server's CA with -redis-ca; a server that requires client certificates needs -redis-cert and -redis-key"}
+	causeAuth      = cause{"auth", true, "Redis refused the user or password in -redis"}
+	causeNoPerm    = cause{"noperm", true, "the ACL user may not run a command the fleet needs: grant the rule in docs/fleet.md (Redis deployments)"}
+	causeOOM       = cause{"oom", true, "Redis is out of memory and will not evict (maxmemory-policy noeviction or volatile-*): raise maxmemory, free memory, or use allkeys-lru"}
+	causeReadOnly  = cause{"readonly", true, "-redis is a read-only replica (a failover moved the master?): use -redis-mode sentinel, or a proxy that follows the master"}
+	causeCrossSlot = cause{"crossslot", true, "this Redis is a Cluster: use -redis-mode cluster"}
+	causeMoved     = cause{"moved", true, "a Cluster slot is moving or this Redis is a Cluster (use -redis-mode cluster)"}
+	causeLoading   = cause{"loading", true, "Redis is loading its dataset"}
+	causeInvalid   = cause{"invalid", true, "Redis holds a value this protocol did not write (see the ERROR line before)"}
+	causeError     = cause{"error", false, "see err"}
+)
+
+// causeOf names what went wrong with a Redis call.
+func causeOf(err error) cause {
+	var (
+		unknownCA  x509.UnknownAuthorityError
+		invalidCrt x509.CertificateInvalidError
+		hostname   x509.HostnameError
+		verify     *tls.CertificateVerificationError
+		alert      tls.AlertError
+		record     tls.RecordHeaderError
+		netErr     net.Error
+		opErr      *net.OpError
+	)
+	switch {
+	case errors.Is(err, errOpen):
+		return causeBreaker
+	case errors.Is(err, ErrInvalid), errors.Is(err, errSpin):
+		return causeInvalid
+	case errors.As(err, &unknownCA), errors.As(err, &invalidCrt), errors.As(err, &hostname),
+		errors.As(err, &verify), errors.As(err, &alert), errors.As(err, &record):
+		return causeTLS
+	}
+	if reply(err) {
+		// Redis's own words: a script's error carries the command's
+		// reply inside it ("ERR Error running script ... -READONLY ...").
+		msg := err.Error()
+		for _, c := range []struct {
+			words []string
+			c     cause
+		}{
+			{[]string{"NOPERM", "can't run this command", "no permissions"}, causeNoPerm},
+			{[]string{"WRONGPASS", "NOAUTH", "invalid username-password"}, causeAuth},
+			{[]string{"OOM "}, causeOOM},
+			{[]string{"READONLY"}, causeReadOnly},
+			{[]string{"CROSSSLOT"}, causeCrossSlot},
+			{[]string{"MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"}, causeMoved},
+			{[]string{"LOADING", "MASTERDOWN"}, causeLoading},
+		} {
+			for _, w := range c.words {
+				if strings.Contains(msg, w) {
+					return c.c
+				}
+			}
+		}
+		return causeError
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return causeTimeout
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.As(err, &opErr):
+		return causeDown
+	}
+	return causeError
+}
+
+// reply reports whether err is Redis answering with an error: Redis is
+// there and quick, so the breaker must not take it for a sick Redis.
+func reply(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
+}
+
+// trouble records that the shared tier could not be used for op, and
+// says so once per condition: one WARN when it starts and whenever its
+// cause changes, so a fleet running alone for good is never silent, and
+// a Redis failing for an hour does not fill the log. It returns the cause.
+func (t *Tier[V]) trouble(ctx context.Context, op string, err error) cause {
+	c := causeOf(err)
+	if c == causeBreaker {
+		return c // the breaker only repeats a cause already told
+	}
+	if prev := t.condition.Swap(&c); prev == nil || prev.name != c.name {
+		msg := "shared tier off: serving as a lone replica"
+		if c.refusal {
+			msg = "shared tier refused: serving as a lone replica"
+		}
+		t.opts.Log.WarnContext(ctx, msg, "cause", c.name, "op", op, "hint", c.hint, "redis", t.redacted, "err", err)
+	}
+	return c
+}
+
+// fine records that the shared tier worked: the end of any condition.
+func (t *Tier[V]) fine(ctx context.Context) {
+	if t.condition.Load() == nil {
+		return
+	}
+	if prev := t.condition.Swap(nil); prev != nil {
+		t.opts.Log.InfoContext(ctx, "shared tier back", "after", prev.name, "redis", t.redacted)
+	}
+}
+
+// countFallback counts a fallback under its cause.
+func (s *Stats) countFallback(c cause) {
+	p := map[string]*uint64{
+		"breaker": &s.FallbackBreaker, "timeout": &s.FallbackTimeout, "down": &s.FallbackDown,
+		"tls": &s.FallbackTLS, "auth": &s.FallbackAuth, "noperm": &s.FallbackNoPerm, "oom": &s.FallbackOOM,
+		"readonly": &s.FallbackReadOnly, "crossslot": &s.FallbackCrossSlot, "moved": &s.FallbackMoved,
+		"loading": &s.FallbackLoading, "invalid": &s.FallbackInvalid,
+	}[c.name]
+	if p == nil {
+		p = &s.FallbackError
+	}
+	atomic.AddUint64(p, 1)
+}
+
+// Fallbacks is the number of loads that fetched without the shared tier,
+// whatever the cause.
+func (s Stats) Fallbacks() uint64 {
+	return s.FallbackBreaker + s.FallbackTimeout + s.FallbackDown + s.FallbackTLS + s.FallbackAuth +
+		s.FallbackNoPerm + s.FallbackOOM + s.FallbackReadOnly + s.FallbackCrossSlot + s.FallbackMoved +
+		s.FallbackLoading + s.FallbackInvalid + s.FallbackError
+}
