@@ -177,6 +177,7 @@ type Tier[V any] struct {
 	// condition is why the shared tier is not being used, nil while it
 	// is: its changes are what the log says (see trouble).
 	condition atomic.Pointer[cause]
+	dials     *dialWatch
 
 	mu     sync.Mutex
 	wake   chan struct{} // closed and replaced on every message
@@ -228,17 +229,19 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 	if p.db != 0 {
 		channel += ":db" + strconv.Itoa(p.db)
 	}
+	dials := &dialWatch{}
 	var tok [8]byte
 	rand.Read(tok[:])
 	ns := opts.Namespace
 	t := &Tier[V]{
-		opts: opts, client: p.client(opts.CallTimeout, opts.Dialer), redacted: p.redacted, token: hex.EncodeToString(tok[:]),
+		opts: opts, client: p.client(opts.CallTimeout, opts.Dialer, dials), redacted: p.redacted, token: hex.EncodeToString(tok[:]),
 		k: keys{
 			snap: ns + ":snapshot", snapGen: ns + ":snapshot:gen", gen: ns + ":gen",
 			lock: ns + ":lock", failed: ns + ":failed", channel: channel,
 		},
 		breaker: breaker{threshold: 3, cooldown: time.Second, maxCooldown: 30 * time.Second},
 		wake:    make(chan struct{}),
+		dials:   dials,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.stop = cancel
@@ -850,8 +853,16 @@ func sanitize(s string) string {
 // redisLogger sends go-redis's own messages to the tier's logger.
 type redisLogger struct{ log *slog.Logger }
 
+// A failed dial is said once, in the tier's own WARN with its cause
+// (see trouble), not on every dial; the client's other messages (a
+// sentinel switching master) are worth an INFO.
 func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	l.log.WarnContext(ctx, "redis client", "msg", fmt.Sprintf(format, v...))
+	msg := fmt.Sprintf(format, v...)
+	level := slog.LevelInfo
+	if strings.Contains(msg, "failed to dial") {
+		level = slog.LevelDebug
+	}
+	l.log.Log(ctx, level, "redis client", "msg", msg)
 }
 
 // The scripts. Each runs atomically in Redis, in one round trip, and reads

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -160,7 +161,7 @@ func (p parsed) tlsConfig() *tls.Config {
 // bounded by its context, with no retries hidden inside the client: a sick
 // Redis must cost a request one bounded call, after which the breaker
 // keeps it out of the way.
-func (p parsed) client(timeout time.Duration, dialer func(context.Context, string, string) (net.Conn, error)) redis.UniversalClient {
+func (p parsed) client(timeout time.Duration, dialer func(context.Context, string, string) (net.Conn, error), hook redis.Hook) redis.UniversalClient {
 	// MinIdleConns: a connection kept ready, so a replica's first call
 	// after start or idle does not spend its bounded call on a dial and a
 	// handshake. DisableIdentity: no CLIENT SETINFO round trip on each new
@@ -177,7 +178,9 @@ func (p parsed) client(timeout time.Duration, dialer func(context.Context, strin
 		if dialer != nil {
 			o.Dialer = dialer
 		}
-		return redis.NewClient(o)
+		c := redis.NewClient(o)
+		c.AddHook(hook)
+		return c
 	case p.failover != nil:
 		o := p.failover
 		o.ContextTimeoutEnabled, o.MaxRetries, o.DialerRetries = true, -1, 1
@@ -186,7 +189,9 @@ func (p parsed) client(timeout time.Duration, dialer func(context.Context, strin
 		if dialer != nil {
 			o.Dialer = dialer
 		}
-		return redis.NewFailoverClient(o)
+		c := redis.NewFailoverClient(o)
+		c.AddHook(hook)
+		return c
 	default:
 		o := p.cluster
 		// A MOVED or ASK reply (a slot moving) is followed within the
@@ -198,7 +203,9 @@ func (p parsed) client(timeout time.Duration, dialer func(context.Context, strin
 		if dialer != nil {
 			o.Dialer = dialer
 		}
-		return redis.NewClusterClient(o)
+		c := redis.NewClusterClient(o)
+		c.OnNewNode(func(n *redis.Client) { n.AddHook(hook) })
+		return c
 	}
 }
 
@@ -228,4 +235,36 @@ func passwords(u *url.URL) []string {
 		}
 	}
 	return out
+}
+
+// dialWatch keeps the outcome of the last dial: go-redis dials in the
+// background, and a call waiting on it reports only that its time ran
+// out, while the dial's own error (an untrusted certificate, a refused
+// connection) says what happened.
+type dialWatch struct{ last atomic.Pointer[error] }
+
+func (w *dialWatch) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil && ctx.Err() == nil {
+			w.last.Store(&err)
+		} else if err == nil {
+			w.last.Store(nil)
+		}
+		return c, err
+	}
+}
+
+func (*dialWatch) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (*dialWatch) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// failed returns the last dial's error if the last dial failed.
+func (w *dialWatch) failed() error {
+	if p := w.last.Load(); p != nil {
+		return *p
+	}
+	return nil
 }

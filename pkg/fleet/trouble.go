@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -110,6 +111,16 @@ func (t *Tier[V]) trouble(ctx context.Context, op string, err error) cause {
 	c := causeOf(err)
 	if c == causeBreaker {
 		return c // the breaker only repeats a cause already told
+	}
+	if c == causeTimeout || c == causeError {
+		// A call that waited on a dial reports its own timeout; the
+		// dial's error says why.
+		if derr := t.dials.failed(); derr != nil {
+			err = fmt.Errorf("%w (last dial: %w)", err, derr)
+			if dc := causeOf(derr); dc != causeError {
+				c = dc
+			}
+		}
 	}
 	if prev := t.condition.Swap(&c); prev == nil || prev.name != c.name {
 		msg := "shared tier off: serving as a lone replica"
