@@ -1,6 +1,7 @@
--- report.lua is wrk's done() hook for scripts/bench.sh: one line of exact
--- numbers (latencies in ms, never wrk's rounded, unit-changing display),
--- so the script need not parse wrk's human output.
+-- report.lua is wrk's done() hook for the benchmark program (bench/, which
+-- embeds it): one line of exact numbers (latencies in ms, never wrk's
+-- rounded, unit-changing display), so the program need not parse wrk's
+-- human output.
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

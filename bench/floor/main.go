@@ -1,6 +1,7 @@
-// Command floor is the stack's floor for scripts/bench.sh: echo v4 on
-// net/http writing, from memory, the very responses movies wrote to the
-// script (same status, headers and body), and doing nothing else. What
+// Command floor is the stack's floor for the hit benchmark (go run ./bench
+// hit): echo v4 on net/http writing, from memory, the very responses movies
+// wrote to the benchmark (same status, headers and body), and doing
+// nothing else. What
 // movies serves below the floor's rate is what its own hit path costs;
 // what the floor serves below nginx's is what Go's net/http and echo cost.
 //
@@ -9,9 +10,9 @@
 //	floor -addr 127.0.0.1:8081 -dir DIR
 //
 // DIR holds, for each content coding NAME (identity, gzip, br, zstd),
-// NAME.headers (the response head as curl -D wrote it) and NAME.body. A
+// NAME.headers (the response head, as curl -D writes it) and NAME.body. A
 // GET /movies/ whose Accept-Encoding is exactly NAME gets NAME's response;
-// any other, identity's. Matching the exact header value the script sends
+// any other, identity's. Matching the exact header value the benchmark sends
 // is all the negotiation the floor does: the cost of negotiating properly
 // is part of what movies is measured on.
 //
