@@ -84,3 +84,17 @@ func maxInWindow(times []time.Time, window time.Duration) int {
 	}
 	return best
 }
+
+// minGap is the shortest time between two consecutive times (sorted
+// first); zero for fewer than two.
+func minGap(times []time.Time) time.Duration {
+	s := slices.Clone(times)
+	slices.SortFunc(s, func(a, b time.Time) int { return a.Compare(b) })
+	var gap time.Duration
+	for i := 1; i < len(s); i++ {
+		if d := s[i].Sub(s[i-1]); i == 1 || d < gap {
+			gap = d
+		}
+	}
+	return gap
+}

@@ -85,6 +85,12 @@ func TestWindows(t *testing.T) {
 			t.Errorf("%s: maxInWindow = %d, want %d", tt.name, got, tt.want)
 		}
 	}
+	if got := minGap(at(4000, 0, 1990, 6100)); got != 1990*time.Millisecond {
+		t.Errorf("minGap = %v, want 1.99s", got)
+	}
+	if got := minGap(at(5)); got != 0 {
+		t.Errorf("minGap of one = %v, want 0", got)
+	}
 	if got := perWindow(15, 30*time.Second, 4*time.Second); got != 2 {
 		t.Errorf("perWindow = %v, want 2", got)
 	}
