@@ -47,6 +47,15 @@ const (
 	// pollEvery is the backstop for news lost while the subscription
 	// reconnects (pub/sub keeps nothing): one small read a second.
 	pollEvery = time.Second
+	// starvedAfter tells a call that failed because this process was
+	// starved of CPU from one Redis failed: a call that ends more than a
+	// quarter of its timeout after its deadline was woken late by its own
+	// timer, which on a free CPU fires within a millisecond. On a
+	// saturated machine the reply may sit in the socket while the process
+	// waits to run; taking that for a sick Redis would open the breaker and
+	// send every replica to the upstream alone, which costs the machine
+	// more CPU still. Such a call is no verdict on Redis.
+	starvedAfter = 4 // the call timeout over this
 	// maxGen bounds generations: above it Lua's numbers lose integers.
 	maxGen = 1 << 52
 	// maxValueBytes bounds a snapshot, checked inside Redis: far above a
@@ -104,19 +113,20 @@ type Stats struct {
 	CommitOK          uint64 `metric:"fleet_commits_total" labels:"result=ok" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
 	CommitFenced      uint64 `metric:"fleet_commits_total" labels:"result=fenced" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
 	CommitErrors      uint64 `metric:"fleet_commits_total" labels:"result=error" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
-	FallbackBreaker   uint64 `metric:"fleet_fallbacks_total" labels:"cause=breaker" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackTimeout   uint64 `metric:"fleet_fallbacks_total" labels:"cause=timeout" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackDown      uint64 `metric:"fleet_fallbacks_total" labels:"cause=down" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackTLS       uint64 `metric:"fleet_fallbacks_total" labels:"cause=tls" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackAuth      uint64 `metric:"fleet_fallbacks_total" labels:"cause=auth" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackNoPerm    uint64 `metric:"fleet_fallbacks_total" labels:"cause=noperm" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackOOM       uint64 `metric:"fleet_fallbacks_total" labels:"cause=oom" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackReadOnly  uint64 `metric:"fleet_fallbacks_total" labels:"cause=readonly" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackCrossSlot uint64 `metric:"fleet_fallbacks_total" labels:"cause=crossslot" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackMoved     uint64 `metric:"fleet_fallbacks_total" labels:"cause=moved" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackLoading   uint64 `metric:"fleet_fallbacks_total" labels:"cause=loading" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackInvalid   uint64 `metric:"fleet_fallbacks_total" labels:"cause=invalid" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
-	FallbackError     uint64 `metric:"fleet_fallbacks_total" labels:"cause=error" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), error."`
+	FallbackBreaker   uint64 `metric:"fleet_fallbacks_total" labels:"cause=breaker" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackTimeout   uint64 `metric:"fleet_fallbacks_total" labels:"cause=timeout" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackDown      uint64 `metric:"fleet_fallbacks_total" labels:"cause=down" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackTLS       uint64 `metric:"fleet_fallbacks_total" labels:"cause=tls" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackAuth      uint64 `metric:"fleet_fallbacks_total" labels:"cause=auth" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackNoPerm    uint64 `metric:"fleet_fallbacks_total" labels:"cause=noperm" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackOOM       uint64 `metric:"fleet_fallbacks_total" labels:"cause=oom" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackReadOnly  uint64 `metric:"fleet_fallbacks_total" labels:"cause=readonly" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackCrossSlot uint64 `metric:"fleet_fallbacks_total" labels:"cause=crossslot" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackMoved     uint64 `metric:"fleet_fallbacks_total" labels:"cause=moved" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackLoading   uint64 `metric:"fleet_fallbacks_total" labels:"cause=loading" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackInvalid   uint64 `metric:"fleet_fallbacks_total" labels:"cause=invalid" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackStarved   uint64 `metric:"fleet_fallbacks_total" labels:"cause=starved" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
+	FallbackError     uint64 `metric:"fleet_fallbacks_total" labels:"cause=error" help:"Loads that fetched without the shared tier, by cause: breaker (open), timeout, down, tls, auth, noperm (ACL), oom, readonly (a replica), crossslot, moved (Cluster), loading, invalid (a value not ours), starved (this process waited for CPU), error."`
 	BreakerOpened     uint64 `metric:"fleet_breaker_opens_total" help:"Times the circuit breaker opened after consecutive Redis failures."`
 	NewsReceived      uint64 `metric:"fleet_news_total" help:"Announcements of a newer snapshot, by pub/sub or polling."`
 	LeaderFailures    uint64 `metric:"fleet_leader_failures_total" help:"Fetches that failed while this replica held the lock (the waiters were told at once)."`
@@ -158,6 +168,9 @@ var ErrInvalid = errors.New("fleet: invalid value in Redis")
 var (
 	errOpen = errors.New("fleet: circuit breaker open")
 	errSpin = errors.New("fleet: the snapshot announced by Redis cannot be read")
+	// errStarved marks a call that failed while this process waited for
+	// CPU: no verdict on Redis.
+	errStarved = errors.New("fleet: this process was starved of CPU during the call")
 	// errRetry and errRecheck tell Load to ask for the lock again: it was
 	// released, or its lease was due to lapse.
 	errRetry   = errors.New("fleet: the lock was released")
@@ -727,6 +740,12 @@ func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context
 		// about Redis, so it must not open the breaker.
 		t.breaker.abandon(probe)
 		return err
+	}
+	if err != nil && !reply(err) && time.Since(start) > t.opts.CallTimeout+t.opts.CallTimeout/starvedAfter {
+		// The call's own timer ran late: this process, not Redis, was
+		// slow (see starvedAfter).
+		t.breaker.abandon(probe)
+		return fmt.Errorf("%w: %w", errStarved, err)
 	}
 	// A reply, even an error, is Redis answering, and quickly: a refusal
 	// (READONLY, OOM, NOPERM...) costs a round trip, which the breaker

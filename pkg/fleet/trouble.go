@@ -38,6 +38,7 @@ var (
 	causeMoved     = cause{"moved", true, "a Cluster slot is moving or this Redis is a Cluster (use -redis-mode cluster)"}
 	causeLoading   = cause{"loading", true, "Redis is loading its dataset"}
 	causeInvalid   = cause{"invalid", true, "Redis holds a value this protocol did not write (see the ERROR line before)"}
+	causeStarved   = cause{"starved", false, "this replica waited for CPU during the Redis call, which ran out of time on this side: the machine is saturated (Redis itself is not judged)"}
 	causeError     = cause{"error", false, "see err"}
 )
 
@@ -56,6 +57,8 @@ func causeOf(err error) cause {
 	switch {
 	case errors.Is(err, errOpen):
 		return causeBreaker
+	case errors.Is(err, errStarved):
+		return causeStarved
 	case errors.Is(err, ErrInvalid), errors.Is(err, errSpin):
 		return causeInvalid
 	case errors.As(err, &unknownCA), errors.As(err, &invalidCrt), errors.As(err, &hostname),
@@ -148,7 +151,7 @@ func (s *Stats) countFallback(c cause) {
 		"breaker": &s.FallbackBreaker, "timeout": &s.FallbackTimeout, "down": &s.FallbackDown,
 		"tls": &s.FallbackTLS, "auth": &s.FallbackAuth, "noperm": &s.FallbackNoPerm, "oom": &s.FallbackOOM,
 		"readonly": &s.FallbackReadOnly, "crossslot": &s.FallbackCrossSlot, "moved": &s.FallbackMoved,
-		"loading": &s.FallbackLoading, "invalid": &s.FallbackInvalid,
+		"loading": &s.FallbackLoading, "invalid": &s.FallbackInvalid, "starved": &s.FallbackStarved,
 	}[c.name]
 	if p == nil {
 		p = &s.FallbackError
@@ -161,5 +164,5 @@ func (s *Stats) countFallback(c cause) {
 func (s Stats) Fallbacks() uint64 {
 	return s.FallbackBreaker + s.FallbackTimeout + s.FallbackDown + s.FallbackTLS + s.FallbackAuth +
 		s.FallbackNoPerm + s.FallbackOOM + s.FallbackReadOnly + s.FallbackCrossSlot + s.FallbackMoved +
-		s.FallbackLoading + s.FallbackInvalid + s.FallbackError
+		s.FallbackLoading + s.FallbackInvalid + s.FallbackStarved + s.FallbackError
 }
