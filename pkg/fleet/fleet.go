@@ -44,9 +44,6 @@ const (
 	// renewEvery lets three renewals in a row fail (each bounded by the
 	// call timeout) before a live leader's lease could lapse.
 	renewEvery = leaseTerm / 4
-	// pollEvery is the backstop for news lost while the subscription
-	// reconnects (pub/sub keeps nothing): one small read a second.
-	pollEvery = time.Second
 	// starvedAfter tells a call that failed because this process was
 	// starved of CPU from one Redis failed: a call that ends more than a
 	// quarter of its timeout after its deadline was woken late by its own
@@ -83,8 +80,9 @@ type Options[V any] struct {
 	// Cause, if set, labels a fetch error for the waiters (a short word).
 	Cause func(error) string
 	// OnNews, if set, is called with the generation of a snapshot
-	// committed to Redis: on each announcement and on each poll (once a
-	// second), repeating generations. It must be cheap and not block.
+	// committed to Redis: on each announcement and on each read after a
+	// (re)subscription, repeating generations. It must be cheap and not
+	// block.
 	OnNews func(gen uint64)
 	// Observe, if set, is told of every Redis call's operation, time, error.
 	Observe func(op string, d time.Duration, err error)
@@ -757,14 +755,16 @@ func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context
 	return err
 }
 
-// listen delivers news from the channel, polling as the backstop.
+// listen delivers news from the channel. Pub/sub keeps nothing, so news
+// is lost only while the subscription is down; go-redis pings an idle
+// subscription (every 3s) and resubscribes after any break, and each
+// (re)subscription is followed by one read of the snapshot's generation:
+// the backstop costs nothing while the channel works.
 func (t *Tier[V]) listen(ctx context.Context) {
 	defer t.bg.Done()
 	ps := t.client.Subscribe(ctx, t.k.channel)
 	defer ps.Close()
-	msgs := ps.Channel()
-	poll := time.NewTicker(pollEvery)
-	defer poll.Stop()
+	msgs := ps.ChannelWithSubscriptions()
 	for {
 		select {
 		case <-ctx.Done():
@@ -776,24 +776,32 @@ func (t *Tier[V]) listen(ctx context.Context) {
 			// A message is Redis answering: after an outage, sharing
 			// resumes now rather than at the breaker's next probe.
 			t.breaker.alive()
-			kind, g, _ := strings.Cut(m.Payload, ":")
-			if gen, err := strconv.ParseUint(g, 10, 64); err == nil && gen > 0 && gen < maxGen && len(kind) == 1 && strings.Contains("crf", kind) {
-				t.heard(kind[0], gen)
-			}
-		case <-poll.C:
-			if t.breaker.isOpen(time.Now()) {
-				continue
-			}
-			var g string
-			err := t.call(ctx, "poll", func(ctx context.Context) error {
-				var err error
-				g, err = peekScript.Run(ctx, t.client, []string{t.k.snapGen}, 20).Text()
-				return err
-			})
-			if gen, perr := strconv.ParseUint(g, 10, 64); err == nil && perr == nil && gen > 0 && gen < maxGen {
-				t.heard('c', gen)
+			switch m := m.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" {
+					t.poll(ctx)
+				}
+			case *redis.Message:
+				kind, g, _ := strings.Cut(m.Payload, ":")
+				if gen, err := strconv.ParseUint(g, 10, 64); err == nil && gen > 0 && gen < maxGen && len(kind) == 1 && strings.Contains("crf", kind) {
+					t.heard(kind[0], gen)
+				}
 			}
 		}
+	}
+}
+
+// poll reads the generation of the snapshot in Redis, news that may have
+// been missed.
+func (t *Tier[V]) poll(ctx context.Context) {
+	var g string
+	err := t.call(ctx, "poll", func(ctx context.Context) error {
+		var err error
+		g, err = peekScript.Run(ctx, t.client, []string{t.k.snapGen}, 20).Text()
+		return err
+	})
+	if gen, perr := strconv.ParseUint(g, 10, 64); err == nil && perr == nil && gen > 0 && gen < maxGen {
+		t.heard('c', gen)
 	}
 }
 
