@@ -34,6 +34,11 @@ func TestMarkerFake(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The record is written once the handler returns, a moment
+		// after the client has its answer.
+		for deadline := time.Now().Add(time.Second); f.fetchCount() <= i && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
 		recs := f.fetchesSince(i)
 		if len(recs) != 1 {
 			t.Fatalf("after %d requests the fake recorded %d from index %d, want 1", i+1, len(recs), i)
@@ -56,6 +61,7 @@ func TestMarkerFake(t *testing.T) {
 	if _, err := c.Get(f.URL + "/people"); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(10 * time.Millisecond)
 	if n := f.fetchCount(); n != 5 {
 		t.Errorf("fetchCount = %d after 5 /films and 1 /people, want 5", n)
 	}
