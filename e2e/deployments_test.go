@@ -190,14 +190,18 @@ type deployStep struct {
 	fig        fleetFigures
 	maxLatency time.Duration
 	slow       int // requests that took a lease or longer
-	// backwardsSettled counts pages older than one already served,
-	// sent once sharing was due back (counted, not judged).
+	// backwardsSettled counts pages older than one already served, sent
+	// once sharing was due back; backwardsSpan is when the first and the
+	// last of them were sent, after the event started.
 	backwardsSettled int
+	backwardsSpan    [2]time.Duration
+	backwardsSeen    []string
 	// backAfter is when the last replica logged "shared tier back",
 	// after the event started; 0 if none did.
 	backAfter      time.Duration
 	fetches        int
 	resumed        time.Duration // after eventStart; -1: not within the phase
+	relapses       int           // fetches sharing would have saved, after it resumed
 	settledFetches int
 	settledWindows float64
 }
@@ -221,9 +225,9 @@ func (s *deployStep) String() string {
 	if s.backAfter > 0 {
 		back = s.backAfter.Round(time.Millisecond).String()
 	}
-	return fmt.Sprintf("phase=%s event=%v %v max=%v slow=%d fetches=%d settled_per_window=%.2f (%d in %.1f windows) resumed_after=%s backwards_settled=%d tier_back_logged_after=%s",
+	return fmt.Sprintf("phase=%s event=%v %v max=%v slow=%d fetches=%d settled_per_window=%.2f (%d in %.1f windows) resumed_after=%s relapses=%d backwards_settled=%d tier_back_logged_after=%s",
 		s.name, s.eventEnd.Sub(s.eventStart).Round(time.Millisecond), s.fig, s.maxLatency.Round(time.Millisecond), s.slow, s.fetches,
-		s.perWindow(), s.settledFetches, s.settledWindows, resumed, s.backwardsSettled, back)
+		s.perWindow(), s.settledFetches, s.settledWindows, resumed, s.relapses, s.backwardsSettled, back)
 }
 
 // startDeployRun starts the replicas on rig; the first step starts the load.
@@ -293,34 +297,37 @@ func (r *deployRun) finish() []*deployStep {
 		for _, at := range firstBack {
 			s.backAfter = max(s.backAfter, at.Sub(s.eventStart))
 		}
-		var last time.Time // the last fetch sharing would have saved
+		// Fetches sharing would have saved: closer to the one before than
+		// a sharing fleet's can be.
+		var dups []time.Time
 		for i, a := range all {
 			if a.at.Before(s.eventStart) || !a.at.Before(s.end) {
 				continue
 			}
 			s.fetches++
 			if i > 0 && a.at.Sub(all[i-1].at) < minGap {
-				last = a.at
+				dups = append(dups, a.at)
 			}
 		}
 		from := s.eventEnd
 		if s.resumeWithin > 0 {
 			from = s.eventStart.Add(s.resumeWithin)
-			switch {
-			case last.IsZero():
-				s.resumed = 0
-			case s.end.Sub(last) < 2*deployTTL:
-				s.resumed = -1 // still fetching alone at the phase's end
-			default:
-				s.resumed = last.Sub(s.eventStart)
-			}
+			s.resumed, s.relapses = resumedAfter(s.eventStart, s.end, s.resumeWithin, dups)
 		}
 		if from.Before(s.end) {
 			s.settledFetches = len(r.rig.filmsBetween(from, s.end))
 			s.settledWindows = float64(s.end.Sub(from)) / float64(deployTTL)
 			for _, o := range mine {
 				if o.backwards != "" && !o.sent.Before(from) {
+					at := o.sent.Sub(s.eventStart)
+					if s.backwardsSettled == 0 {
+						s.backwardsSpan[0] = at
+					}
+					s.backwardsSpan[1] = at
 					s.backwardsSettled++
+					if len(s.backwardsSeen) < 5 {
+						s.backwardsSeen = append(s.backwardsSeen, fmt.Sprintf("+%v: %s", at.Round(time.Millisecond), o.backwards))
+					}
 				}
 			}
 		}
@@ -342,11 +349,40 @@ func (r *deployRun) finish() []*deployStep {
 			t.Errorf("%s: %d fetches in %.1f TTL windows once settled, want at most %d (the design: one per TTL and one early refresh): the fleet is not sharing; fetches %v",
 				s.name, s.settledFetches, s.settledWindows, bound, fetchGaps(r.rig.filmsBetween(from, s.end)))
 		}
+		// Sharing back means the fleet switching together again too:
+		// Redis is healthy, and the promise of monotonic reads holds.
+		if s.backwardsSettled > 0 {
+			t.Errorf("%s: %d pages older than one the fleet had served over %v earlier, sent %v to %v after the event, once sharing was due back; want none (the replicas do not switch together), the first:\n%s",
+				s.name, s.backwardsSettled, monotonicSlack, s.backwardsSpan[0].Round(time.Millisecond), s.backwardsSpan[1].Round(time.Millisecond), strings.Join(s.backwardsSeen, "\n"))
+		}
 		if s.perWindow() > r.lone.perWindow {
 			t.Errorf("%s: %.2f fetches per window once settled, more than the %.2f of the lone control", s.name, s.perWindow(), r.lone.perWindow)
 		}
 	}
 	return r.steps
+}
+
+// resumedAfter is when, after the event at start, sharing resumed: the
+// last of the first run of fetches sharing would have saved (dups), once
+// two TTLs passed with none (0 if there were none, or none within
+// resumeWithin of the event: it never stopped; -1 if the phase ended
+// first). A later one, say a call that timed out on a loaded machine and
+// fetched alone, is a relapse, counted apart: the fetches per window
+// judge those.
+func resumedAfter(start, end time.Time, resumeWithin time.Duration, dups []time.Time) (resumed time.Duration, relapses int) {
+	if len(dups) == 0 || dups[0].Sub(start) > resumeWithin {
+		return 0, len(dups)
+	}
+	for i, d := range dups {
+		next := end
+		if i+1 < len(dups) {
+			next = dups[i+1]
+		}
+		if next.Sub(d) >= 2*deployTTL {
+			return d.Sub(start), len(dups) - i - 1
+		}
+	}
+	return -1, 0
 }
 
 // fetchGaps shows the times between fetches, for failure messages.
@@ -568,6 +604,11 @@ func caseSentinel(t *testing.T, lone loneFigures) {
 		})
 		failoverTook = time.Since(at)
 	}, 0)
+	// Where the replicas hear the fleet's news once the failover has had
+	// its seconds: a subscription left on the old master, still a master
+	// until the sentinels demote it, hears no commit made on the new one.
+	time.Sleep(4 * time.Second)
+	subsOld, subsNew := fleetSubscribers(t, first), fleetSubscribers(t, second)
 	// The sentinels demote the old master some seconds later (they wait
 	// for news of a newer configuration first); only then is there a
 	// replica for the next failover to promote. The load runs on, which
@@ -596,9 +637,33 @@ func caseSentinel(t *testing.T, lone loneFigures) {
 	logs := rig.tierLogs()
 	logTierLines(t, logs)
 	requireNoTierWarn(t, logs, "steady", steps[0].eventStart, steps[0].end)
-	logSummary(t, fmt.Sprintf("deploy case=sentinel failover=%s->%s in %v (old master a replica %v after) kill=%s promoted=%s %v after the kill",
-		first.name, second.name, failoverTook.Round(time.Millisecond), demotedAfter.Round(time.Millisecond),
+	logSummary(t, fmt.Sprintf("deploy case=sentinel failover=%s->%s in %v (old master a replica %v after) fleet_subscribers_4s_after: old_master=%d new_master=%d kill=%s promoted=%s %v after the kill",
+		first.name, second.name, failoverTook.Round(time.Millisecond), demotedAfter.Round(time.Millisecond), subsOld, subsNew,
 		second.name, third.name, promotedAfter.Round(time.Millisecond)))
+}
+
+// fleetSubscribers counts the pub/sub connections on n that are not a
+// sentinel's (sentinels subscribe to every instance they watch, and name
+// their connections sentinel-<id>-pubsub): the replicas' news channels.
+func fleetSubscribers(t *testing.T, n *redisNode) int {
+	t.Helper()
+	list, err := n.client(t).ClientList(context.Background()).Result()
+	if err != nil {
+		t.Errorf("%s CLIENT LIST: %v", n.name, err)
+		return -1
+	}
+	count := 0
+	for line := range strings.Lines(list) {
+		if strings.Contains(line, "name=sentinel-") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "sub="); ok && v != "0" {
+				count++
+			}
+		}
+	}
+	return count
 }
 
 // caseTLS: a redis-server speaking only TLS, with the test's own CA and
@@ -877,4 +942,35 @@ func caseUnixSocket(t *testing.T, lone loneFigures) {
 	steps := run.finish()
 	logs := rig.tierLogs()
 	requireNoTierWarn(t, logs, "steady", steps[0].eventStart, steps[0].end)
+}
+
+// TestResumedAfter pins the reading of "sharing resumed" the cases judge
+// by, on made-up fetch times.
+func TestResumedAfter(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms ...int) []time.Time {
+		var out []time.Time
+		for _, m := range ms {
+			out = append(out, t0.Add(time.Duration(m)*time.Millisecond))
+		}
+		return out
+	}
+	end := t0.Add(20 * time.Second)
+	for _, c := range []struct {
+		name     string
+		dups     []time.Time
+		resumed  time.Duration
+		relapses int
+	}{
+		{"never stopped", nil, 0, 0},
+		{"a run, then quiet", at(100, 900, 1500), 1500 * time.Millisecond, 0},
+		{"a run, quiet, a relapse", at(100, 900, 9000), 900 * time.Millisecond, 1},
+		{"the first saved fetch after resumeWithin is a relapse", at(8000), 0, 1},
+		{"alone to the end", at(100, 1000, 3000, 4500, 6000, 7500, 9000, 10500, 12000, 13500, 15000, 16500, 18000, 19000), -1, 0},
+	} {
+		resumed, relapses := resumedAfter(t0, end, 4*time.Second, c.dups)
+		if resumed != c.resumed || relapses != c.relapses {
+			t.Errorf("%s: resumed %v with %d relapses, want %v and %d", c.name, resumed, relapses, c.resumed, c.relapses)
+		}
+	}
 }
