@@ -48,12 +48,60 @@ const (
 	deployLease = time.Second
 )
 
-// deployACLRule is the minimal ACL rule the fleet's user needs, as the
-// README gives it: its keys and channel only, and the commands the shared
-// tier sends. The full case runs the fleet as that user; ACL LOG then says
-// whether any command was refused.
+// deployACLRule is the minimal ACL rule issue 16's brief proposed: the
+// fleet's keys and channel only, and the commands the shared tier sends.
+// The case runs the rule the docs give (docsACLRule) and this one only
+// while they give none.
 const deployACLRule = "on >secret resetkeys resetchannels ~movies:* &movies:* -@all " +
 	"+evalsha +eval +get +set +del +exists +type +strlen +pttl +pexpire +publish +subscribe +ping"
+
+// docsACLRule finds the rule an operator copies from README.md or
+// docs/fleet.md, an `ACL SETUSER movies ...` line, with its password
+// replaced by the test's ("secret"): the case tests what the docs say.
+// It returns "" and where it looked if there is none.
+func docsACLRule(t *testing.T) (rule, from string) {
+	t.Helper()
+	for _, rel := range []string{"README.md", "docs/fleet.md"} {
+		b, err := os.ReadFile(filepath.Join(repoRoot(t), rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rule := parseACLRule(string(b)); rule != "" {
+			return rule, rel
+		}
+	}
+	return "", "README.md, docs/fleet.md"
+}
+
+// parseACLRule reads the first `ACL SETUSER movies <rule>` in a markdown
+// text: the rule ends at the line's end or a closing backtick; a password
+// (>...) becomes >secret, and one is added if the rule names none.
+func parseACLRule(md string) string {
+	const cmd = "ACL SETUSER movies "
+	for line := range strings.Lines(md) {
+		i := strings.Index(strings.ToUpper(line), strings.ToUpper(cmd))
+		if i < 0 {
+			continue
+		}
+		rest := line[i+len(cmd):]
+		if j := strings.IndexByte(rest, '`'); j >= 0 {
+			rest = rest[:j]
+		}
+		var out []string
+		password := false
+		for _, f := range strings.Fields(rest) {
+			if strings.HasPrefix(f, ">") {
+				f, password = ">secret", true
+			}
+			out = append(out, f)
+		}
+		if !password {
+			out = append(out, ">secret")
+		}
+		return strings.Join(out, " ")
+	}
+	return ""
+}
 
 // TestDeployments runs each case in sequence (each loads the machine), its
 // control first.
@@ -740,8 +788,15 @@ func caseACL(t *testing.T, lone loneFigures) {
 		}
 	}
 	url := "redis://movies:secret@" + srv.addr
+	rule, from := docsACLRule(t)
+	if rule == "" {
+		t.Errorf("%s give no `ACL SETUSER movies ...` rule for the operator; running the brief's: %s", from, deployACLRule)
+		rule = deployACLRule
+	} else {
+		t.Logf("the rule of %s: %s", from, rule)
+	}
 	t.Run("minimal rule", func(t *testing.T) {
-		setUser(deployACLRule)
+		setUser(rule)
 		rig := newFleetRigOn(t, url, "-ttl", deployTTL.String())
 		run := startDeployRun(t, rig, lone)
 		run.step("steady", deployTTL, nil, 4*deployTTL)
@@ -758,11 +813,14 @@ func caseACL(t *testing.T, lone loneFigures) {
 			t.Errorf("%d connections as user movies, want at least one per replica:\n%s", n, clients)
 		}
 		if denied := aclDenials(t, admin); len(denied) > 0 {
-			t.Errorf("the minimal rule refused the fleet %d times: it needs more than %q:\n%s", len(denied), deployACLRule, strings.Join(denied, "\n"))
+			t.Errorf("the minimal rule refused the fleet %d times: it needs more than %q:\n%s", len(denied), rule, strings.Join(denied, "\n"))
 		}
 	})
 	t.Run("without +del", func(t *testing.T) {
-		setUser(strings.Replace(deployACLRule, " +del", "", 1))
+		if !strings.Contains(rule, " +del") {
+			t.Fatalf("the rule grants no +del to take away: %s", rule)
+		}
+		setUser(strings.Replace(rule, " +del", "", 1))
 		rig := newFleetRigOn(t, url, "-ttl", deployTTL.String())
 		run := startDeployRun(t, rig, lone)
 		run.step("no-del", 0, nil, 3*deployTTL)
@@ -942,6 +1000,21 @@ func caseUnixSocket(t *testing.T, lone loneFigures) {
 	steps := run.finish()
 	logs := rig.tierLogs()
 	requireNoTierWarn(t, logs, "steady", steps[0].eventStart, steps[0].end)
+}
+
+// TestParseACLRule: the rule is read from the docs as an operator would
+// copy it.
+func TestParseACLRule(t *testing.T) {
+	for md, want := range map[string]string{
+		"text\n```\nACL SETUSER movies on >PASSWORD ~movies:* &movies:* -@all +get\n```\n": "on >secret ~movies:* &movies:* -@all +get",
+		"| ACL | `redis-cli ACL SETUSER movies on >s3cret ~movies:* +ping` |":              "on >secret ~movies:* +ping",
+		"`acl setuser movies on nopass +ping`":                                             "on nopass +ping >secret",
+		"no rule here":                                                                     "",
+	} {
+		if got := parseACLRule(md); got != want {
+			t.Errorf("parseACLRule(%q) = %q, want %q", md, got, want)
+		}
+	}
 }
 
 // TestResumedAfter pins the reading of "sharing resumed" the cases judge
