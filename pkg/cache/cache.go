@@ -254,6 +254,11 @@ type held[V any] struct {
 // At most a quarter of the TTL.
 const switchBefore = time.Second
 
+// SwitchBefore is how long before a value's deadline, at ttl, the value
+// loaded ahead takes its place (see switchBefore): what other processes
+// sharing values need to know to switch with this one.
+func SwitchBefore(ttl time.Duration) time.Duration { return min(switchBefore, ttl/4) }
+
 // flightKey is the one singleflight key: the cache holds a single value.
 const flightKey = ""
 
@@ -355,14 +360,24 @@ func (c *Cache[V]) Adopt(v uint64) {
 	go func() {
 		defer c.background.Done()
 		defer c.adopting.Store(false)
-		// Joining a flight that was not an adoption (a load under way)
-		// may leave the version still to take: then one more, ours.
-		for range 2 {
+		// Joining a flight that was not an adoption (a load under way),
+		// or one that took an older version (the one served until the
+		// switch), may leave the version still to take: then another,
+		// ours. An adoption of ours that fails ends it: the version is
+		// not to be had (or not newer). Bounded, whatever the loader does.
+		for range 4 {
 			want := c.adoptWant.Load()
 			if c.holds(want) {
 				return
 			}
-			<-c.group.DoChan(flightKey, func() (any, error) { return c.load(context.Background(), false, want) })
+			led := false
+			res := <-c.group.DoChan(flightKey, func() (any, error) {
+				led = true
+				return c.load(context.Background(), false, want)
+			})
+			if led && res.Err != nil {
+				return
+			}
 		}
 	}()
 }
@@ -410,7 +425,7 @@ func (c *Cache[V]) store(s *Snapshot[V], now time.Time) *Snapshot[V] {
 		}
 		nh := &held[V]{cur: s}
 		if cur != nil && cur.Age(now) < c.opts.TTL {
-			if at := cur.Fetched.Add(c.opts.TTL - min(switchBefore, c.opts.TTL/4)); now.Before(at) {
+			if at := cur.Fetched.Add(c.opts.TTL - SwitchBefore(c.opts.TTL)); now.Before(at) {
 				nh = &held[V]{cur: cur, next: s, switchAt: at}
 			}
 		}

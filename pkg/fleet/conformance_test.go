@@ -102,7 +102,7 @@ func transcript(t *testing.T, url string) []string {
 
 	start := time.Now()
 	env := fmt.Sprintf(`{"v":2,"gen":%d,"start_ms":%d,"data":"\"x\""}`, a1.gen, a.opts.Now().UnixMilli())
-	res, err := commitScript.Run(ctx, c, []string{a.k.snap, a.k.snapGen, a.k.lock, a.k.channel}, a1.gen, env, testTTL.Milliseconds(), lockValue(a1.gen, a.token)).Int64Slice()
+	res, err := commitScript.Run(ctx, c, []string{a.k.snap, a.k.snapGen, a.k.lock, a.k.channel, a.k.prev, a.k.prevGen}, a1.gen, env, testTTL.Milliseconds(), lockValue(a1.gen, a.token)).Int64Slice()
 	out = append(out, fmt.Sprintf("commit by a: %s", map[bool]string{true: "ok", false: fmt.Sprint(res, err)}[err == nil && slices.Equal(res, []int64{1, 0})]))
 	n, _ := c.Exists(ctx, a.k.lock).Result()
 	out = append(out, fmt.Sprintf("lock after commit: %s", map[bool]string{true: "absent", false: "present"}[n == 0]))
@@ -133,7 +133,7 @@ func transcript(t *testing.T, url string) []string {
 	ok, err := renewScript.Run(ctx, c, []string{a.k.lock}, "1 nobody", 1000).Int64()
 	out = append(out, fmt.Sprintf("renew of a lock not held: %d%v", ok, errString(err)))
 
-	res, err = commitScript.Run(ctx, c, []string{a.k.snap, a.k.snapGen, a.k.lock, a.k.channel}, a1.gen, env, testTTL.Milliseconds(), "x").Int64Slice()
+	res, err = commitScript.Run(ctx, c, []string{a.k.snap, a.k.snapGen, a.k.lock, a.k.channel, a.k.prev, a.k.prevGen}, a1.gen, env, testTTL.Milliseconds(), "x").Int64Slice()
 	if err == nil && len(res) == 2 && res[0] == 0 {
 		out = append(out, fmt.Sprintf("commit of G1 again: fenced by %s", name(uint64(res[1]))))
 	} else {

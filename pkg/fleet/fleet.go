@@ -79,6 +79,10 @@ type Options[V any] struct {
 	RetryAfter func(error) time.Duration
 	// Cause, if set, labels a fetch error for the waiters (a short word).
 	Cause func(error) string
+	// SwitchBefore is how long before a snapshot's deadline the fleet
+	// serves the next one, fetched ahead (see Entry.Newer); zero always
+	// reads the newest.
+	SwitchBefore time.Duration
 	// OnNews, if set, is called with the generation of a snapshot
 	// committed to Redis: on each announcement and on each read after a
 	// (re)subscription, repeating generations. It must be cheap and not
@@ -141,6 +145,11 @@ type Entry[V any] struct {
 	Deadline time.Time
 	// Source says where it came from: "shared", "leader" or "local".
 	Source string
+	// Newer, if set, is the generation of a snapshot fetched ahead that
+	// the fleet serves from this one's switch (Options.SwitchBefore before
+	// its deadline): a replica that had nothing gets what the others serve
+	// now, and adopts the newer to serve from the switch, as they do.
+	Newer uint64
 }
 
 // FailedError is returned to a replica that waited for a fetch that
@@ -200,7 +209,7 @@ type Tier[V any] struct {
 	bg   sync.WaitGroup // the listener and best-effort releases
 }
 
-type keys struct{ snap, snapGen, gen, lock, failed, channel string }
+type keys struct{ snap, snapGen, prev, prevGen, gen, lock, failed, channel string }
 
 // event is one message: kind 'c' (commit), 'r' (released) or 'f' (failed).
 type event struct {
@@ -248,6 +257,7 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 		opts: opts, client: p.client(opts.CallTimeout, opts.Dialer, dials), redacted: p.redacted, token: hex.EncodeToString(tok[:]),
 		k: keys{
 			snap: ns + ":snapshot", snapGen: ns + ":snapshot:gen", gen: ns + ":gen",
+			prev: ns + ":previous", prevGen: ns + ":previous:gen",
 			lock: ns + ":lock", failed: ns + ":failed", channel: channel,
 		},
 		breaker: breaker{threshold: 3, cooldown: time.Second, maxCooldown: 30 * time.Second},
@@ -405,7 +415,7 @@ func (t *Tier[V]) lead(ctx context.Context, gen uint64, fetch func(context.Conte
 	var res []int64
 	err = t.call(out, "commit", func(ctx context.Context) error {
 		var err error
-		res, err = commitScript.Run(ctx, t.client, []string{t.k.snap, t.k.snapGen, t.k.lock, t.k.channel}, gen, env, px, lock).Int64Slice()
+		res, err = commitScript.Run(ctx, t.client, []string{t.k.snap, t.k.snapGen, t.k.lock, t.k.channel, t.k.prev, t.k.prevGen}, gen, env, px, lock).Int64Slice()
 		return err
 	})
 	switch {
@@ -550,7 +560,7 @@ func (t *Tier[V]) Read(ctx context.Context, have uint64) (Entry[V], bool, error)
 	asked, wall := time.Now(), t.opts.Now()
 	err := t.call(ctx, "read", func(ctx context.Context) error {
 		var err error
-		res, err = readScript.Run(ctx, t.client, []string{t.k.snap, t.k.snapGen}, maxValueBytes).Slice()
+		res, err = readScript.Run(ctx, t.client, []string{t.k.snap, t.k.snapGen, t.k.prev, t.k.prevGen}, maxValueBytes, have).Slice()
 		return err
 	})
 	if err != nil {
@@ -581,7 +591,9 @@ type envelope struct {
 }
 
 // decode checks what the read script returned: ok false, no error, for no
-// snapshot, one not newer than have, or one with no time left.
+// snapshot, one not newer than have, or one with no time left. If the
+// fleet still serves the previous snapshot (newer than have, before its
+// switch), that one comes back, with the newest as its Newer.
 func (t *Tier[V]) decode(res []any, asked, wall time.Time, have uint64) (e Entry[V], ok bool, err error) {
 	status, _ := at[int64](res, 0)
 	switch status {
@@ -592,10 +604,27 @@ func (t *Tier[V]) decode(res []any, asked, wall time.Time, have uint64) (e Entry
 	case -2:
 		return e, false, fmt.Errorf("the snapshot is over %d bytes", maxValueBytes)
 	}
-	raw, ok1 := at[string](res, 1)
-	pttl, ok2 := at[int64](res, 2)
-	g, ok3 := at[string](res, 3)
-	if status != 1 || !ok1 || !ok2 || !ok3 || len(res) != 4 {
+	if status != 1 || (len(res) != 4 && len(res) != 7) {
+		return e, false, errors.New("unexpected reply")
+	}
+	e, ok, err = t.decodeOne(res[1:4], asked, wall, have)
+	if !ok || err != nil || len(res) == 4 || t.opts.SwitchBefore <= 0 {
+		return e, ok, err
+	}
+	p, pok, perr := t.decodeOne(res[4:7], asked, wall, have)
+	if perr == nil && pok && p.Gen < e.Gen && time.Now().Before(p.Deadline.Add(-t.opts.SwitchBefore)) {
+		p.Newer = e.Gen
+		return p, true, nil
+	}
+	return e, ok, err
+}
+
+// decodeOne checks one snapshot: {value, pttl, gen}.
+func (t *Tier[V]) decodeOne(res []any, asked, wall time.Time, have uint64) (e Entry[V], ok bool, err error) {
+	raw, ok1 := at[string](res, 0)
+	pttl, ok2 := at[int64](res, 1)
+	g, ok3 := at[string](res, 2)
+	if !ok1 || !ok2 || !ok3 {
 		return e, false, errors.New("unexpected reply")
 	}
 	gen, err := strconv.ParseUint(g, 10, 64)
@@ -670,7 +699,7 @@ func (t *Tier[V]) acquire(ctx context.Context, have uint64) (acquired, error) {
 	var res []any
 	err := t.call(ctx, "lock", func(ctx context.Context) error {
 		var err error
-		res, err = acquireScript.Run(ctx, t.client, []string{t.k.lock, t.k.gen, t.k.snap, t.k.snapGen, t.k.failed, t.k.channel},
+		res, err = acquireScript.Run(ctx, t.client, []string{t.k.lock, t.k.gen, t.k.snap, t.k.snapGen, t.k.failed, t.k.channel, t.k.prev, t.k.prevGen},
 			have, leaseTerm.Milliseconds(), t.opts.Now().UnixMilli(), t.token).Slice()
 		return err
 	})
@@ -847,20 +876,26 @@ func (t *Tier[V]) eventsAfter(seq *uint64) ([]event, <-chan struct{}) {
 
 // aclCheck is Lua that ends a script with a NOPERM error naming the
 // command and key, before the script changes anything, if the ACL denies
-// the user one of checks ("cmd:i" for the command on KEYS[i]); Redis
+// the user one of checks ("cmd:i" for the command on KEYS[i], "cmd:i:j"
+// on KEYS[i] and KEYS[j]); Redis
 // would otherwise fail the script at that command, after its writes
 // before it. Redis before 7 has no redis.acl_check_cmd (nor fine ACLs).
 func aclCheck(checks string) string {
 	var b strings.Builder
 	b.WriteString("if redis.acl_check_cmd then\n  for _, c in ipairs({")
 	for _, c := range strings.Fields(checks) {
-		cmd, i, _ := strings.Cut(c, ":")
-		fmt.Fprintf(&b, "{'%s', KEYS[%s]}, ", cmd, i)
+		cmd, is, _ := strings.Cut(c, ":")
+		fmt.Fprintf(&b, "{'%s'", cmd)
+		for i := range strings.SplitSeq(is, ":") {
+			fmt.Fprintf(&b, ", KEYS[%s]", i)
+		}
+		if cmd == "set" || cmd == "publish" || cmd == "pexpire" {
+			b.WriteString(", '1'") // the value a check needs
+		}
+		b.WriteString("}, ")
 	}
 	b.WriteString(`}) do
-    local args = {c[1], c[2]}
-    if c[1] == 'set' or c[1] == 'publish' or c[1] == 'pexpire' then args[3] = '1' end
-    if not redis.acl_check_cmd(unpack(args)) then
+    if not redis.acl_check_cmd(unpack(c)) then
       return redis.error_reply('NOPERM the fleet needs ' .. string.upper(c[1]) .. ' on ' .. c[2] .. ' (ACL: +' .. c[1] .. ' and a key and channel pattern for it)')
     end
   end
@@ -903,12 +938,22 @@ var (
 	// generation: evicted), {-1} for a key of the wrong type, {-2} for one
 	// over ARGV[1] bytes (never transferred), or {1, value, pttl, gen}: gen
 	// is what commits are fenced by (KEYS[2]), so reads and locks agree.
+	// If the previous snapshot (KEYS[3], of generation KEYS[4]) is newer
+	// than the caller's ARGV[2], it follows: {..., value, pttl, gen}.
 	readScript = redis.NewScript(`
 local t, g = redis.call('TYPE', KEYS[1]).ok, redis.call('TYPE', KEYS[2]).ok
 if t == 'none' or g == 'none' then return {0} end
 if t ~= 'string' or g ~= 'string' then return {-1} end
 if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) or redis.call('STRLEN', KEYS[2]) > 20 then return {-2} end
-return {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+local out = {1, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+if redis.call('TYPE', KEYS[3]).ok == 'string' and redis.call('TYPE', KEYS[4]).ok == 'string'
+  and redis.call('STRLEN', KEYS[3]) <= tonumber(ARGV[1]) and redis.call('STRLEN', KEYS[4]) <= 20 then
+  local pg = redis.call('GET', KEYS[4])
+  if (tonumber(pg) or 0) > tonumber(ARGV[2]) then
+    out[5], out[6], out[7] = redis.call('GET', KEYS[3]), redis.call('PTTL', KEYS[3]), pg
+  end
+end
+return out
 `)
 
 	// peekScript returns KEYS[1] if it is a string of at most ARGV[1]
@@ -933,7 +978,8 @@ return redis.call('GET', KEYS[1])
 	// empty. Generations not below 2^52 are not ours and are ignored.
 	acquireScript = redis.NewScript(aclCheck(
 		"get:1 set:1 del:1 pexpire:1 pttl:1 get:2 set:2 type:3 strlen:3 get:3 pttl:3 set:3 exists:3 "+
-			"type:4 strlen:4 get:4 set:4 get:5 set:5 pttl:5 publish:6 subscribe:6") + `
+			"type:4 strlen:4 get:4 set:4 get:5 set:5 pttl:5 publish:6 subscribe:6 rename:3:7 rename:4:8 del:7 "+
+			"type:7 strlen:7 get:7 pttl:7 type:8 strlen:8 get:8") + `
 local function gen(k)
   local v = tonumber(redis.call('GET', k))
   if v == nil or v < 0 or v >= 4503599627370496 then return 0 end
@@ -961,10 +1007,12 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
 	// commitScript writes the snapshot of generation ARGV[1] (value
 	// ARGV[2], for ARGV[3] ms) and its generation, frees lock ARGV[4] and
-	// announces it: {1, 0}. If the snapshot there is of the same or a
+	// announces it: {1, 0}; the snapshot it replaces becomes the previous
+	// one (KEYS[5], KEYS[6]), with its expiry, for replicas that have
+	// nothing until the switch. If the snapshot there is of the same or a
 	// higher generation, it writes nothing, frees the lock and announces
 	// that one instead: {0, its generation}.
-	commitScript = redis.NewScript(aclCheck("get:2 exists:1 get:3 set:1 set:2 del:3 publish:4") + `
+	commitScript = redis.NewScript(aclCheck("get:2 exists:1 get:3 rename:1:5 rename:2:6 del:5 set:1 set:2 del:3 publish:4") + `
 local cur = tonumber(redis.call('GET', KEYS[2]))
 if cur == nil or cur < 0 or cur >= 4503599627370496 then cur = 0 end
 local mine = redis.call('GET', KEYS[3]) == ARGV[4]
@@ -972,6 +1020,12 @@ if cur >= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[1]) == 1 then
   if mine then redis.call('DEL', KEYS[3]) end
   redis.call('PUBLISH', KEYS[4], 'c:' .. string.format('%d', cur))
   return {0, cur}
+end
+if cur > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('RENAME', KEYS[1], KEYS[5])
+  redis.call('RENAME', KEYS[2], KEYS[6])
+else
+  redis.call('DEL', KEYS[5], KEYS[6])
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])

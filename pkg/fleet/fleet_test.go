@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/alicebob/miniredis/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -646,5 +647,43 @@ func TestTier_NewsLostWhileTheSubscriptionWasDownIsCaught(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("no news of a commit whose message was lost within 2s of the subscription's return")
+	}
+}
+
+// TestTier_ANewReplicaServesWhatTheFleetServes: a replica that holds
+// nothing, reading while the fleet still serves the previous snapshot (a
+// newer one fetched ahead, before the switch), gets the previous one with
+// the newer as Newer, so it switches with the others; after the switch it
+// gets the newest. On redis-server and on miniredis (the simulator's).
+func TestTier_ANewReplicaServesWhatTheFleetServes(t *testing.T) {
+	t.Parallel()
+	mini := miniredis.RunT(t)
+	for name, url := range map[string]string{"redis-server": startRedis(t).URL, "miniredis": "redis://" + mini.Addr()} {
+		t.Run(name, func(t *testing.T) {
+			switchBefore := testTTL - 500*time.Millisecond
+			opt := func(o *Options[string]) { o.SwitchBefore = switchBefore }
+			leader := newTier(t, url, opt)
+			f := &fetcher{}
+			first, err := leader.Load(bg(), 0, f.fetch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			second, err := leader.Load(bg(), first.Gen, f.fetch) // fetched ahead
+			if err != nil || second.Gen <= first.Gen {
+				t.Fatalf("second load = %+v, %v", second, err)
+			}
+			newcomer := newTier(t, url, opt)
+			e, found, err := newcomer.Read(bg(), 0)
+			if err != nil || !found || e.Gen != first.Gen || e.Newer != second.Gen || e.Value != first.Value {
+				t.Fatalf("newcomer before the switch read %+v (found %v, %v); want generation %d with Newer %d", e, found, err, first.Gen, second.Gen)
+			}
+			if e, found, err := newcomer.Read(bg(), first.Gen); err != nil || !found || e.Gen != second.Gen || e.Newer != 0 {
+				t.Errorf("newcomer holding the previous read %+v (found %v, %v); want the newest, %d", e, found, err, second.Gen)
+			}
+			time.Sleep(time.Until(first.Deadline.Add(-switchBefore)))
+			if e, found, err := newcomer.Read(bg(), 0); err != nil || !found || e.Gen != second.Gen || e.Newer != 0 {
+				t.Errorf("newcomer after the switch read %+v (found %v, %v); want the newest, %d", e, found, err, second.Gen)
+			}
+		})
 	}
 }

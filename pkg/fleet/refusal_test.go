@@ -13,7 +13,7 @@ import (
 
 // The minimal ACL rule docs/fleet.md gives operators: a change here is a
 // change there.
-const minimalACL = "~movies:* &movies:* -@all +evalsha +eval +get +set +del +exists +type +strlen +pttl +pexpire +publish +subscribe +ping"
+const minimalACL = "~movies:* &movies:* -@all +evalsha +eval +get +set +del +rename +exists +type +strlen +pttl +pexpire +publish +subscribe +ping"
 
 // lockedBuffer is a log destination safe for the tier's goroutines.
 type lockedBuffer struct {

@@ -237,6 +237,7 @@ func New(cfg Config) (*Server, error) {
 		tier, err := fleet.New(fleet.Options[[]ghibli.Movie]{
 			Redis:        fleet.Redis{URL: cfg.Redis, Mode: cfg.RedisMode, CAFile: cfg.RedisCA, CertFile: cfg.RedisCert, KeyFile: cfg.RedisKey},
 			TTL:          cfg.TTL,
+			SwitchBefore: cache.SwitchBefore(cfg.TTL),
 			Namespace:    namespace(cfg),
 			CallTimeout:  cfg.redisCallTimeout,
 			FetchTimeout: cfg.UpstreamTimeout,
@@ -259,6 +260,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
 		l.tier = tier
+		l.adopt = c.Adopt
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier,
