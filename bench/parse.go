@@ -280,3 +280,27 @@ func formatCalls(calls map[string]int64) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// commandUsec parses INFO commandstats for the time Redis spent in each
+// command, in µs ("cmdstat_evalsha:calls=12,usec=340,..." is "evalsha":
+// 340).
+func commandUsec(info string) (map[string]int64, error) {
+	out := map[string]int64{}
+	for line := range strings.Lines(info) {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_")
+		if !ok {
+			continue
+		}
+		name, fields, _ := strings.Cut(rest, ":")
+		for _, kv := range strings.Split(fields, ",") {
+			if v, ok := strings.CutPrefix(kv, "usec="); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("commandstats: %s: %w", name, err)
+				}
+				out[name] = n
+			}
+		}
+	}
+	return out, nil
+}

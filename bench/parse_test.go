@@ -130,6 +130,19 @@ func TestCommandStats(t *testing.T) {
 	}
 }
 
+func TestCommandUsec(t *testing.T) {
+	got, err := commandUsec(commandstats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["evalsha"] != 2400 || got["get"] != 300 || len(got) != 4 {
+		t.Errorf("commandUsec = %v", got)
+	}
+	if _, err := commandUsec("cmdstat_get:calls=1,usec=x\r\n"); err == nil {
+		t.Error("commandUsec accepted usec=x")
+	}
+}
+
 func TestDeltaCallsAndClientCalls(t *testing.T) {
 	before := map[string]int64{"evalsha": 100, "get": 150, "ping": 10, "publish": 5}
 	after := map[string]int64{"evalsha": 130, "get": 200, "ping": 13, "publish": 5, "subscribe": 2}

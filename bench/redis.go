@@ -65,7 +65,8 @@ var ownCommands = map[string]bool{"info": true, "flushall": true, "config": true
 type redisSample struct {
 	at      time.Time
 	calls   map[string]int64
-	netOut  int64 // total_net_output_bytes
+	usec    map[string]int64 // µs in each command
+	netOut  int64            // total_net_output_bytes
 	cpuUser float64
 	cpuSys  float64
 }
@@ -76,6 +77,10 @@ func (r *benchRedis) sample(ctx context.Context) (redisSample, error) {
 		return redisSample{}, err
 	}
 	calls, err := commandStats(cs)
+	if err != nil {
+		return redisSample{}, err
+	}
+	usec, err := commandUsec(cs)
 	if err != nil {
 		return redisSample{}, err
 	}
@@ -92,7 +97,7 @@ func (r *benchRedis) sample(ctx context.Context) (redisSample, error) {
 	if err != nil {
 		return redisSample{}, err
 	}
-	s := redisSample{at: time.Now(), calls: calls, netOut: out}
+	s := redisSample{at: time.Now(), calls: calls, usec: usec, netOut: out}
 	s.cpuUser, _ = infoFloat(st, "used_cpu_user")
 	s.cpuSys, _ = infoFloat(st, "used_cpu_sys")
 	return s, nil
@@ -102,6 +107,7 @@ func (r *benchRedis) sample(ctx context.Context) (redisSample, error) {
 type redisDelta struct {
 	span   time.Duration
 	calls  map[string]int64
+	usec   map[string]int64 // µs in each command
 	total  int64
 	netOut int64
 	cpu    float64 // seconds of CPU
@@ -109,7 +115,8 @@ type redisDelta struct {
 
 func deltaOf(a, b redisSample) redisDelta {
 	calls, total := deltaCalls(a.calls, b.calls)
-	return redisDelta{span: b.at.Sub(a.at), calls: calls, total: total, netOut: b.netOut - a.netOut,
+	usec, _ := deltaCalls(a.usec, b.usec)
+	return redisDelta{span: b.at.Sub(a.at), calls: calls, usec: usec, total: total, netOut: b.netOut - a.netOut,
 		cpu: (b.cpuUser + b.cpuSys) - (a.cpuUser + a.cpuSys)}
 }
 
