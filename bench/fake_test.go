@@ -85,7 +85,7 @@ func TestLoadGen(t *testing.T) {
 	lg := newLoadGen([]string{good.URL, bad.URL}, 200)
 	start := time.Now()
 	lg.run(context.Background(), start, start.Add(100*time.Millisecond))
-	obs, failures := lg.results()
+	obs, failures := lg.results(start)
 	if len(obs) != 20 {
 		t.Fatalf("%d requests in 100ms at 200/s, want 20", len(obs))
 	}

@@ -353,7 +353,7 @@ func scaleOnce(ctx context.Context, e *env, f *scaleFlags, r *benchRedis, fake *
 		}
 	}
 
-	obs, failures := lg.results()
+	obs, failures := lg.results(measureFrom)
 	var measured []sighting
 	for _, o := range obs {
 		if !o.sent.Before(measureFrom) {
@@ -405,7 +405,13 @@ type loadGen struct {
 
 	mu       sync.Mutex
 	obs      []sighting
-	failures []string
+	failures []failure
+}
+
+// failure is one failed request, for the report.
+type failure struct {
+	sent time.Time
+	what string
 }
 
 func newLoadGen(urls []string, rate float64) *loadGen {
@@ -452,13 +458,21 @@ func (l *loadGen) one(replica int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.obs = append(l.obs, o)
-	if err != nil && len(l.failures) < 5 {
-		l.failures = append(l.failures, fmt.Sprintf("replica %d at %s: %v", replica+1, o.sent.Format("15:04:05.000"), err))
+	if err != nil && len(l.failures) < 100 {
+		l.failures = append(l.failures, failure{o.sent, fmt.Sprintf("replica %d at %s: %v", replica+1, o.sent.Format("15:04:05.000"), err)})
 	}
 }
 
-func (l *loadGen) results() ([]sighting, []string) {
+// results returns every request and the first few failures of those
+// sent from from on.
+func (l *loadGen) results(from time.Time) ([]sighting, []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return slices.Clone(l.obs), slices.Clone(l.failures)
+	var fs []string
+	for _, f := range l.failures {
+		if !f.sent.Before(from) && len(fs) < 5 {
+			fs = append(fs, f.what)
+		}
+	}
+	return slices.Clone(l.obs), fs
 }
