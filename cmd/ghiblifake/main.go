@@ -1,7 +1,7 @@
 // Command ghiblifake serves the bundled copy of the Ghibli API's data the way
 // the upstream does, optionally slowed down, for load tests that need a real
-// upstream in another process: scripts/bench.sh points movies at it with
-// -latency 200ms to measure expiry churn.
+// upstream in another process: the benchmarks (go run ./bench churn, hit)
+// point movies at it, with -latency 200ms to measure expiry churn.
 //
 // It is a [ghiblitest.Handler] served by [builtin.Start], the very function
 // that serves `movies -upstream builtin`, so it answers exactly what the
