@@ -561,54 +561,102 @@ func logTierLines(t *testing.T, logs []tierLog) {
 // owner.
 func caseCluster(t *testing.T, lone loneFigures) {
 	cluster := startRedisCluster(t, 3)
-	rig := newFleetRigOn(t, cluster.url(), "-ttl", deployTTL.String(), "-redis-mode", "cluster")
-	run := startDeployRun(t, rig, lone)
-	run.step("steady", deployTTL, nil, 4*deployTTL)
+	t.Run("slot moved", func(t *testing.T) {
+		rig := newFleetRigOn(t, cluster.url(), "-ttl", deployTTL.String(), "-redis-mode", "cluster")
+		run := startDeployRun(t, rig, lone)
+		run.step("steady", deployTTL, nil, 4*deployTTL)
 
-	var (
-		slot     int64
-		src, dst *redisNode
-		moved    int
-		keys     []string
-	)
-	run.step("slot-moved", 4*time.Second, func() {
-		keys = cluster.findKeys(t, "movies:*")
-		if len(keys) == 0 {
-			t.Fatal("no fleet keys in the cluster after four TTLs of sharing")
+		var (
+			slot     int64
+			src, dst *redisNode
+			moved    int
+			keys     []string
+		)
+		run.step("slot-moved", 4*time.Second, func() {
+			keys = cluster.findKeys(t, "movies:*")
+			if len(keys) == 0 {
+				t.Fatal("no fleet keys in the cluster after four TTLs of sharing")
+			}
+			var err error
+			slot, err = cluster.nodes[0].client(t).ClusterKeySlot(context.Background(), keys[0]).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			src = cluster.owner(t, slot)
+			dst = cluster.nodes[0]
+			if dst == src {
+				dst = cluster.nodes[1]
+			}
+			moved = cluster.moveSlot(t, slot, src, dst, 150*time.Millisecond)
+		}, 5*deployTTL)
+		steps := run.finish()
+		logs := rig.tierLogs()
+		logTierLines(t, logs)
+		requireNoTierWarn(t, logs, "steady", steps[0].eventStart, steps[0].end)
+		logSummary(t, fmt.Sprintf("deploy case=cluster keys=%v slot=%d from=%s to=%s keys_migrated=%d", keys, slot, src.name, dst.name, moved))
+
+		// The fleet followed the slot: its keys are on the new owner and none
+		// are left on the old.
+		if now := cluster.owner(t, slot); now != dst {
+			t.Errorf("slot %d is served by %s after the move, want %s", slot, now.name, dst.name)
 		}
-		var err error
-		slot, err = cluster.nodes[0].client(t).ClusterKeySlot(context.Background(), keys[0]).Result()
+		left, err := src.client(t).ClusterCountKeysInSlot(context.Background(), int(slot)).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		src = cluster.owner(t, slot)
-		dst = cluster.nodes[0]
-		if dst == src {
-			dst = cluster.nodes[1]
+		onDst, err := dst.client(t).ClusterCountKeysInSlot(context.Background(), int(slot)).Result()
+		if err != nil {
+			t.Fatal(err)
 		}
-		moved = cluster.moveSlot(t, slot, src, dst, 150*time.Millisecond)
-	}, 5*deployTTL)
+		if left != 0 || onDst == 0 {
+			t.Errorf("after the move, slot %d has %d keys on the old owner %s and %d on the new %s; want all on the new", slot, left, src.name, onDst, dst.name)
+		}
+	})
+	t.Run("as the ACL user", func(t *testing.T) { clusterAsACLUser(t, cluster, lone) })
+}
+
+// clusterACLExtra is what a Cluster client needs besides the docs' rule:
+// the slot map (CLUSTER SLOTS), and COMMAND, which go-redis's cluster
+// client asks once for the commands' key positions and, refused, asks
+// again before every command (its cache keeps no error), each refusal an
+// ACL LOG entry: this case found that one.
+const clusterACLExtra = "+cluster|slots +command"
+
+// clusterAsACLUser runs the fleet on the cluster as the ACL user the docs
+// give, with clusterACLExtra, set on every node (ACLs are per node): the
+// rule a managed service in cluster mode would be given. No node may
+// refuse the user anything (ACL LOG).
+func clusterAsACLUser(t *testing.T, cluster *redisCluster, lone loneFigures) {
+	rule, from := docsACLRule(t)
+	if rule == "" {
+		t.Fatalf("%s give no ACL rule", from)
+	}
+	rule += " " + clusterACLExtra
+	ctx := context.Background()
+	for _, n := range cluster.nodes {
+		args := []any{"ACL", "SETUSER", "movies", "reset"}
+		for _, f := range strings.Fields(rule) {
+			args = append(args, f)
+		}
+		if err := n.client(t).Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("%s ACL SETUSER movies %s: %v", n.name, rule, err)
+		}
+		if err := n.client(t).Do(ctx, "ACL", "LOG", "RESET").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u := strings.Replace(cluster.url(), "redis://", "redis://movies:secret@", 1)
+	rig := newFleetRigOn(t, u, "-ttl", deployTTL.String(), "-redis-mode", "cluster")
+	run := startDeployRun(t, rig, lone)
+	run.step("steady", deployTTL, nil, 3*deployTTL)
 	steps := run.finish()
 	logs := rig.tierLogs()
 	logTierLines(t, logs)
 	requireNoTierWarn(t, logs, "steady", steps[0].eventStart, steps[0].end)
-	logSummary(t, fmt.Sprintf("deploy case=cluster keys=%v slot=%d from=%s to=%s keys_migrated=%d", keys, slot, src.name, dst.name, moved))
-
-	// The fleet followed the slot: its keys are on the new owner and none
-	// are left on the old.
-	if now := cluster.owner(t, slot); now != dst {
-		t.Errorf("slot %d is served by %s after the move, want %s", slot, now.name, dst.name)
-	}
-	left, err := src.client(t).ClusterCountKeysInSlot(context.Background(), int(slot)).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	onDst, err := dst.client(t).ClusterCountKeysInSlot(context.Background(), int(slot)).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if left != 0 || onDst == 0 {
-		t.Errorf("after the move, slot %d has %d keys on the old owner %s and %d on the new %s; want all on the new", slot, left, src.name, onDst, dst.name)
+	for _, n := range cluster.nodes {
+		if denied := aclDenials(t, n.client(t)); len(denied) > 0 {
+			t.Errorf("%s refused the fleet's user %d times under %q:\n%s", n.name, len(denied), rule, strings.Join(denied, "\n"))
+		}
 	}
 }
 
