@@ -327,6 +327,12 @@ func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch func(context.Cont
 			}
 			return t.lead(ctx, a.gen, fetch)
 		case acquiredBackoff:
+			if a.left <= 0 { // it just ended: ask again, but not for ever
+				if rereads++; rereads > 2 {
+					return t.fallback(ctx, fetch, errSpin)
+				}
+				continue
+			}
 			atomic.AddUint64(&t.stats.Backoffs, 1)
 			return Entry[V]{}, &FailedError{Cause: a.cause, RetryAfter: a.left}
 		case acquiredHeld:
@@ -729,11 +735,8 @@ func (t *Tier[V]) acquire(ctx context.Context, have uint64) (acquired, error) {
 	case kind == acquiredBackoff:
 		cause, _ := at[string](res, 1)
 		pttl, _ := at[int64](res, 2)
-		left := min(time.Duration(pttl)*time.Millisecond, t.opts.TTL)
-		if left > 0 {
-			return acquired{kind: acquiredBackoff, left: left, cause: sanitize(cause)}, nil
-		}
-		return acquired{kind: acquiredNewer}, nil // it just ended: ask again
+		left := max(min(time.Duration(pttl)*time.Millisecond, t.opts.TTL), 0)
+		return acquired{kind: acquiredBackoff, left: left, cause: sanitize(cause)}, nil
 	default:
 		return acquired{}, fmt.Errorf("%w: unexpected reply to lock %v", ErrInvalid, res)
 	}
@@ -970,7 +973,8 @@ return redis.call('GET', KEYS[1])
 	// before any lock is taken):
 	// {1, gen} if the snapshot (KEYS[3], of generation KEYS[4]) is newer
 	// and not expiring (a PTTL of 0-1 ms is none, as for a read);
-	// {4, cause, pttl} if a failed fetch asked the fleet to wait (KEYS[5]);
+	// {4, cause, pttl} if a failed fetch asked the fleet to wait (KEYS[5])
+	// and more than a ms of it is left (as for a snapshot, 0-1 ms is none);
 	// {3, holder, pttl} if the lock (KEYS[1]) is held;
 	// else it takes the lock for ARGV[2] ms and returns {2, gen}: gen is
 	// above the counter (KEYS[2]), the snapshot's, and the caller's clock
@@ -988,7 +992,10 @@ end
 local cur, counter = gen(KEYS[4]), gen(KEYS[2])
 if cur > tonumber(ARGV[1]) and redis.call('PTTL', KEYS[3]) > 1 then return {1, cur} end
 local ms, cause = string.match(redis.call('GET', KEYS[5]) or '', '^%d+ (%d+) (%S*)$')
-if ms and tonumber(ms) > 0 then return {4, cause, redis.call('PTTL', KEYS[5])} end
+if ms and tonumber(ms) > 0 then
+  local left = redis.call('PTTL', KEYS[5])
+  if left > 1 then return {4, cause, left} end
+end
 local l = redis.call('GET', KEYS[1])
 if l then return {3, l, redis.call('PTTL', KEYS[1])} end
 local g = math.max(counter + 1, cur + 1, tonumber(ARGV[3]))

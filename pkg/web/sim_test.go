@@ -247,9 +247,12 @@ var simScenarios = map[string]scenario{
 // left only what the wait had not used), 18028 (a waiter kept waiting on a
 // lock a commit had freed), 1772 (a replica that joined between an early
 // commit and the switch served the newer snapshot at once, behind a
-// reader's back, once joins were judged for monotonic reads). A change to
-// newScenario changes what they draw: then make them named scenarios.
-var simRegressionSeeds = []uint64{15901, 18028, 20443, 1772}
+// reader's back, once joins were judged for monotonic reads), 3611, 5209
+// and 6892 (a backoff with under a ms left was taken for news of a newer
+// snapshot: three reads found none, and the replica fetched alone, inside
+// the fleet's Retry-After or out of its order). A change to newScenario
+// changes what they draw: then make them named scenarios.
+var simRegressionSeeds = []uint64{15901, 18028, 20443, 1772, 3611, 5209, 6892}
 
 func TestSimulate_RegressionSeeds(t *testing.T) {
 	warmOutsideBubbles(t)
