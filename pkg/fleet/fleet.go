@@ -206,7 +206,10 @@ type Tier[V any] struct {
 	newest uint64        // the newest commit heard of
 
 	stop context.CancelFunc
-	bg   sync.WaitGroup // the listener and best-effort releases
+	// resubscribe asks the listener for a new subscription: the master
+	// moved, and the old one's channel no longer hears the fleet.
+	resubscribe chan struct{}
+	bg          sync.WaitGroup // the listener and best-effort releases
 }
 
 type keys struct{ snap, snapGen, prev, prevGen, gen, lock, failed, channel string }
@@ -260,14 +263,18 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 			prev: ns + ":previous", prevGen: ns + ":previous:gen",
 			lock: ns + ":lock", failed: ns + ":failed", channel: channel,
 		},
-		breaker: breaker{threshold: 3, cooldown: time.Second, maxCooldown: 30 * time.Second},
-		wake:    make(chan struct{}),
-		dials:   dials,
+		breaker:     breaker{threshold: 3, cooldown: time.Second, maxCooldown: 30 * time.Second},
+		wake:        make(chan struct{}),
+		dials:       dials,
+		resubscribe: make(chan struct{}, 1),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.stop = cancel
 	t.bg.Add(1)
 	go t.listen(ctx)
+	if p.failover != nil {
+		t.bg.Go(func() { t.watchSentinels(ctx, p.failover) })
+	}
 	return t, nil
 }
 
@@ -794,16 +801,25 @@ func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context
 // the backstop costs nothing while the channel works.
 func (t *Tier[V]) listen(ctx context.Context) {
 	defer t.bg.Done()
+	for t.subscribed(ctx) {
+	}
+}
+
+// subscribed delivers news from one subscription until ctx ends (false)
+// or a new subscription is asked for (true).
+func (t *Tier[V]) subscribed(ctx context.Context) bool {
 	ps := t.client.Subscribe(ctx, t.k.channel)
 	defer ps.Close()
 	msgs := ps.ChannelWithSubscriptions()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
+		case <-t.resubscribe:
+			return true
 		case m, ok := <-msgs:
 			if !ok {
-				return
+				return false
 			}
 			// A message is Redis answering: after an outage, sharing
 			// resumes now rather than at the breaker's next probe.
@@ -821,6 +837,49 @@ func (t *Tier[V]) listen(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// watchSentinels listens to every sentinel named for the master's moves
+// (+switch-master) and renews the news subscription on each. go-redis
+// moves its command connections to the new master, but not a
+// subscription: that one stays on the old master, which after a manual
+// failover stays a master, deaf to the new one's news, until the
+// sentinels demote it (21 s in the e2e test); the replicas that did not
+// lead then serve an older snapshot than the one that did. One connection
+// per sentinel, so the news of a move comes while any one is up.
+func (t *Tier[V]) watchSentinels(ctx context.Context, fo *redis.FailoverOptions) {
+	var wg sync.WaitGroup
+	for _, addr := range fo.SentinelAddrs {
+		wg.Go(func() {
+			sc := redis.NewSentinelClient(&redis.Options{
+				Addr: addr, Username: fo.SentinelUsername, Password: fo.SentinelPassword, TLSConfig: fo.TLSConfig,
+				Dialer: fo.Dialer, DialTimeout: fo.DialTimeout, ReadTimeout: fo.ReadTimeout, WriteTimeout: fo.WriteTimeout,
+				MaxRetries: -1, DialerRetries: 1, DisableIdentity: true,
+			})
+			defer sc.Close()
+			ps := sc.Subscribe(ctx, "+switch-master")
+			defer ps.Close()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case m, ok := <-ps.Channel():
+					if !ok {
+						return
+					}
+					// "<master name> <old ip> <old port> <new ip> <new port>"
+					if name, to, _ := strings.Cut(m.Payload, " "); name == fo.MasterName {
+						t.opts.Log.InfoContext(ctx, "the master moved: renewing the news subscription", "sentinel", addr, "move", to)
+						select {
+						case t.resubscribe <- struct{}{}:
+						default: // one is asked for already
+						}
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // poll reads the generation of the snapshot in Redis, news that may have
