@@ -180,13 +180,3 @@ func validateUpstream(s string) error {
 	}
 	return nil
 }
-
-// redactURL masks a URL's password, so that no error or log line shows
-// it; a string that does not parse is not shown at all.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
-}

@@ -121,7 +121,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	attrs := []any{"addr", strings.Join(addrs, ","), "upstream", cfg.upstream, "ttl", cfg.ttl, "upstream_timeout", cfg.upstreamTimeout}
 	if cfg.redis.URL != "" {
-		attrs = append(attrs, "redis", redactURL(cfg.redis.URL), "redis_mode", cfg.redis.Mode)
+		attrs = append(attrs, "redis", cfg.redis.Redacted(), "redis_mode", cfg.redis.Mode)
 	}
 	log.Info("listening", attrs...)
 	if err := srv.Serve(ctx, ln, metricsLn); err != nil {

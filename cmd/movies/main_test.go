@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -284,4 +285,52 @@ func TestRun_ReadyFileListsBothListeners(t *testing.T) {
 	if err := in.stop(); err != nil {
 		t.Errorf("run() = %v", err)
 	}
+}
+
+// TestRun_LogsNoRedisPassword: the start-up line names the Redis URL with
+// every password masked, the URL's own and a Sentinel master's ?password=.
+func TestRun_LogsNoRedisPassword(t *testing.T) {
+	var out syncWriter
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := filepath.Join(t.TempDir(), "ready")
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-upstream", "builtin", "-ready-file", ready,
+			"-redis-mode", "sentinel", "-redis", "redis://u:urlpw@127.0.0.1:1?master_name=m&password=masterpw"},
+			func(string) string { return "" }, &out)
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no -ready-file within 10s")
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	log := out.String()
+	if !strings.Contains(log, "msg=listening") || strings.Contains(log, "urlpw") || strings.Contains(log, "masterpw") {
+		t.Errorf("the log shows a password, or has no start-up line:\n%s", log)
+	}
+}
+
+// syncWriter is a log destination safe for the server's goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

@@ -209,6 +209,17 @@ func (p parsed) client(timeout time.Duration, dialer func(context.Context, strin
 	}
 }
 
+// Redacted returns r's URL as logs may show it: without its passwords,
+// in the user part or the query (a Sentinel master's ?password=), or
+// "(unparsable URL)".
+func (r Redis) Redacted() string {
+	u, err := url.Parse(r.URL)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return redact(u)
+}
+
 // redact shows u without its password, in the user part or the query.
 func redact(u *url.URL) string {
 	c := *u
