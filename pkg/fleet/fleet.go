@@ -53,6 +53,11 @@ const (
 	// send every replica to the upstream alone, which costs the machine
 	// more CPU still. Such a call is no verdict on Redis.
 	starvedAfter = 4 // the call timeout over this
+	// maxStarvedRun bounds that excuse: after this many starved failures
+	// in a row, each next one counts against Redis, so a hung Redis on a
+	// host that stays saturated still opens the breaker (its calls cost a
+	// timeout each until then).
+	maxStarvedRun = 3
 	// maxGen bounds generations: above it Lua's numbers lose integers.
 	maxGen = 1 << 52
 	// maxValueBytes bounds a snapshot, checked inside Redis: far above a
@@ -63,8 +68,11 @@ const (
 // Options configures a Tier.
 type Options[V any] struct {
 	// Redis is the Redis server and how to reach it; its URL is required.
-	Redis     Redis
-	Namespace string // prefixes every key and the channel; default "movies"
+	Redis Redis
+	// Namespace prefixes every key and the channel; default "movies". On
+	// a Redis Cluster it must hold a hash tag ("movies:{fleet}"), so that
+	// every key and the channel fall in one slot.
+	Namespace string
 	// TTL is how long a snapshot is served from its fetch's start. Required.
 	TTL time.Duration
 	// CallTimeout bounds every Redis call; default 100ms.
@@ -196,8 +204,12 @@ type Tier[V any] struct {
 	stats    Stats // only through sync/atomic
 	// condition is why the shared tier is not being used, nil while it
 	// is: its changes are what the log says (see trouble).
-	condition atomic.Pointer[cause]
+	condition atomic.Pointer[condition]
+	condMu    sync.Mutex           // orders changes of condition
+	lastWarn  map[string]time.Time // by cause, under condMu
 	dials     *dialWatch
+	// starvedRun counts the starved failures in a row (see maxStarvedRun).
+	starvedRun atomic.Int64
 
 	mu     sync.Mutex
 	wake   chan struct{} // closed and replaced on every message
@@ -222,8 +234,9 @@ type event struct {
 
 var setLogger sync.Once
 
-// New connects to opts.URL (lazily: New itself makes no call) and starts
-// the goroutine that listens for news. Close stops it.
+// New connects to opts.Redis (lazily: New itself makes no call) and starts
+// the goroutine that listens for news and, in the sentinel mode, those
+// that listen to the sentinels for the master's moves. Close stops them.
 func New[V any](opts Options[V]) (*Tier[V], error) {
 	p, err := opts.Redis.parse()
 	if err != nil {
@@ -267,6 +280,7 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 		wake:        make(chan struct{}),
 		dials:       dials,
 		resubscribe: make(chan struct{}, 1),
+		lastWarn:    map[string]time.Time{},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.stop = cancel
@@ -778,7 +792,10 @@ func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context
 		t.breaker.abandon(probe)
 		return err
 	}
-	if err != nil && !reply(err) && time.Since(start) > t.opts.CallTimeout+t.opts.CallTimeout/starvedAfter {
+	late := err != nil && !reply(err) && time.Since(start) > t.opts.CallTimeout+t.opts.CallTimeout/starvedAfter
+	if !late {
+		t.starvedRun.Store(0)
+	} else if t.starvedRun.Add(1) <= maxStarvedRun {
 		// The call's own timer ran late: this process, not Redis, was
 		// slow (see starvedAfter).
 		t.breaker.abandon(probe)
@@ -897,7 +914,8 @@ func (t *Tier[V]) poll(ctx context.Context) {
 }
 
 // heard records a message and wakes every waiter. A commit goes on to
-// OnNews even repeated: an adoption that failed gets another chance.
+// OnNews even repeated (the read after a resubscription repeats the
+// newest): an adoption that failed gets another chance then.
 func (t *Tier[V]) heard(kind byte, gen uint64) {
 	t.mu.Lock()
 	repeat := kind == 'c' && gen <= t.newest // a poll, or a fenced commit's
@@ -977,13 +995,14 @@ func sanitize(s string) string {
 // redisLogger sends go-redis's own messages to the tier's logger.
 type redisLogger struct{ log *slog.Logger }
 
-// A failed dial is said once, in the tier's own WARN with its cause
-// (see trouble), not on every dial; the client's other messages (a
-// sentinel switching master) are worth an INFO.
+// A failure is said once, in the tier's own WARN with its cause (see
+// trouble), not on every dial or every sentinel asked (go-redis retries
+// those every 100 ms while they fail); the client's other messages (a
+// sentinel naming a new master) are worth an INFO.
 func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
 	level := slog.LevelInfo
-	if strings.Contains(msg, "failed to dial") {
+	if strings.Contains(msg, "failed") || strings.Contains(msg, "error") {
 		level = slog.LevelDebug
 	}
 	l.log.Log(ctx, level, "redis client", "msg", msg)
@@ -993,8 +1012,10 @@ func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 // everything it needs before it writes anything, so a script that fails
 // (a key of the wrong type, a permission the ACL denies: see aclCheck)
 // fails having changed nothing. A Redis out of memory refuses a script's
-// first write, and every script here writes first what it would otherwise
-// leave half done.
+// first write that may grow memory, and only if the script has written
+// nothing before: the lock script's first write is a SET, so a full Redis
+// is refused before any lock is taken; a commit that holds its lock
+// starts with a RENAME or DEL, which Redis allows, and then finishes.
 var (
 	// readScript returns {0} for no snapshot (or one without its
 	// generation: evicted), {-1} for a key of the wrong type, {-2} for one
@@ -1041,7 +1062,7 @@ return redis.call('GET', KEYS[1])
 	// empty. Generations not below 2^52 are not ours and are ignored.
 	acquireScript = redis.NewScript(aclCheck(
 		"get:1 set:1 del:1 pexpire:1 pttl:1 get:2 set:2 type:3 strlen:3 get:3 pttl:3 set:3 exists:3 "+
-			"type:4 strlen:4 get:4 set:4 get:5 set:5 pttl:5 publish:6 subscribe:6 rename:3:7 rename:4:8 del:7 "+
+			"type:4 strlen:4 get:4 set:4 type:5 strlen:5 get:5 set:5 pttl:5 publish:6 subscribe:6 rename:3:7 rename:4:8 del:7 del:8 "+
 			"type:7 strlen:7 get:7 pttl:7 type:8 strlen:8 get:8") + `
 local function gen(k)
   local v = tonumber(redis.call('GET', k))
@@ -1078,7 +1099,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 	// nothing until the switch. If the snapshot there is of the same or a
 	// higher generation, it writes nothing, frees the lock and announces
 	// that one instead: {0, its generation}.
-	commitScript = redis.NewScript(aclCheck("get:2 exists:1 get:3 rename:1:5 rename:2:6 del:5 set:1 set:2 del:3 publish:4") + `
+	commitScript = redis.NewScript(aclCheck("get:2 exists:1 get:3 rename:1:5 rename:2:6 del:5 del:6 set:1 set:2 del:3 publish:4") + `
 local cur = tonumber(redis.call('GET', KEYS[2]))
 if cur == nil or cur < 0 or cur >= 4503599627370496 then cur = 0 end
 local mine = redis.call('GET', KEYS[3]) == ARGV[4]

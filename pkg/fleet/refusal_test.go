@@ -2,11 +2,14 @@ package fleet
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -159,6 +162,11 @@ func TestCauseOf(t *testing.T) {
 		{redisErr("WRONGPASS invalid username-password pair or user is disabled."), "auth"},
 		{redisErr("LOADING Redis is loading the dataset in memory"), "loading"},
 		{errors.New("dial tcp 127.0.0.1:1: connect: connection refused"), "error"},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, "down"},
+		{context.DeadlineExceeded, "timeout"},
+		{fmt.Errorf("%w: %w", errStarved, context.DeadlineExceeded), "starved"},
+		// A server requiring a client certificate, as Go reports its alert.
+		{&net.OpError{Op: "remote error", Err: errors.New("tls: certificate required")}, "tls"},
 	} {
 		if got := causeOf(tt.err).name; got != tt.want {
 			t.Errorf("causeOf(%v) = %s, want %s", tt.err, got, tt.want)
@@ -171,3 +179,36 @@ type redisErr string
 
 func (e redisErr) Error() string { return string(e) }
 func (redisErr) RedisError()     {}
+
+// TestTier_AFlappingRedisWarnsOnceAMinute: a timeout, a success, a
+// timeout again within rewarnAfter: one WARN and one INFO "back", the
+// second blip at DEBUG; a new cause is said at once. Pins rewarnAfter.
+func TestTier_AFlappingRedisWarnsOnceAMinute(t *testing.T) {
+	t.Parallel()
+	var log lockedBuffer
+	tier := newTier(t, "redis://127.0.0.1:1", func(o *Options[string]) {
+		o.Log = slog.New(slog.NewTextHandler(&log, nil))
+	})
+	ctx := bg()
+	tier.trouble(ctx, "load", context.DeadlineExceeded)
+	tier.fine(ctx)
+	tier.trouble(ctx, "load", context.DeadlineExceeded)
+	tier.fine(ctx)
+	tier.trouble(ctx, "load", redisErr("OOM command not allowed when used memory > 'maxmemory'."))
+	got := log.String()
+	if n := strings.Count(got, "level=WARN"); n != 2 || !strings.Contains(got, "cause=timeout") || !strings.Contains(got, "cause=oom") {
+		t.Errorf("%d WARN lines, want 2 (the first timeout, then OOM):\n%s", n, got)
+	}
+	if n := strings.Count(got, `msg="shared tier back"`); n != 1 {
+		t.Errorf("%d INFO lines 'back', want 1 (the blip within a minute is not said):\n%s", n, got)
+	}
+	// A minute on, the same cause is said again.
+	tier.fine(ctx)
+	tier.condMu.Lock()
+	tier.lastWarn["timeout"] = time.Now().Add(-rewarnAfter)
+	tier.condMu.Unlock()
+	tier.trouble(ctx, "load", context.DeadlineExceeded)
+	if n := strings.Count(log.String(), "level=WARN"); n != 3 {
+		t.Errorf("%d WARN lines after a minute, want 3", n)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -62,7 +63,10 @@ func causeOf(err error) cause {
 	case errors.Is(err, ErrInvalid), errors.Is(err, errSpin):
 		return causeInvalid
 	case errors.As(err, &unknownCA), errors.As(err, &invalidCrt), errors.As(err, &hostname),
-		errors.As(err, &verify), errors.As(err, &alert), errors.As(err, &record):
+		errors.As(err, &verify), errors.As(err, &alert), errors.As(err, &record),
+		// A server's alert (a client certificate required) comes back
+		// over TCP as a *net.OpError "remote error: tls: ...".
+		!reply(err) && strings.Contains(err.Error(), "tls: "):
 		return causeTLS
 	}
 	if reply(err) {
@@ -106,42 +110,74 @@ func reply(err error) bool {
 	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
 }
 
+// rewarnAfter spaces the WARNs of one cause: a Redis that flaps (a timeout
+// now and then on a busy host) says so once a minute, not on every blip,
+// while a new cause, or the same one a minute later, is said at once.
+const rewarnAfter = time.Minute
+
+// condition is why the shared tier is not being used.
+type condition struct {
+	cause  cause
+	warned bool // said at WARN (else within rewarnAfter of the last WARN of its cause)
+}
+
 // trouble records that the shared tier could not be used for op, and
 // says so once per condition: one WARN when it starts and whenever its
-// cause changes, so a fleet running alone for good is never silent, and
-// a Redis failing for an hour does not fill the log. It returns the cause.
+// cause changes (at most one a minute per cause), so a fleet running alone
+// for good is never silent, and a Redis failing for an hour, or flapping,
+// does not fill the log. It returns the cause.
 func (t *Tier[V]) trouble(ctx context.Context, op string, err error) cause {
 	c := causeOf(err)
 	if c == causeBreaker {
 		return c // the breaker only repeats a cause already told
 	}
-	if c == causeTimeout || c == causeError {
-		// A call that waited on a dial reports its own timeout; the
-		// dial's error says why.
+	if c == causeTimeout || c == causeError || c == causeDown {
+		// A call that waited on a dial reports its own timeout, and a
+		// TLS alert comes back as a dropped connection; the dial's
+		// error says why.
 		if derr := t.dials.failed(); derr != nil {
 			err = fmt.Errorf("%w (last dial: %w)", err, derr)
-			if dc := causeOf(derr); dc != causeError {
+			if dc := causeOf(derr); dc != causeError && dc != causeTimeout {
 				c = dc
 			}
 		}
 	}
-	if prev := t.condition.Swap(&c); prev == nil || prev.name != c.name {
-		msg := "shared tier off: serving as a lone replica"
-		if c.refusal {
-			msg = "shared tier refused: serving as a lone replica"
-		}
-		t.opts.Log.WarnContext(ctx, msg, "cause", c.name, "op", op, "hint", c.hint, "redis", t.redacted, "err", err)
+	t.condMu.Lock()
+	defer t.condMu.Unlock()
+	if prev := t.condition.Load(); prev != nil && prev.cause.name == c.name {
+		return c
 	}
+	now := time.Now()
+	last, seen := t.lastWarn[c.name]
+	warn := !seen || now.Sub(last) >= rewarnAfter
+	t.condition.Store(&condition{cause: c, warned: warn})
+	if !warn {
+		t.opts.Log.DebugContext(ctx, "shared tier off again", "cause", c.name, "op", op, "err", err)
+		return c
+	}
+	t.lastWarn[c.name] = now
+	msg := "shared tier off: serving as a lone replica"
+	if c.refusal {
+		msg = "shared tier refused: serving as a lone replica"
+	}
+	t.opts.Log.WarnContext(ctx, msg, "cause", c.name, "op", op, "hint", c.hint, "redis", t.redacted, "err", err)
 	return c
 }
 
-// fine records that the shared tier worked: the end of any condition.
+// fine records that the shared tier worked: the end of any condition,
+// said at INFO if its start was said at WARN.
 func (t *Tier[V]) fine(ctx context.Context) {
 	if t.condition.Load() == nil {
 		return
 	}
-	if prev := t.condition.Swap(nil); prev != nil {
-		t.opts.Log.InfoContext(ctx, "shared tier back", "after", prev.name, "redis", t.redacted)
+	t.condMu.Lock()
+	defer t.condMu.Unlock()
+	switch prev := t.condition.Swap(nil); {
+	case prev == nil:
+	case prev.warned:
+		t.opts.Log.InfoContext(ctx, "shared tier back", "after", prev.cause.name, "redis", t.redacted)
+	default:
+		t.opts.Log.DebugContext(ctx, "shared tier back", "after", prev.cause.name, "redis", t.redacted)
 	}
 }
 
