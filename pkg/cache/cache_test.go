@@ -920,3 +920,61 @@ func TestCache_ReplicasSwitchTogether(t *testing.T) {
 		}
 	})
 }
+
+// steps answers an adoption, while the cache holds less than 4, with
+// version 4 (the one a fleet serves until its switch, as pkg/fleet's
+// previous snapshot), then with 5; it counts the loads.
+type steps struct {
+	mu    sync.Mutex
+	loads int
+	none  bool // every adoption finds nothing
+}
+
+func (s *steps) Load(context.Context, time.Time) (int64, error) {
+	panic("Load called on a SharedLoader")
+}
+
+func (s *steps) LoadShared(_ context.Context, r cache.Request[int64]) (cache.Snapshot[int64], error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loads++
+	switch {
+	case s.none:
+		return cache.Snapshot[int64]{}, cache.ErrNotNewer
+	case r.Have == nil || r.Have.Version < 4:
+		return cache.Snapshot[int64]{Value: 4, Fetched: r.Started, Version: 4}, nil
+	case r.Have.Version < 5:
+		return cache.Snapshot[int64]{Value: 5, Fetched: r.Started, Version: 5}, nil
+	}
+	return cache.Snapshot[int64]{}, cache.ErrNotNewer
+}
+
+// TestCache_AdoptKeepsGoingPastAnOlderVersion: news of 5 to a cache that
+// holds nothing loads 4 (what the fleet serves until its switch), then 5,
+// served from 4's switch; an adoption that finds nothing is not retried.
+func TestCache_AdoptKeepsGoingPastAnOlderVersion(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &steps{}
+		c := cache.New[int64](s, cache.Options{TTL: ttl})
+		defer c.Close()
+		c.Adopt(5)
+		synctest.Wait()
+		if got := mustGet(t, c); got.Version != 4 {
+			t.Fatalf("Get() after Adopt(5) = version %d, want 4 until its switch", got.Version)
+		}
+		time.Sleep(ttl - time.Second)
+		if got := mustGet(t, c); got.Version != 5 || s.loads != 2 {
+			t.Errorf("Get() at the switch = version %d after %d loads, want 5 after 2", got.Version, s.loads)
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		s := &steps{none: true}
+		c := cache.New[int64](s, cache.Options{TTL: ttl})
+		defer c.Close()
+		c.Adopt(5)
+		synctest.Wait()
+		if s.loads != 1 {
+			t.Errorf("an adoption that found nothing loaded %d times, want 1", s.loads)
+		}
+	})
+}
