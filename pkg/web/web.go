@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -129,6 +130,36 @@ func retryAfter(err error) time.Duration {
 	return 0
 }
 
+// newsGate holds the fleet's news until the loader is ready for it, then
+// passes it to adopt: the newest generation heard before is not lost.
+type newsGate struct {
+	adopt   func(gen uint64)
+	mu      sync.Mutex
+	ready   bool
+	pending uint64
+}
+
+func (g *newsGate) news(gen uint64) {
+	g.mu.Lock()
+	if !g.ready {
+		g.pending = max(g.pending, gen)
+		g.mu.Unlock()
+		return
+	}
+	g.mu.Unlock()
+	g.adopt(gen)
+}
+
+func (g *newsGate) open() {
+	g.mu.Lock()
+	g.ready = true
+	pending := g.pending
+	g.mu.Unlock()
+	if pending != 0 {
+		g.adopt(pending)
+	}
+}
+
 // DefaultUpstreamTimeout is the bound on one fetch when Config leaves it
 // zero and the TTL allows it.
 const DefaultUpstreamTimeout = 10 * time.Second
@@ -234,6 +265,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if cfg.Redis != "" {
+		gate := &newsGate{adopt: c.Adopt}
 		tier, err := fleet.New(fleet.Options[[]ghibli.Movie]{
 			Redis:        fleet.Redis{URL: cfg.Redis, Mode: cfg.RedisMode, CAFile: cfg.RedisCA, CertFile: cfg.RedisCert, KeyFile: cfg.RedisKey},
 			TTL:          cfg.TTL,
@@ -245,8 +277,10 @@ func New(cfg Config) (*Server, error) {
 			RetryAfter:   retryAfter,
 			Cause:        ghibli.Cause,
 			// News of a snapshot goes to the cache, which loads it
-			// through its one flight (or already holds it).
-			OnNews:  c.Adopt,
+			// through its one flight (or already holds it), once the
+			// loader knows its tier (the read after subscribing can
+			// come before New returns).
+			OnNews:  gate.news,
 			Observe: m.ObserveRedis,
 			Log:     cfg.Log,
 			Dialer:  cfg.redisDialer,
@@ -261,6 +295,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		l.tier = tier
 		l.adopt = c.Adopt
+		gate.open()
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier,
