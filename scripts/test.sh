@@ -48,4 +48,5 @@ for target in FuzzClientAndJoin:./pkg/ghibli FuzzJoin:./pkg/ghibli FuzzPage:./pk
 done
 
 echo "== e2e against real Prometheus, HAProxy, Redis, nginx, Varnish and Chromium (alone: it loads the machine)"
-go test -race -count=1 -skip '^TestSoak$' ./e2e/...
+# Over ten minutes with the Redis deployments: past go test's default bound.
+go test -race -count=1 -timeout 30m -skip '^TestSoak$' ./e2e/...
