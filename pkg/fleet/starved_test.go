@@ -21,44 +21,71 @@ import (
 func TestTier_AStarvedProcessIsNoVerdictOnRedis(t *testing.T) {
 	r := startRedis(t)
 	opt := func(o *Options[string]) { o.CallTimeout = time.Second }
-	tier := newTier(t, r.URL, opt)
-	free := newTier(t, r.URL, opt)
-	for _, tr := range []*Tier[string]{tier, free} {
-		if _, _, err := tr.Read(bg(), 0); err != nil { // connected, warm
+	// A machine too busy to start the stopping shell within the call
+	// leaves a call unstopped, and that tier's count of failures in a row
+	// spoilt: the run starts again on a fresh one (warmed while Redis ran).
+	const attempts = 3
+	var tiers []*Tier[string]
+	for range attempts + 1 {
+		tr := newTier(t, r.URL, opt)
+		if _, _, err := tr.Read(bg(), 0); err != nil {
 			t.Fatal(err)
 		}
+		tiers = append(tiers, tr)
 	}
 	r.Stop()
 	defer r.Cont()
-	starvedRead := func() error {
-		// Stopped 200 ms into the call (a shell starts well within its
-		// second, even on a loaded machine), resumed half a second after
-		// its deadline.
+	// stoppedRead reads with the process stopped 200 ms into the call and
+	// resumed half a second after its deadline; stopped says whether the
+	// stop fell inside the call (it then lasted past the deadline).
+	stoppedRead := func(tier *Tier[string]) (err error, stopped bool) {
 		stopper := exec.Command("sh", "-c", fmt.Sprintf("sleep 0.2; kill -STOP %d; sleep 1.5; kill -CONT %d", os.Getpid(), os.Getpid()))
 		if err := stopper.Start(); err != nil {
 			t.Fatal(err)
 		}
 		defer stopper.Wait()
-		_, _, err := tier.Read(bg(), 0)
-		return err
+		start := time.Now()
+		_, _, err = tier.Read(bg(), 0)
+		return err, time.Since(start) > time.Second+300*time.Millisecond
 	}
-	for i := range maxStarvedRun {
-		if err := starvedRead(); !errors.Is(err, errStarved) {
-			t.Errorf("starved call %d: %v, want it marked starved", i, err)
+	run := func(tier *Tier[string]) bool {
+		for i := range maxStarvedRun {
+			err, stopped := stoppedRead(tier)
+			if !stopped {
+				return false
+			}
+			if !errors.Is(err, errStarved) {
+				t.Errorf("starved call %d: %v, want it marked starved", i, err)
+			}
 		}
-	}
-	if n := tier.Stats().BreakerOpened; n != 0 || tier.BreakerOpen() {
-		t.Errorf("breaker opened %d times by %d calls this process was too late for, want 0", n, maxStarvedRun)
-	}
-	for i := range tier.breaker.threshold {
-		if err := starvedRead(); errors.Is(err, errStarved) {
-			t.Errorf("starved call %d past maxStarvedRun in a row still excused: %v", maxStarvedRun+i, err)
+		if n := tier.Stats().BreakerOpened; n != 0 || tier.BreakerOpen() {
+			t.Errorf("breaker opened %d times by %d calls this process was too late for, want 0", n, maxStarvedRun)
 		}
+		for i := range tier.breaker.threshold {
+			err, stopped := stoppedRead(tier)
+			if !stopped {
+				return false
+			}
+			if errors.Is(err, errStarved) {
+				t.Errorf("starved call %d past maxStarvedRun in a row still excused: %v", maxStarvedRun+i, err)
+			}
+		}
+		if n := tier.Stats().BreakerOpened; n != 1 {
+			t.Errorf("breaker opened %d times after %d starved calls in a row on a hung Redis, want 1", n, maxStarvedRun+tier.breaker.threshold)
+		}
+		return true
 	}
-	if n := tier.Stats().BreakerOpened; n != 1 {
-		t.Errorf("breaker opened %d times after %d starved calls in a row on a hung Redis, want 1", n, maxStarvedRun+tier.breaker.threshold)
+	for i := range attempts {
+		if run(tiers[i]) {
+			break
+		}
+		if i == attempts-1 {
+			t.Fatalf("in %d attempts the stop never fell inside every call: the machine is too busy for this test", attempts)
+		}
+		t.Logf("attempt %d: a stop missed its call (a busy machine); again on a fresh tier", i)
 	}
 
+	free := tiers[attempts]
 	for range free.breaker.threshold {
 		if _, _, err := free.Read(bg(), 0); errors.Is(err, errStarved) {
 			t.Errorf("a call on a free CPU marked starved: %v", err)
