@@ -472,21 +472,9 @@ func emulateOnce(ctx context.Context, e *env, f *emulateFlags, r *benchRedis, ca
 	row.fallbacks = uint64(alone.Load())
 	row.breakerOpens = statsAfter.BreakerOpened - statsBefore.BreakerOpened
 
-	if err := sleep(ctx, f.settle); err != nil {
+	if row.idle, err = r.idle(ctx, f.settle, f.idle); err != nil {
 		return row, err
 	}
-	idleBefore, err := r.sample(ctx)
-	if err != nil {
-		return row, err
-	}
-	if err := sleep(ctx, f.idle); err != nil {
-		return row, err
-	}
-	idleAfter, err := r.sample(ctx)
-	if err != nil {
-		return row, err
-	}
-	row.idle = deltaOf(idleBefore, idleAfter)
 
 	commitMu.Lock()
 	measured := slices.Clone(commits[firstIdx:])

@@ -71,6 +71,26 @@ type redisSample struct {
 	cpuSys  float64
 }
 
+// idle waits settle, then returns what Redis ran over the next d: the
+// fleet's idle cost, with no client traffic.
+func (r *benchRedis) idle(ctx context.Context, settle, d time.Duration) (redisDelta, error) {
+	if err := sleep(ctx, settle); err != nil {
+		return redisDelta{}, err
+	}
+	before, err := r.sample(ctx)
+	if err != nil {
+		return redisDelta{}, err
+	}
+	if err := sleep(ctx, d); err != nil {
+		return redisDelta{}, err
+	}
+	after, err := r.sample(ctx)
+	if err != nil {
+		return redisDelta{}, err
+	}
+	return deltaOf(before, after), nil
+}
+
 func (r *benchRedis) sample(ctx context.Context) (redisSample, error) {
 	cs, err := r.client.Info(ctx, "commandstats").Result()
 	if err != nil {

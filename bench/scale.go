@@ -300,21 +300,9 @@ func scaleOnce(ctx context.Context, e *env, f *scaleFlags, r *benchRedis, fake *
 	row.load = deltaOf(redisBefore, redisAfter)
 
 	// Idle: no client traffic at all.
-	if err := sleep(ctx, f.settle); err != nil {
+	if row.idle, err = r.idle(ctx, f.settle, f.idle); err != nil {
 		return row, err
 	}
-	idleBefore, err := r.sample(ctx)
-	if err != nil {
-		return row, err
-	}
-	if err := sleep(ctx, f.idle); err != nil {
-		return row, err
-	}
-	idleAfter, err := r.sample(ctx)
-	if err != nil {
-		return row, err
-	}
-	row.idle = deltaOf(idleBefore, idleAfter)
 
 	var fetches []fetchRecord
 	var times []time.Time
