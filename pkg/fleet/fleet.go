@@ -450,6 +450,11 @@ func (t *Tier[V]) lead(ctx context.Context, gen uint64, fetch func(context.Conte
 		atomic.AddUint64(&t.stats.CommitErrors, 1)
 		t.trouble(ctx, "commit", err)
 		t.opts.Log.DebugContext(ctx, "shared snapshot not written", "redis", t.redacted, "err", err)
+		// The lock is still ours, and the commit that would free it did
+		// not happen: free it, so the waiters take over now rather than
+		// wait out the lease (a slot moving in a Cluster answers a
+		// commit TRYAGAIN; the release, a call later, usually lands).
+		t.release(out, gen, nil)
 	case len(res) == 2 && res[0] == 0:
 		// Our lease lapsed (Redis was slow) and another replica committed
 		// a newer snapshot: the fleet serves it, and serving ours here
