@@ -369,23 +369,23 @@ func emulateOnce(ctx context.Context, e *env, f *emulateFlags, r *benchRedis, ca
 			var have uint64
 			deadline := time.Now()
 			hold := func(en fleet.Entry[emuValue]) {
-				if en.Gen == 0 { // fetched alone: Redis failed
+				if en.Version == 0 { // fetched alone: Redis failed
 					if counting.Load() {
 						alone.Add(1)
 					}
 					deadline = en.Deadline
 					return
 				}
-				if en.Gen <= have {
+				if en.Version <= have {
 					return
 				}
-				have, deadline = en.Gen, en.Deadline
+				have, deadline = en.Version, en.Deadline
 				rep.mu.Lock()
-				rep.held[en.Gen] = time.Now()
+				rep.held[en.Version] = time.Now()
 				rep.mu.Unlock()
-				if en.Source == "leader" {
+				if en.Source == fleet.FromLead {
 					commitMu.Lock()
-					commits = append(commits, emuCommit{gen: en.Gen, at: time.Now()})
+					commits = append(commits, emuCommit{gen: en.Version, at: time.Now()})
 					commitMu.Unlock()
 				}
 			}

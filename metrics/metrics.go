@@ -176,19 +176,30 @@ func RegisterCache[S any](reg prometheus.Registerer, stats func() S, ttl time.Du
 //
 //	Hits uint64 `metric:"cache_hits_total" help:"Requests served from a fresh snapshot."`
 //	Won  uint64 `metric:"fleet_locks_total" labels:"result=won" help:"..."`
+//	Lost uint64 `metric:"fleet_locks_total" labels:"result=lost"`
 //
-// so a counter is defined once, where it is counted.
+// so a counter is defined once, where it is counted. The help is given on
+// a metric's first field; later fields of the same metric (other label
+// values) take it from there.
 func RegisterCounters[S any](reg prometheus.Registerer, stats func() S) error {
 	t := reflect.TypeFor[S]()
 	if t.Kind() != reflect.Struct {
 		return fmt.Errorf("metrics: stats %s is not a struct", t)
 	}
 	c := &counterCollector[S]{stats: stats}
+	helps := map[string]string{}
 	for f := range t.Fields() {
 		name, help := f.Tag.Get("metric"), f.Tag.Get("help")
-		if f.Type.Kind() != reflect.Uint64 || name == "" || help == "" {
-			return fmt.Errorf("metrics: stats field %s.%s: want a uint64 with metric and help tags", t.Name(), f.Name)
+		if help == "" {
+			help = helps[name]
 		}
+		if f.Type.Kind() != reflect.Uint64 || name == "" || help == "" {
+			return fmt.Errorf("metrics: stats field %s.%s: want a uint64 with metric and help tags (help on the metric's first field)", t.Name(), f.Name)
+		}
+		if prev, ok := helps[name]; ok && prev != help {
+			return fmt.Errorf("metrics: stats field %s.%s: a second help for %s", t.Name(), f.Name, name)
+		}
+		helps[name] = help
 		labels := prometheus.Labels{}
 		if l := f.Tag.Get("labels"); l != "" {
 			for kv := range strings.SplitSeq(l, ",") {

@@ -127,7 +127,7 @@ func TestRegisterFleet_LabelledCounters(t *testing.T) {
 # HELP movies_fleet_breaker_open 1 while the circuit breaker keeps calls away from a failing Redis (the replica serves alone), else 0.
 # TYPE movies_fleet_breaker_open gauge
 movies_fleet_breaker_open 1
-# HELP movies_fleet_locks_total Attempts to take the fetch lock, by result.
+# HELP movies_fleet_locks_total Attempts to take the fetch lock, by result: won (this replica fetches for the fleet), lost (another holds it: wait).
 # TYPE movies_fleet_locks_total counter
 movies_fleet_locks_total{result="lost"} 5
 movies_fleet_locks_total{result="won"} 2

@@ -142,8 +142,8 @@ type Options struct {
 	// since a load that outlives the TTL yields a value nobody may be served.
 	LoadTimeout time.Duration
 	// RetryAfter, if set, extracts from a load error a wait the source asked
-	// for (an HTTP Retry-After); the backoff after that failure is then at
-	// least that, capped at 30s.
+	// for (an HTTP Retry-After); the backoff after that failure is then
+	// that, capped at MaxRetryAfter, instead of the cache's own.
 	RetryAfter func(error) time.Duration
 	// StaleIfError, if positive, lets Get return the last value up to this
 	// long past its TTL, marked Stale, when it cannot load a fresh one.
@@ -172,9 +172,13 @@ type Options struct {
 const (
 	minBackoff       = 250 * time.Millisecond
 	maxBackoff       = 5 * time.Second
-	maxRetryAfter    = 30 * time.Second
 	minRefreshWindow = 2 * time.Second
 )
+
+// MaxRetryAfter caps the backoff a source's Retry-After imposes: a source
+// that asks for an hour is asked again after this. Processes that share
+// a backoff (package fleet) cap it alike.
+const MaxRetryAfter = 30 * time.Second
 
 // Stats are the cache's counters since it was created. Each field is
 // defined here once: its tags name the Prometheus counter it is exported
@@ -212,9 +216,12 @@ type Cache[V any] struct {
 
 	lastLoad   atomic.Int64   // duration of the last successful load, ns
 	refreshing atomic.Bool    // an early refresh goroutine is running
-	adopting   atomic.Bool    // an adoption goroutine is running
-	adoptWant  atomic.Uint64  // the newest version Adopt was told of
 	background sync.WaitGroup // refreshes, adoptions and running loads
+
+	adoptMu    sync.Mutex
+	adopting   bool   // an adoption goroutine is running
+	adoptWant  uint64 // the newest version it was told of (a hint)
+	adoptHints uint64 // hints received, so an adoption sees news that came while it loaded
 
 	// closed ends every load, running or to come, once Close is called.
 	closed context.Context
@@ -343,43 +350,72 @@ func (c *Cache[V]) refreshEarly(ctx context.Context, now time.Time) {
 	}()
 }
 
-// Adopt is told that another process made version v of the value: unless
-// the cache holds v or newer, it loads it (Request.Adopt) in the
-// background, through the same flight as every other load, so a process
-// never prepares one version twice however it heard of it. It never blocks.
+// Adopt is told that another process made version v of the value: a
+// hint, which may be stale, repeated or forged. Unless the cache holds v
+// or newer, it loads (Request.Adopt) in the background, through the same
+// flight as every other load, so a process never prepares one version
+// twice however it heard of it. What it loads is whatever is newer than
+// what it holds; v is forgotten once the adoption ends, so a forged v
+// costs a load that finds nothing, never a belief. It never blocks.
 func (c *Cache[V]) Adopt(v uint64) {
-	for w := c.adoptWant.Load(); w < v && !c.adoptWant.CompareAndSwap(w, v); w = c.adoptWant.Load() {
-	}
-	if c.holds(v) || !c.adopting.CompareAndSwap(false, true) {
+	if c.holds(v) {
 		return
 	}
+	c.adoptMu.Lock()
+	c.adoptWant = max(c.adoptWant, v)
+	c.adoptHints++
+	running := c.adopting
+	c.adopting = true
+	c.adoptMu.Unlock()
+	if running {
+		return // the running adoption sees the hint
+	}
 	if !c.track() {
-		c.adopting.Store(false)
+		c.endAdoption()
 		return
 	}
 	go func() {
 		defer c.background.Done()
-		defer c.adopting.Store(false)
-		// Joining a flight that was not an adoption (a load under way),
-		// or one that took an older version (the one served until the
-		// switch), may leave the version still to take: then another,
-		// ours. An adoption of ours that fails ends it: the version is
-		// not to be had (or not newer). Bounded, whatever the loader does.
-		for range 4 {
-			want := c.adoptWant.Load()
-			if c.holds(want) {
-				return
-			}
-			led := false
-			res := <-c.group.DoChan(flightKey, func() (any, error) {
-				led = true
-				return c.load(context.Background(), false, want)
-			})
-			if led && res.Err != nil {
-				return
-			}
-		}
+		c.adopt()
 	}()
+}
+
+// maxAdoptRounds bounds one adoption, whatever the loader and the hints do.
+const maxAdoptRounds = 8
+
+// adopt loads until the cache holds the newest version it was told of, or
+// a load of its own finds nothing newer and no hint came meanwhile.
+// Joining a flight that was not an adoption (a load under way), or one
+// that took an older version (the one served until the switch), may leave
+// the version still to take: then another round, ours.
+func (c *Cache[V]) adopt() {
+	defer c.endAdoption()
+	for range maxAdoptRounds {
+		c.adoptMu.Lock()
+		want, hints := c.adoptWant, c.adoptHints
+		c.adoptMu.Unlock()
+		if c.holds(want) {
+			return
+		}
+		led := false
+		res := <-c.group.DoChan(flightKey, func() (any, error) {
+			led = true
+			return c.load(context.Background(), false, want)
+		})
+		c.adoptMu.Lock()
+		heard := c.adoptHints != hints
+		c.adoptMu.Unlock()
+		if led && res.Err != nil && !heard {
+			return // nothing newer to be had: the hint was stale or forged
+		}
+	}
+}
+
+// endAdoption forgets what the adoption was told.
+func (c *Cache[V]) endAdoption() {
+	c.adoptMu.Lock()
+	c.adoptWant, c.adopting = 0, false
+	c.adoptMu.Unlock()
 }
 
 // holds reports whether the cached value is version v or newer.
@@ -541,7 +577,11 @@ func (c *Cache[V]) fail(err error) error {
 	}
 	wait -= time.Duration(c.opts.Rand() * float64(wait/2))
 	if c.opts.RetryAfter != nil {
-		if ra := min(c.opts.RetryAfter(err), maxRetryAfter); ra > wait {
+		// The source said when to come back: that, capped, and not our
+		// own backoff's guess on top. Processes sharing a backoff (package
+		// fleet) all end it when the source said, not each later by its
+		// own count of failures.
+		if ra := min(c.opts.RetryAfter(err), MaxRetryAfter); ra > 0 {
 			wait = ra
 		}
 	}

@@ -1,9 +1,7 @@
 package fleet
 
 import (
-	"reflect"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -94,15 +92,4 @@ func (b *breaker) isOpen(now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.failures >= b.threshold && (now.Before(b.openUntil) || b.probing)
-}
-
-// loadStats copies every counter of s with atomic loads, whatever fields
-// Stats has.
-func loadStats(s *Stats) Stats {
-	var out Stats
-	src, dst := reflect.ValueOf(s).Elem(), reflect.ValueOf(&out).Elem()
-	for i := range src.NumField() {
-		dst.Field(i).SetUint(atomic.LoadUint64(src.Field(i).Addr().Interface().(*uint64)))
-	}
-	return out
 }

@@ -92,6 +92,16 @@ func (f *fetcher) fetch(ctx context.Context) (string, []byte, error) {
 
 func bg() context.Context { return context.Background() }
 
+// putSnapshot writes a snapshot as commit does: the header, then data,
+// fetched startedAgo on this clock, expiring in pttl (0: never).
+func putSnapshot(t testing.TB, c *redis.Client, key string, version uint64, startedAgo, pttl time.Duration, data string) {
+	t.Helper()
+	v := string(header(version, time.Now().Add(-startedAgo), 10*time.Millisecond)) + data
+	if err := c.Set(bg(), key, v, pttl).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestTier_OneFetchForTheWholeFleet: replicas that need data at once make
 // one upstream fetch; the others get it from the news, with its deadline.
 func TestTier_OneFetchForTheWholeFleet(t *testing.T) {
@@ -100,7 +110,7 @@ func TestTier_OneFetchForTheWholeFleet(t *testing.T) {
 	f := &fetcher{delay: 200 * time.Millisecond}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	sources := map[string]int{}
+	sources := map[Source]int{}
 	values := map[string]bool{}
 	for range 5 {
 		tier := newTier(t, r.URL)
@@ -122,7 +132,7 @@ func TestTier_OneFetchForTheWholeFleet(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if f.n.Load() != 1 || sources["leader"] != 1 || sources["shared"] != 4 || len(values) != 1 {
+	if f.n.Load() != 1 || sources[FromLead] != 1 || sources[FromFleet] != 4 || len(values) != 1 {
 		t.Errorf("fetches = %d, sources = %v, values = %v; want one fetch shared by all", f.n.Load(), sources, values)
 	}
 }
@@ -135,7 +145,11 @@ func TestTier_ALiveLeaderIsNeverOvertaken(t *testing.T) {
 	t.Parallel()
 	r := startRedis(t)
 	f := &fetcher{delay: 3 * leaseTerm}
-	leader, waiter := newTier(t, r.URL), newTier(t, r.URL)
+	// A fetch budget far above the fetch, so no hedge comes before the
+	// lease would have lapsed many times over (the hedge has tests of
+	// its own).
+	patient := func(o *Options[string]) { o.FetchTimeout = 20 * leaseTerm }
+	leader, waiter := newTier(t, r.URL, patient), newTier(t, r.URL, patient)
 	done := make(chan Entry[string])
 	go func() {
 		e, err := leader.Load(bg(), 0, f.fetch)
@@ -149,7 +163,7 @@ func TestTier_ALiveLeaderIsNeverOvertaken(t *testing.T) {
 	defer cancel()
 	e, err := waiter.Load(ctx, 0, f.fetch)
 	<-done
-	if err != nil || e.Source != "shared" || f.n.Load() != 1 {
+	if err != nil || e.Source != FromFleet || f.n.Load() != 1 {
 		t.Errorf("waiter's Load() = %+v, %v after %d fetches; want the leader's snapshot, one fetch", e, err, f.n.Load())
 	}
 }
@@ -163,15 +177,15 @@ func TestTier_ADeadLeaderIsReplacedWithinALease(t *testing.T) {
 	c.Set(bg(), "test:lock", "7 deadbeef", leaseTerm)
 	f := &fetcher{}
 	start := time.Now()
-	e, err := newTier(t, r.URL).Load(bg(), 0, f.fetch)
-	if err != nil || e.Source != "leader" || f.n.Load() != 1 {
+	e, err := newTier(t, r.URL, func(o *Options[string]) { o.FetchTimeout = 10 * leaseTerm }).Load(bg(), 0, f.fetch)
+	if err != nil || e.Source != FromLead || f.n.Load() != 1 {
 		t.Fatalf("Load() = %+v, %v; want a takeover", e, err)
 	}
 	if d := time.Since(start); d > leaseTerm+500*time.Millisecond {
 		t.Errorf("takeover after %v, want within the %v lease", d, leaseTerm)
 	}
-	if e.Gen <= 7 {
-		t.Errorf("gen %d, want above the dead leader's 7", e.Gen)
+	if e.Version <= 7 {
+		t.Errorf("gen %d, want above the dead leader's 7", e.Version)
 	}
 }
 
@@ -200,7 +214,7 @@ func TestTier_AReleasedLockIsTakenAtOnce(t *testing.T) {
 	start := time.Now()
 	cancel()
 	res := <-got
-	if res.err != nil || res.e.Source != "leader" || f.n.Load() != 1 {
+	if res.err != nil || res.e.Source != FromLead || f.n.Load() != 1 {
 		t.Fatalf("waiter's Load() = %+v, %v; want it to lead after the release", res.e, res.err)
 	}
 	if d := time.Since(start); d > leaseTerm/2 {
@@ -246,14 +260,14 @@ func TestTier_AMessageCostsAtMostARead(t *testing.T) {
 	got := make(chan error)
 	go func() {
 		e, err := waiter.Load(bg(), 0, f.fetch)
-		if err == nil && e.Source != "shared" {
+		if err == nil && e.Source != FromFleet {
 			err = fmt.Errorf("source %s", e.Source)
 		}
 		got <- err
 	}()
 	waitFor(t, func() bool { return waiter.Stats().LockLost == 1 })
-	gen, _ := c.Get(bg(), "test:gen").Result()
-	for _, msg := range []string{"f:" + gen, "c:" + gen + "0", "r:1", "x:1", "f:notanumber"} {
+	version, _ := c.Get(bg(), "test:counter").Result()
+	for _, msg := range []string{"f:" + version, "c:" + version + "0", "r:1", "x:1", "f:notanumber"} {
 		c.Publish(bg(), "test:news", msg)
 	}
 	if err := <-got; err != nil || f.n.Load() != 1 {
@@ -262,7 +276,7 @@ func TestTier_AMessageCostsAtMostARead(t *testing.T) {
 }
 
 // TestTier_FencedCommitFreesTheLockAndAnnouncesTheNewer: a writer whose
-// generation is below the snapshot's (its lease lapsed, another committed)
+// version is below the snapshot's (its lease lapsed, another committed)
 // writes nothing, frees its lock, announces the newer one and serves it.
 func TestTier_FencedCommitFreesTheLockAndAnnouncesTheNewer(t *testing.T) {
 	t.Parallel()
@@ -272,7 +286,7 @@ func TestTier_FencedCommitFreesTheLockAndAnnouncesTheNewer(t *testing.T) {
 	slow := newTier(t, r.URL)
 	newTier(t, r.URL, func(o *Options[string]) { o.OnNews = func(g uint64) { heard <- g } })
 	release := make(chan struct{})
-	var gen uint64
+	var version uint64
 	done := make(chan Entry[string])
 	go func() {
 		e, err := slow.Load(bg(), 0, func(ctx context.Context) (string, []byte, error) {
@@ -284,16 +298,14 @@ func TestTier_FencedCommitFreesTheLockAndAnnouncesTheNewer(t *testing.T) {
 		}
 		done <- e
 	}()
-	waitFor(t, func() bool { g, _ := c.Get(bg(), "test:gen").Uint64(); gen = g; return g > 0 })
+	waitFor(t, func() bool { v, _ := c.Get(bg(), "test:counter").Uint64(); version = v; return v > 0 })
 	// Another replica's newer commit lands meanwhile.
-	newer := gen + 10
-	env := fmt.Sprintf(`{"v":2,"gen":%d,"start_ms":%d,"data":"new"}`, newer, time.Now().UnixMilli())
-	c.Set(bg(), "test:snapshot", env, testTTL)
-	c.Set(bg(), "test:snapshot:gen", newer, testTTL)
+	newer := version + 10
+	putSnapshot(t, c, "test:snapshot", newer, 0, testTTL, `"new"`)
 	close(release)
 	e := <-done
-	if e.Value != "new" || e.Gen != newer {
-		t.Errorf("fenced writer's Load() = %+v, want the newer snapshot (gen %d)", e, newer)
+	if e.Value != "new" || e.Version != newer {
+		t.Errorf("fenced writer's Load() = %+v, want the newer snapshot (version %d)", e, newer)
 	}
 	if n, _ := c.Exists(bg(), "test:lock").Result(); n != 0 {
 		t.Error("the fenced commit left its lock behind")
@@ -314,29 +326,37 @@ func TestTier_FencedCommitFreesTheLockAndAnnouncesTheNewer(t *testing.T) {
 	}
 }
 
-// TestTier_AGenerationFarAheadHeals: a snapshot generation ahead of the
-// counter (set by hand, or the counter evicted) does not fence every
-// commit: the next lock's generation is above it.
-func TestTier_AGenerationFarAheadHeals(t *testing.T) {
+// TestTier_AVersionFarAheadHeals: versions keep rising above whatever
+// Redis or the caller hold: a snapshot ahead of the counter (written by
+// hand, or the counter evicted) does not fence every commit, and a
+// replica holding a version Redis no longer knows (Redis restarted
+// empty) leads above it, not below.
+func TestTier_AVersionFarAheadHeals(t *testing.T) {
 	t.Parallel()
 	r := startRedis(t)
 	c := client(t, r)
 	ahead := uint64(time.Now().UnixMilli()) * 10
-	c.Set(bg(), "test:snapshot:gen", ahead, 0)
-	c.Set(bg(), "test:gen", 1, 0)
+	putSnapshot(t, c, "test:snapshot", ahead, 10*testTTL, 0, `"ahead"`) // expired by its writer's clock
+	c.Set(bg(), "test:counter", 1, 0)
 	tier := newTier(t, r.URL)
 	e, err := tier.Load(bg(), 0, (&fetcher{}).fetch)
-	if err != nil || e.Gen <= ahead || tier.Stats().CommitOK != 1 {
-		t.Errorf("Load() = %+v, %v, stats %+v; want a commit above gen %d", e, err, tier.Stats(), ahead)
+	if err != nil || e.Version <= ahead || tier.Stats().CommitOK != 1 {
+		t.Errorf("Load() = %+v, %v, stats %+v; want a commit above version %d", e, err, tier.Stats(), ahead)
 	}
 	if n, _ := c.Exists(bg(), "test:lock").Result(); n != 0 {
 		t.Error("the lock was left behind")
 	}
+	c.FlushDB(bg()) // Redis restarted empty; the caller still holds e
+	held := e.Version + 1000
+	e, err = tier.Load(bg(), held, (&fetcher{}).fetch)
+	if err != nil || e.Version <= held {
+		t.Errorf("Load() holding %d over an empty Redis = %+v, %v; want a version above what the caller holds", held, e, err)
+	}
 	// One past 2^52, where Lua's numbers lose integers, is not ours: it
 	// is overwritten by the next commit, not obeyed.
-	c.Set(bg(), "test:snapshot:gen", uint64(1<<60), testTTL)
-	e, err = tier.Load(bg(), e.Gen, (&fetcher{}).fetch)
-	if err != nil || e.Source != "leader" || e.Gen >= maxGen || tier.Stats().CommitOK != 2 {
+	putSnapshot(t, c, "test:snapshot", 1<<60, 0, testTTL, `"x"`)
+	e, err = tier.Load(bg(), e.Version, (&fetcher{}).fetch)
+	if err != nil || e.Source != FromLead || e.Version >= maxVersion || tier.Stats().CommitOK != 3 {
 		t.Errorf("Load() over a generation past 2^52 = %+v, %v, stats %+v; want a commit of our own", e, err, tier.Stats())
 	}
 }
@@ -350,10 +370,8 @@ func TestTier_ReadsTheEarlierOfTwoClocks(t *testing.T) {
 	r := startRedis(t)
 	c := client(t, r)
 	tier := newTier(t, r.URL)
-	put := func(gen uint64, startedAgo, pttl time.Duration) {
-		env := fmt.Sprintf(`{"v":2,"gen":%d,"start_ms":%d,"data":"\"x\""}`, gen, time.Now().Add(-startedAgo).UnixMilli())
-		c.Set(bg(), "test:snapshot", env, pttl)
-		c.Set(bg(), "test:snapshot:gen", gen, pttl)
+	put := func(version uint64, startedAgo, pttl time.Duration) {
+		putSnapshot(t, c, "test:snapshot", version, startedAgo, pttl, `"x"`)
 	}
 	for _, tt := range []struct {
 		name             string
@@ -381,11 +399,9 @@ func TestTier_TheLastMillisecondIsAMiss(t *testing.T) {
 	r := startRedis(t)
 	c := client(t, r)
 	tier := newTier(t, r.URL)
-	c.Set(bg(), "test:snapshot", `{"v":2,"gen":5,"start_ms":1,"data":"\"x\""}`, 0)
-	c.Set(bg(), "test:snapshot:gen", 5, 0)
-	c.PExpire(bg(), "test:snapshot", time.Millisecond)
+	putSnapshot(t, c, "test:snapshot", 5, 0, time.Millisecond, `"x"`)
 	e, err := tier.Load(bg(), 0, (&fetcher{}).fetch)
-	if err != nil || e.Source != "leader" {
+	if err != nil || e.Source != FromLead {
 		t.Errorf("Load() = %+v, %v; want a fetch led for the fleet", e, err)
 	}
 	if st := tier.Stats(); st.Invalid != 0 {
@@ -404,24 +420,26 @@ func TestTier_NothingInRedisIsTrusted(t *testing.T) {
 	ctx := bg()
 	huge := strings.Repeat("x", 300<<10)
 	env := func(data string) string {
-		return fmt.Sprintf(`{"v":2,"gen":9,"start_ms":%d,"data":%s}`, time.Now().UnixMilli(), data)
+		return string(header(9, time.Now(), 0)) + data
 	}
 	tests := []struct {
-		name, want string
-		set        func() error
+		name string
+		want Source
+		set  func() error
 	}{
-		{"wrong type", "leader", func() error { return c.RPush(ctx, "test:snapshot", "a").Err() }},
-		{"no expiry", "leader", func() error { return c.Set(ctx, "test:snapshot", env(`"x"`), 0).Err() }},
-		{"huge", "local", func() error { return c.Set(ctx, "test:snapshot", huge, time.Second).Err() }},
-		{"not JSON", "local", func() error { return c.Set(ctx, "test:snapshot", "<script>", time.Second).Err() }},
-		{"invalid data", "local", func() error { return c.Set(ctx, "test:snapshot", env("[1]"), time.Second).Err() }},
-		{"a lock that never expires", "local", func() error { return c.Set(ctx, "test:lock", "3 abc", 0).Err() }},
-		{"a lock of another shape", "local", func() error { return c.Set(ctx, "test:lock", "whatever", time.Second).Err() }},
+		{"wrong type", FromLead, func() error { return c.RPush(ctx, "test:snapshot", "a").Err() }},
+		{"no expiry", FromLead, func() error { return c.Set(ctx, "test:snapshot", env(`"x"`), 0).Err() }},
+		{"huge", FromAlone, func() error { return c.Set(ctx, "test:snapshot", env(huge), time.Second).Err() }},
+		{"no header", FromLead, func() error { return c.Set(ctx, "test:snapshot", "<script>", time.Second).Err() }},
+		{"invalid data", FromAlone, func() error { return c.Set(ctx, "test:snapshot", env("[1]"), time.Second).Err() }},
+		{"a lock that never expires", FromAlone, func() error { return c.Set(ctx, "test:lock", "3 abc", 0).Err() }},
+		{"a lock of another shape", FromAlone, func() error { return c.Set(ctx, "test:lock", "whatever", time.Second).Err() }},
+		{"a lock of another type", FromAlone, func() error { return c.HSet(ctx, "test:lock", "a", "b").Err() }},
+		{"a counter of another type", FromLead, func() error { return c.RPush(ctx, "test:counter", "a").Err() }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c.Del(ctx, "test:snapshot", "test:lock", "test:snapshot:gen")
-			c.Set(ctx, "test:snapshot:gen", 9, 0)
+			c.Del(ctx, "test:snapshot", "test:lock", "test:counter")
 			if err := tt.set(); err != nil {
 				t.Fatal(err)
 			}
@@ -432,10 +450,10 @@ func TestTier_NothingInRedisIsTrusted(t *testing.T) {
 				t.Errorf("Load() = %+v, %v; want our own fetch, as %s", e, err, tt.want)
 			}
 			st := tier.Stats()
-			if tt.want == "local" && (st.Invalid != 1 || st.Fallbacks() != 1) {
+			if tt.want == FromAlone && (st.Invalid != 1 || st.Fallbacks() != 1) {
 				t.Errorf("stats = %+v, want 1 invalid value and 1 fallback", st)
 			}
-			if v, _ := c.Get(ctx, "test:snapshot").Result(); tt.want == "leader" && !strings.Contains(v, `"fetch 1"`) {
+			if v, _ := c.Get(ctx, "test:snapshot").Result(); tt.want == FromLead && !strings.Contains(v, `"fetch 1"`) {
 				t.Errorf("Redis holds %.40q, want our commit over what was there", v)
 			}
 		})
@@ -457,7 +475,7 @@ func TestTier_RedisDownIsNoReasonToFail(t *testing.T) {
 	for i := range 10 {
 		start := time.Now()
 		e, err := tier.Load(bg(), 0, f.fetch)
-		if err != nil || e.Source != "local" {
+		if err != nil || e.Source != FromAlone {
 			t.Fatalf("load %d = %+v, %v; want a local fetch", i, e, err)
 		}
 		if d := time.Since(start); d > 500*time.Millisecond {
@@ -629,12 +647,11 @@ func TestTier_NewsLostWhileTheSubscriptionWasDownIsCaught(t *testing.T) {
 	newTier(t, r.URL, func(o *Options[string]) { o.OnNews = func(g uint64) { heard <- g } })
 	// Subscribed: confirmed by the first read's answer (no snapshot yet).
 	time.Sleep(200 * time.Millisecond)
-	// A commit without its message: the keys as commitScript writes them.
-	c.Set(bg(), "test:snapshot", `{"v":2,"gen":41,"start_ms":1,"data":"\"x\""}`, testTTL)
-	c.Set(bg(), "test:snapshot:gen", 41, testTTL)
+	// A commit without its message: the key as commitScript writes it.
+	putSnapshot(t, c, "test:snapshot", 41, 0, testTTL, `"x"`)
 	select {
 	case g := <-heard:
-		t.Fatalf("heard generation %d with the subscription up and no message: something polls", g)
+		t.Fatalf("heard version %d with the subscription up and no message: something polls", g)
 	case <-time.After(1500 * time.Millisecond):
 	}
 	if err := c.Do(bg(), "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
@@ -643,7 +660,7 @@ func TestTier_NewsLostWhileTheSubscriptionWasDownIsCaught(t *testing.T) {
 	select {
 	case g := <-heard:
 		if g != 41 {
-			t.Errorf("heard generation %d, want 41", g)
+			t.Errorf("heard version %d, want 41", g)
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("no news of a commit whose message was lost within 2s of the subscription's return")
@@ -668,21 +685,21 @@ func TestTier_ANewReplicaServesWhatTheFleetServes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			second, err := leader.Load(bg(), first.Gen, f.fetch) // fetched ahead
-			if err != nil || second.Gen <= first.Gen {
+			second, err := leader.Load(bg(), first.Version, f.fetch) // fetched ahead
+			if err != nil || second.Version <= first.Version {
 				t.Fatalf("second load = %+v, %v", second, err)
 			}
 			newcomer := newTier(t, url, opt)
 			e, found, err := newcomer.Read(bg(), 0)
-			if err != nil || !found || e.Gen != first.Gen || e.Newer != second.Gen || e.Value != first.Value {
-				t.Fatalf("newcomer before the switch read %+v (found %v, %v); want generation %d with Newer %d", e, found, err, first.Gen, second.Gen)
+			if err != nil || !found || e.Version != first.Version || e.Newer != second.Version || e.Value != first.Value {
+				t.Fatalf("newcomer before the switch read %+v (found %v, %v); want version %d with Newer %d", e, found, err, first.Version, second.Version)
 			}
-			if e, found, err := newcomer.Read(bg(), first.Gen); err != nil || !found || e.Gen != second.Gen || e.Newer != 0 {
-				t.Errorf("newcomer holding the previous read %+v (found %v, %v); want the newest, %d", e, found, err, second.Gen)
+			if e, found, err := newcomer.Read(bg(), first.Version); err != nil || !found || e.Version != second.Version || e.Newer != 0 {
+				t.Errorf("newcomer holding the previous read %+v (found %v, %v); want the newest, %d", e, found, err, second.Version)
 			}
 			time.Sleep(time.Until(first.Deadline.Add(-switchBefore)))
-			if e, found, err := newcomer.Read(bg(), 0); err != nil || !found || e.Gen != second.Gen || e.Newer != 0 {
-				t.Errorf("newcomer after the switch read %+v (found %v, %v); want the newest, %d", e, found, err, second.Gen)
+			if e, found, err := newcomer.Read(bg(), 0); err != nil || !found || e.Version != second.Version || e.Newer != 0 {
+				t.Errorf("newcomer after the switch read %+v (found %v, %v); want the newest, %d", e, found, err, second.Version)
 			}
 		})
 	}

@@ -16,7 +16,7 @@ import (
 
 // The minimal ACL rule docs/fleet.md gives operators: a change here is a
 // change there.
-const minimalACL = "~movies:* &movies:* -@all +evalsha +eval +get +set +del +rename +exists +type +strlen +pttl +pexpire +publish +subscribe +ping"
+const minimalACL = "~movies:* &movies:* -@all +evalsha +eval +get +set +del +rename +type +strlen +getrange +pttl +pexpire +publish +subscribe +ping"
 
 // lockedBuffer is a log destination safe for the tier's goroutines.
 type lockedBuffer struct {
@@ -188,6 +188,9 @@ func TestTier_AFlappingRedisWarnsOnceAMinute(t *testing.T) {
 	var log lockedBuffer
 	tier := newTier(t, "redis://127.0.0.1:1", func(o *Options[string]) {
 		o.Log = slog.New(slog.NewTextHandler(&log, nil))
+		// The pool dials at once; a refused dial would name its own
+		// cause (down), and whether it came first would be a race.
+		o.Dialer = func(context.Context, string, string) (net.Conn, error) { return nil, context.DeadlineExceeded }
 	})
 	ctx := bg()
 	tier.trouble(ctx, "load", context.DeadlineExceeded)

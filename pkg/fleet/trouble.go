@@ -9,11 +9,8 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // A cause names why a load fetched without the shared tier: the label of
@@ -84,6 +81,7 @@ func causeOf(err error) cause {
 			{[]string{"CROSSSLOT"}, causeCrossSlot},
 			{[]string{"MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"}, causeMoved},
 			{[]string{"LOADING", "MASTERDOWN"}, causeLoading},
+			{[]string{"WRONGTYPE"}, causeInvalid},
 		} {
 			for _, w := range c.words {
 				if strings.Contains(msg, w) {
@@ -101,13 +99,6 @@ func causeOf(err error) cause {
 		return causeDown
 	}
 	return causeError
-}
-
-// reply reports whether err is Redis answering with an error: Redis is
-// there and quick, so the breaker must not take it for a sick Redis.
-func reply(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
 }
 
 // rewarnAfter spaces the WARNs of one cause: a Redis that flaps (a timeout
@@ -181,24 +172,20 @@ func (t *Tier[V]) fine(ctx context.Context) {
 	}
 }
 
-// countFallback counts a fallback under its cause.
-func (s *Stats) countFallback(c cause) {
-	p := map[string]*uint64{
-		"breaker": &s.FallbackBreaker, "timeout": &s.FallbackTimeout, "down": &s.FallbackDown,
-		"tls": &s.FallbackTLS, "auth": &s.FallbackAuth, "noperm": &s.FallbackNoPerm, "oom": &s.FallbackOOM,
-		"readonly": &s.FallbackReadOnly, "crossslot": &s.FallbackCrossSlot, "moved": &s.FallbackMoved,
-		"loading": &s.FallbackLoading, "invalid": &s.FallbackInvalid, "starved": &s.FallbackStarved,
-	}[c.name]
-	if p == nil {
-		p = &s.FallbackError
+// warnOnce logs msg at WARN at most once a minute per key (rewarnAfter),
+// at DEBUG otherwise: a condition that repeats is said, not shouted.
+func (t *Tier[V]) warnOnce(ctx context.Context, key, msg string, attrs ...any) {
+	t.condMu.Lock()
+	last, seen := t.lastWarn[key]
+	now := time.Now()
+	warn := !seen || now.Sub(last) >= rewarnAfter
+	if warn {
+		t.lastWarn[key] = now
 	}
-	atomic.AddUint64(p, 1)
-}
-
-// Fallbacks is the number of loads that fetched without the shared tier,
-// whatever the cause.
-func (s Stats) Fallbacks() uint64 {
-	return s.FallbackBreaker + s.FallbackTimeout + s.FallbackDown + s.FallbackTLS + s.FallbackAuth +
-		s.FallbackNoPerm + s.FallbackOOM + s.FallbackReadOnly + s.FallbackCrossSlot + s.FallbackMoved +
-		s.FallbackLoading + s.FallbackInvalid + s.FallbackStarved + s.FallbackError
+	t.condMu.Unlock()
+	if warn {
+		t.opts.Log.WarnContext(ctx, msg, attrs...)
+	} else {
+		t.opts.Log.DebugContext(ctx, msg, attrs...)
+	}
 }

@@ -3,6 +3,7 @@ package web
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -154,12 +155,14 @@ func TestFleet_AWritersClockIsNotTrusted(t *testing.T) {
 	// Rewrite the snapshot as a writer an hour ahead would have.
 	c := r.Client()
 	defer c.Close()
-	var env map[string]any
-	if err := json.Unmarshal([]byte(c.Get(t.Context(), namespace(a.srv.cfg)+":snapshot").Val()), &env); err != nil {
-		t.Fatal(err)
+	// The header is "<version> <fetch start ms> <took ms>\n" (pkg/fleet).
+	head, data, _ := strings.Cut(c.Get(t.Context(), namespace(a.srv.cfg)+":snapshot").Val(), "\n")
+	f := strings.Fields(head)
+	if len(f) != 3 {
+		t.Fatalf("the shared snapshot's header is %q, want three fields", head)
 	}
-	env["start_ms"] = time.Now().Add(time.Hour).UnixMilli()
-	b, _ := json.Marshal(env)
+	f[1] = strconv.FormatInt(time.Now().Add(time.Hour).UnixMilli(), 10)
+	b := strings.Join(f, " ") + "\n" + data
 	if err := c.SetArgs(t.Context(), namespace(a.srv.cfg)+":snapshot", b, redis.SetArgs{KeepTTL: true}).Err(); err != nil {
 		t.Fatal(err)
 	}

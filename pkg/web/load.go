@@ -65,7 +65,7 @@ func (l *loader) Stats() loaderStats {
 
 // LoadShared returns a new snapshot with the instant its age counts from
 // (this load's start, or the start of the fetch another replica made) and
-// its generation in the fleet.
+// its version in the fleet.
 func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snapshot]) (cache.Snapshot[*snapshot.Snapshot], error) {
 	var have uint64
 	if r.Have != nil {
@@ -101,8 +101,8 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	if err != nil {
 		return cache.Snapshot[*snapshot.Snapshot]{}, err
 	}
-	if e.Source == "shared" {
-		l.log.DebugContext(ctx, "took the shared snapshot", "gen", e.Gen, "left", time.Until(e.Deadline).Round(time.Millisecond), "newer", e.Newer)
+	if e.Source == fleet.FromFleet {
+		l.log.DebugContext(ctx, "took the shared snapshot", "version", e.Version, "left", time.Until(e.Deadline).Round(time.Millisecond), "newer", e.Newer)
 	}
 	if e.Newer != 0 {
 		// The fleet serves this one until its switch, and the newer
@@ -114,7 +114,7 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	// Last-Modified or an age from it could lie.
 	fetched := e.Deadline.Add(-l.ttl)
 	s, err := l.prepare(ctx, e.Value, fetched)
-	return cache.Snapshot[*snapshot.Snapshot]{Value: s, Fetched: fetched, Version: e.Gen}, err
+	return cache.Snapshot[*snapshot.Snapshot]{Value: s, Fetched: fetched, Version: e.Version}, err
 }
 
 // fetch asks the upstream and logs the outcome once.

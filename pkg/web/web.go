@@ -98,7 +98,7 @@ type Config struct {
 // sharedFormat is the version of what replicas share in Redis: a change
 // to the envelope or the catalogue's shape changes it, so replicas of two
 // versions never read each other's snapshots.
-const sharedFormat = "movies/2"
+const sharedFormat = "movies/3"
 
 // namespace is the fleet's key prefix: replicas share snapshots only if
 // they are interchangeable (the same format, upstream and TTL), so two
@@ -246,9 +246,16 @@ func New(cfg Config) (*Server, error) {
 	if l.newSnapshot == nil {
 		l.newSnapshot = snapshot.New
 	}
+	// A load alone is one fetch; a load in a fleet may first wait for the
+	// replica fetching for the fleet, at most as long as a fetch of its own
+	// would last (package fleet), then fetch itself.
+	loadTimeout := cfg.UpstreamTimeout
+	if cfg.Redis != "" {
+		loadTimeout = 2 * cfg.UpstreamTimeout
+	}
 	c := cache.New[*snapshot.Snapshot](cache.SharedFunc[*snapshot.Snapshot](l.LoadShared), cache.Options{
 		TTL:          cfg.TTL,
-		LoadTimeout:  cfg.UpstreamTimeout,
+		LoadTimeout:  loadTimeout,
 		StaleIfError: cfg.StaleIfError,
 		RefreshAhead: true,
 		RetryAfter:   retryAfter,
@@ -273,6 +280,7 @@ func New(cfg Config) (*Server, error) {
 			Namespace:    namespace(cfg),
 			CallTimeout:  cfg.redisCallTimeout,
 			FetchTimeout: cfg.UpstreamTimeout,
+			MaxBackoff:   cache.MaxRetryAfter,
 			Decode:       decodeShared,
 			RetryAfter:   retryAfter,
 			Cause:        ghibli.Cause,

@@ -1,0 +1,77 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// call runs one Redis operation under the breaker and the call timeout.
+func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context) error) error {
+	ok, probe := t.breaker.allow(time.Now())
+	if !ok {
+		return errOpen
+	}
+	ctx, cancel := context.WithTimeout(parent, t.opts.CallTimeout)
+	defer cancel()
+	start := time.Now()
+	err := f(ctx)
+	if errors.Is(err, redis.Nil) {
+		err = nil
+	}
+	if t.opts.Observe != nil {
+		t.opts.Observe(op, time.Since(start), err)
+	}
+	if err != nil && parent.Err() != nil {
+		// The caller gave up (its request ended): that says nothing
+		// about Redis, so it must not open the breaker.
+		t.breaker.abandon(probe)
+		return err
+	}
+	late := err != nil && !reply(err) && time.Since(start) > t.opts.CallTimeout+t.opts.CallTimeout/starvedAfter
+	if !late {
+		t.starvedRun.Store(0)
+	} else if t.starvedRun.Add(1) <= maxStarvedRun {
+		// The call's own timer ran late: this process, not Redis, was
+		// slow (see starvedAfter).
+		t.breaker.abandon(probe)
+		return fmt.Errorf("%w: %w", errStarved, err)
+	}
+	// A reply, even an error, is Redis answering, and quickly: a refusal
+	// (READONLY, OOM, NOPERM...) costs a round trip, which the breaker
+	// must not save at the price of hiding the refusal's cause.
+	if opened := t.breaker.record(time.Now(), err == nil || reply(err), probe); opened {
+		atomic.AddUint64(&t.stats.BreakerOpened, 1)
+		t.opts.Log.Info("circuit breaker open: Redis keeps failing", "redis", t.redacted, "err", err)
+	}
+	return err
+}
+
+// reply reports whether err is Redis answering with an error: Redis is
+// there and quick, so the breaker must not take it for a sick Redis.
+func reply(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
+}
+
+// redisLogger sends go-redis's own messages to the tier's logger.
+type redisLogger struct{ log *slog.Logger }
+
+// A failure is said once, in the tier's own WARN with its cause (see
+// trouble), not on every dial or every sentinel asked (go-redis retries
+// those every 100 ms while they fail); the client's other messages (a
+// sentinel naming a new master) are worth an INFO.
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	level := slog.LevelInfo
+	if strings.Contains(msg, "failed") || strings.Contains(msg, "error") {
+		level = slog.LevelDebug
+	}
+	l.log.Log(ctx, level, "redis client", "msg", msg)
+}

@@ -1,0 +1,441 @@
+package fleet
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Load returns a snapshot newer than version have (what the caller holds,
+// 0 for nothing shared): one another replica committed, one this replica
+// fetches for the fleet with fetch, one it fetched beside a late leader,
+// or, whenever Redis fails, one it fetches alone, as a lone replica does.
+// ctx bounds the whole load: give it twice FetchTimeout (one wait for a
+// leader, then one fetch of its own).
+func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch Fetch[V]) (Entry[V], error) {
+	hedge := time.NewTimer(t.hedgeAfter())
+	defer hedge.Stop()
+	l := &load[V]{t: t, have: have, fetch: fetch, hedge: hedge.C}
+	for step := stepBegin; ; {
+		switch step {
+		case stepBegin:
+			step = l.begin(ctx)
+		case stepWait:
+			step = l.wait(ctx)
+		case stepHedge:
+			return l.hedgeFetch(ctx)
+		case stepAlone:
+			return l.alone(ctx)
+		case stepDone:
+			return l.entry, l.err
+		}
+	}
+}
+
+// A step is what a load does next.
+type step int
+
+const (
+	stepBegin step = iota // ask Redis what to do (again)
+	stepWait              // wait for the replica holding the lock
+	stepHedge             // fetch beside (or after) the leader; the first answer wins
+	stepAlone             // Redis failed: fetch as a lone replica
+	stepDone              // the load has its answer
+)
+
+// load is one Load's state.
+type load[V any] struct {
+	t     *Tier[V]
+	have  uint64
+	fetch Fetch[V]
+	hedge <-chan time.Time // fires when the leader is late (hedgeAfter)
+
+	seen    uint64 // the news read so far
+	holder  began  // stepWait: the lock's holder
+	rereads int    // reads that found nothing where begin saw a snapshot
+	cause   error  // stepAlone: why Redis could not be used
+
+	entry Entry[V] // stepDone
+	err   error
+}
+
+func (l *load[V]) done(e Entry[V], err error) step {
+	l.entry, l.err = e, err
+	return stepDone
+}
+
+func (l *load[V]) failed(err error) step {
+	l.cause = err
+	return stepAlone
+}
+
+// begin asks Redis what to do: read, back off, lead, or wait.
+func (l *load[V]) begin(ctx context.Context) step {
+	t := l.t
+	if err := ctx.Err(); err != nil {
+		return l.done(Entry[V]{}, err)
+	}
+	t.news.since(&l.seen) // news during begin concerns the wait after it
+	b, err := t.begin(ctx, l.have)
+	if errors.Is(err, ErrInvalid) {
+		atomic.AddUint64(&t.stats.Invalid, 1)
+		t.opts.Log.ErrorContext(ctx, "rejected the shared fetch lock", "redis", t.redacted, "err", err)
+	}
+	if err != nil {
+		if !errors.Is(err, errOpen) && !errors.Is(err, ErrInvalid) && ctx.Err() == nil {
+			// A call that timed out may have taken the lock: free it, so
+			// nobody waits out a lease for a fetch nobody makes.
+			t.bg.Go(func() { t.release(context.Background(), 'r', 0, "", 0) })
+		}
+		return l.failed(err)
+	}
+	t.fine(ctx)
+	switch b.kind {
+	case beganNewer:
+		e, found, err := t.Read(ctx, l.have)
+		switch {
+		case err != nil:
+			return l.failed(err)
+		case found:
+			return l.done(e, nil)
+		}
+		// Gone or expiring between two calls: ask again, but not for
+		// ever (a writer's clock far behind makes every read a miss).
+		if l.rereads++; l.rereads > 2 {
+			return l.failed(errSpin)
+		}
+		return stepBegin
+	case beganBackoff:
+		atomic.AddUint64(&t.stats.Backoffs, 1)
+		return l.done(Entry[V]{}, &FailedError{Cause: b.cause, RetryAfter: b.left})
+	case beganLock:
+		atomic.AddUint64(&t.stats.LockWon, 1)
+		return l.done(l.lead(ctx, b.version))
+	}
+	atomic.AddUint64(&t.stats.LockLost, 1)
+	l.holder = b
+	return stepWait
+}
+
+// wait waits for the lock's holder to commit, release or fail, for its
+// lease to be due, or for it to be late. Messages are hints: a commit
+// costs a read, a failure is believed only if Redis holds its record.
+func (l *load[V]) wait(ctx context.Context) step {
+	t := l.t
+	lapse := time.NewTimer(min(l.holder.left, leaseTerm) + time.Millisecond)
+	defer lapse.Stop()
+	for {
+		evs, wake := t.news.since(&l.seen)
+		for _, ev := range evs {
+			switch {
+			case ev.kind == 'c' && ev.version > l.have:
+				e, found, err := t.Read(ctx, l.have)
+				switch {
+				case err != nil:
+					return l.failed(err)
+				case found:
+					atomic.AddUint64(&t.stats.WaitCommitted, 1)
+					return l.done(e, nil)
+				}
+				// Of no use here (expired on arrival, or forged): the
+				// commit freed the lock, so ask again now.
+				return stepBegin
+			case ev.kind == 'r' && ev.version == l.holder.version:
+				atomic.AddUint64(&t.stats.WaitReleased, 1)
+				return stepBegin
+			case ev.kind == 'f' && ev.version == l.holder.version:
+				fe, ok, err := t.failure(ctx, ev.version)
+				switch {
+				case err != nil:
+					return l.failed(err)
+				case !ok:
+					continue // forged, or the record is gone: the lease tells
+				}
+				atomic.AddUint64(&t.stats.WaitFailed, 1)
+				if fe.RetryAfter > 0 {
+					return l.done(Entry[V]{}, fe)
+				}
+				// No Retry-After: the fault may be the leader's alone (one
+				// connection, one backend), so fetch, as a lone replica
+				// would have.
+				return stepHedge
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return l.done(Entry[V]{}, ctx.Err())
+		case <-lapse.C:
+			// Renewed (wait on) or lapsed (take over): begin tells.
+			atomic.AddUint64(&t.stats.WaitRechecked, 1)
+			return stepBegin
+		case <-l.hedge:
+			atomic.AddUint64(&t.stats.WaitHedged, 1)
+			return stepHedge
+		case <-wake:
+		}
+	}
+}
+
+// fetched is what a fetch returned.
+type fetched[V any] struct {
+	value V
+	data  []byte
+	err   error
+}
+
+// hedgeFetch fetches beside the leader (or after it, if it failed), with a
+// fetch budget of its own, and takes whichever answer comes first: the
+// fleet's commit or its own, which it commits under a version of its own,
+// above the leader's, so the leader's later commit is fenced and the
+// fleet keeps the newer fetch.
+func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
+	t := l.t
+	version, err := t.ticket(ctx, l.have)
+	if err != nil {
+		l.cause = err
+		return l.alone(ctx)
+	}
+	start, wall := time.Now(), t.opts.Now()
+	f, theirs, fleetFirst := l.race(ctx)
+	switch {
+	case fleetFirst:
+		atomic.AddUint64(&t.stats.HedgeLost, 1)
+		return theirs, nil
+	case f.err != nil:
+		atomic.AddUint64(&t.stats.HedgeFailed, 1)
+		return Entry[V]{}, f.err
+	}
+	atomic.AddUint64(&t.stats.HedgeWon, 1)
+	took := time.Since(start)
+	t.fetches.add(took)
+	return t.share(context.WithoutCancel(ctx), version, "", f, start, wall, took, FromHedge), nil
+}
+
+// race fetches with a budget of its own while it listens for the fleet's
+// news, and returns whichever answer comes first: its own fetch's, or a
+// snapshot newer than the load's that another replica committed meanwhile
+// (a hedge that overtook this leader, or the leader that a hedge waited
+// for), in which case its own fetch is cancelled.
+func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], fleetFirst bool) {
+	t := l.t
+	fctx, cancel := context.WithTimeout(ctx, t.opts.FetchTimeout)
+	defer cancel()
+	result := make(chan fetched[V], 1)
+	go func() {
+		v, data, err := l.fetch(fctx)
+		result <- fetched[V]{v, data, err}
+	}()
+	for {
+		evs, wake := t.news.since(&l.seen)
+		for _, ev := range evs {
+			if ev.kind != 'c' || ev.version <= l.have {
+				continue
+			}
+			if e, found, err := t.Read(ctx, l.have); err == nil && found {
+				cancel()
+				<-result // it ends with its context
+				return f, e, true
+			}
+		}
+		select {
+		case f := <-result:
+			return f, theirs, false
+		case <-wake:
+		}
+	}
+}
+
+// alone fetches without the shared tier, as a lone replica does, with a
+// fetch budget of its own.
+func (l *load[V]) alone(ctx context.Context) (Entry[V], error) {
+	t := l.t
+	// The load ended (its timer may not have run yet): no fetch for nobody.
+	if dl, ok := ctx.Deadline(); ctx.Err() != nil || ok && !time.Now().Before(dl) {
+		return Entry[V]{}, cmp.Or(ctx.Err(), context.DeadlineExceeded)
+	}
+	c := t.trouble(ctx, "load", l.cause)
+	t.stats.countFallback(c)
+	t.opts.Log.DebugContext(ctx, "fetching alone", "cause", c.name, "redis", t.redacted, "err", l.cause)
+	fctx, cancel := context.WithTimeout(ctx, t.opts.FetchTimeout)
+	defer cancel()
+	start := time.Now()
+	v, _, err := l.fetch(fctx)
+	if err != nil {
+		return Entry[V]{}, err
+	}
+	t.fetches.add(time.Since(start))
+	return Entry[V]{Value: v, Deadline: start.Add(t.opts.TTL), Source: FromAlone}, nil
+}
+
+// lead fetches for the fleet holding the lock of version, renewing its
+// lease meanwhile, and shares what it fetched, or tells the waiters why
+// not. A newer snapshot committed meanwhile (a waiter's hedge overtook a
+// fetch that hung) is an answer too: the first one wins.
+func (l *load[V]) lead(ctx context.Context, version uint64) (Entry[V], error) {
+	t := l.t
+	lock := lockValue(version, t.token)
+	start, wall := time.Now(), t.opts.Now()
+	lost := t.keepLease(lock)
+	f, theirs, fleetFirst := l.race(ctx)
+	leaseLost := lost()
+	out := context.WithoutCancel(ctx) // the lock and the news go out whatever ctx does
+	switch {
+	case fleetFirst:
+		t.release(out, 'r', version, "", 0)
+		return theirs, nil
+	case f.err != nil:
+		atomic.AddUint64(&t.stats.LeaderFailures, 1)
+		t.fail(out, version, f.err)
+		return Entry[V]{}, f.err
+	}
+	took := time.Since(start)
+	t.fetches.add(took)
+	e := t.share(out, version, lock, f, start, wall, took, FromLead)
+	if leaseLost {
+		t.leaseLost(ctx, version)
+	}
+	return e, nil
+}
+
+// keepLease renews lock's lease until the returned func is called, which
+// reports whether the lease was lost meanwhile (the lock vanished, or
+// another replica took it over after it lapsed). A lost lease needs no
+// repair: the commit is fenced by version, whoever holds the lock.
+func (t *Tier[V]) keepLease(lock string) (stop func() (lost bool)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var lost atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(renewEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if held, err := t.renew(ctx, lock); err == nil && held != lockOurs {
+				lost.Store(true)
+				return
+			}
+		}
+	}()
+	return func() bool {
+		cancel()
+		<-done
+		return lost.Load()
+	}
+}
+
+// leaseLost says that a lock this replica held vanished or was taken over
+// before it let it go: Redis evicted it (a maxmemory-policy that evicts
+// keys with an expiry first), lost it (restarted, failed over), or this
+// process was paused past its lease. Fencing keeps it harmless; the log
+// says it once a minute, as the fleet's economy suffers from it.
+func (t *Tier[V]) leaseLost(ctx context.Context, version uint64) {
+	atomic.AddUint64(&t.stats.LeasesLost, 1)
+	t.warnOnce(ctx, "lease", "fetch lock lost before its lease ended: Redis evicts or lost the fleet's keys, or this process was paused",
+		"version", version, "hint", "use maxmemory-policy allkeys-lru or noeviction, and enough maxmemory for the fleet's keys", "redis", t.redacted)
+}
+
+// share commits what this replica fetched (under version; lock is its
+// lock's value, "" for a hedge, which holds none) and returns what to
+// serve: its own fetch, or the newer snapshot that fenced it.
+func (t *Tier[V]) share(ctx context.Context, version uint64, lock string, f fetched[V], start, wall time.Time, took time.Duration, src Source) Entry[V] {
+	e := Entry[V]{Value: f.value, Version: version, Deadline: start.Add(t.opts.TTL), Source: src}
+	px := time.Until(e.Deadline).Milliseconds()
+	if px < 2 {
+		if lock != "" {
+			t.release(ctx, 'r', version, "", 0) // nothing left to share
+		}
+		return e
+	}
+	value := append(header(version, wall, took), f.data...)
+	c, err := t.commit(ctx, version, value, px, lock)
+	switch {
+	case err != nil:
+		atomic.AddUint64(&t.stats.CommitErrors, 1)
+		t.trouble(ctx, "commit", err)
+		t.opts.Log.DebugContext(ctx, "shared snapshot not written", "redis", t.redacted, "err", err)
+		if lock != "" {
+			// The commit that would free the lock did not happen: free
+			// it, so the waiters take over now rather than at its lease.
+			t.release(ctx, 'r', version, "", 0)
+		}
+	case !c.ok:
+		// A newer fetch committed first (a hedge, or a takeover of our
+		// lapsed lease): the fleet serves it, and serving ours here
+		// would take this replica's readers back in time.
+		atomic.AddUint64(&t.stats.CommitFenced, 1)
+		t.opts.Log.InfoContext(ctx, "shared snapshot fenced: a newer one is there", "version", version, "newer", c.version)
+		if newer, found, err := t.Read(ctx, version); err == nil && found {
+			return newer
+		}
+	default:
+		atomic.AddUint64(&t.stats.CommitOK, 1)
+	}
+	return e
+}
+
+// fail releases the lock of version after its fetch failed, and tells the
+// waiters why: cancelled (the replica is shutting down: take over now) or
+// failed, with the cause and the Retry-After (capped) recorded in Redis,
+// where no message can forge it.
+func (t *Tier[V]) fail(ctx context.Context, version uint64, err error) {
+	if errors.Is(err, context.Canceled) {
+		t.release(ctx, 'r', version, "", 0)
+		return
+	}
+	var retry time.Duration
+	if t.opts.RetryAfter != nil {
+		retry = t.capBackoff(t.opts.RetryAfter(err))
+	}
+	cause := "error"
+	if t.opts.Cause != nil {
+		cause = t.opts.Cause(err)
+	}
+	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), sanitize(cause))
+	t.release(ctx, 'f', version, record, max(retry, leaseTerm).Milliseconds())
+}
+
+// failure reads the failure record of version: ok false if Redis holds
+// none for it (the message was forged, or the record has expired).
+func (t *Tier[V]) failure(ctx context.Context, version uint64) (*FailedError, bool, error) {
+	rec, err := t.peek(ctx, "failure", keyFailed, 128)
+	if err != nil {
+		if reply(err) { // a key of another type: no record of ours
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	v, rest, _ := strings.Cut(rec, " ")
+	ms, cause, _ := strings.Cut(rest, " ")
+	retry, err := strconv.ParseInt(ms, 10, 64)
+	if v != strconv.FormatUint(version, 10) || err != nil || retry < 0 {
+		return nil, false, nil
+	}
+	return &FailedError{Cause: sanitize(cause), RetryAfter: t.capBackoff(time.Duration(retry) * time.Millisecond)}, true, nil
+}
+
+func lockValue(version uint64, token string) string {
+	return strconv.FormatUint(version, 10) + " " + token
+}
+
+// parseLock returns the version in a lock's value, if it is one of ours.
+func parseLock(v string) (uint64, bool) {
+	vs, tok, _ := strings.Cut(v, " ")
+	version, err := strconv.ParseUint(vs, 10, 64)
+	return version, err == nil && version > 0 && version < maxVersion && tok != "" && !strings.ContainsAny(tok, " \n")
+}
+
+// sanitize keeps a cause to a short word, for logs and Redis.
+func sanitize(s string) string {
+	s = strings.Join(strings.Fields(s), "_")
+	return s[:min(len(s), 64)]
+}

@@ -1,0 +1,306 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// scriptCase is one conformance case of one script: the keys before, the
+// call, and what the case means (a substring of the outcome).
+type scriptCase struct {
+	script, name string
+	setup        func(c *redis.Client, k *keys)
+	run          func(t *Tier[string]) string
+	want         string
+}
+
+// conformanceNow is the clock the cases run at, so versions seeded from
+// it are the same on both servers.
+var conformanceNow = time.UnixMilli(1_000_000_000)
+
+// stored writes a snapshot as commit would, fetched startedAgo before
+// conformanceNow.
+func storedSnapshot(version uint64, startedAgo time.Duration, data string) string {
+	return string(header(version, conformanceNow.Add(-startedAgo), 5*time.Millisecond)) + data
+}
+
+var scriptCases = []scriptCase{
+	{script: "begin", name: "nothing there: the lock, above the clock",
+		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+	{script: "begin", name: "a newer snapshot: read it",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(5, 0, `"x"`), testTTL) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "newer 5"},
+	{script: "begin", name: "a snapshot no newer than the caller's: the lock",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(5, 0, `"x"`), testTTL) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 5)) }, want: "lock 1000000000"},
+	{script: "begin", name: "a snapshot its writer's clock says expired: the lock",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(5, 2*testTTL, `"x"`), testTTL) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+	{script: "begin", name: "a lock held: wait",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "held 7"},
+	{script: "begin", name: "a lock of another type: refused",
+		setup: func(c *redis.Client, k *keys) { c.HSet(bg(), k[keyLock], "a", "b"); c.PExpire(bg(), k[keyLock], leaseTerm) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "error"},
+	{script: "begin", name: "a failure with a Retry-After: back off",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 3000 status_503", 3*time.Second) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "backoff status_503"},
+	{script: "begin", name: "a failure recorded for an hour: capped",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 3600000 status_503", time.Hour) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "backoff status_503 capped"},
+	{script: "begin", name: "a failure without a Retry-After: the lock",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 0 timeout", leaseTerm) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+	{script: "begin", name: "a counter ahead of the clock: above it",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyCounter], "5000000000000", 0) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 5000000000001"},
+	{script: "begin", name: "a caller ahead of Redis: above it",
+		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 9000000000000)) }, want: "lock 9000000000001"},
+	{script: "begin", name: "a counter of another type: overwritten",
+		setup: func(c *redis.Client, k *keys) { c.RPush(bg(), k[keyCounter], "a") },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+	{script: "begin", name: "a snapshot past 2^52: not ours",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(1<<60, 0, `"x"`), testTTL) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+	{script: "begin", name: "versions spent: refused",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyCounter], maxVersion-1, 0) },
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "error"},
+
+	{script: "ticket", name: "above the lock's version",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyCounter], "1000000005", 0); c.Set(bg(), k[keyLock], "1000000005 abc", leaseTerm) },
+		run: func(t *Tier[string]) string {
+			v, err := t.ticket(bg(), 0)
+			return fmt.Sprintf("ticket %d %v", v, err)
+		}, want: "ticket 1000000006 <nil>"},
+
+	{script: "renew", name: "ours",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", 100*time.Millisecond) },
+		run:   func(t *Tier[string]) string { n, err := t.renew(bg(), "7 abc"); return fmt.Sprintf("renew %d %v", n, err) }, want: "renew 1 <nil>"},
+	{script: "renew", name: "another's",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "8 def", leaseTerm) },
+		run:   func(t *Tier[string]) string { n, err := t.renew(bg(), "7 abc"); return fmt.Sprintf("renew %d %v", n, err) }, want: "renew 0 <nil>"},
+	{script: "renew", name: "gone",
+		run: func(t *Tier[string]) string { n, err := t.renew(bg(), "7 abc"); return fmt.Sprintf("renew %d %v", n, err) }, want: "renew -1 <nil>"},
+
+	{script: "commit", name: "over nothing, freeing our lock",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
+		run:   func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc")) },
+		want:  "committed lock=1"},
+	{script: "commit", name: "over an older snapshot, which becomes the previous",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"old"`), testTTL) },
+		run:   func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "")) },
+		want:  "committed lock=-1"},
+	{script: "commit", name: "fenced by a newer, freeing our lock",
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(9, 0, `"new"`), testTTL)
+			c.Set(bg(), k[keyLock], "7 abc", leaseTerm)
+		},
+		run:  func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc")) },
+		want: "fenced 9 lock=1"},
+	{script: "commit", name: "a hedge leaves the leader's lock",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
+		run:   func(t *Tier[string]) string { return commitString(t.commit(bg(), 8, []byte(storedSnapshot(8, 0, `"x"`)), 4000, "")) },
+		want:  "committed lock=0"},
+	{script: "commit", name: "over a snapshot without expiry, which is dropped",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"old"`), 0) },
+		run:   func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "")) },
+		want:  "committed lock=-1"},
+
+	{script: "release", name: "failed: the record, and the lock freed",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm) },
+		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), 'f', 7, "7 3000 status_503", 3000)) },
+		want:  "release <nil>"},
+	{script: "release", name: "a lock of ours taken unknowingly",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm) },
+		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), 'r', 0, "", 0)) },
+		want:  "release <nil>"},
+	{script: "release", name: "another's lock is left",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 def", leaseTerm) },
+		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), 'r', 7, "", 0)) },
+		want:  "release <nil>"},
+
+	{script: "read", name: "nothing",
+		run: readString(0), want: "read 0"},
+	{script: "read", name: "another type",
+		setup: func(c *redis.Client, k *keys) { c.RPush(bg(), k[keySnapshot], "a") },
+		run:   readString(0), want: "read -1"},
+	{script: "read", name: "too big, never transferred",
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(5, 0, strings.Repeat("x", maxValueBytes)), testTTL)
+		},
+		run: readString(0), want: "read -2"},
+	{script: "read", name: "the snapshot and the previous one",
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"new"`), testTTL)
+			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"old"`), testTTL)
+		},
+		run: readString(0), want: `read 1 "new" with previous "old"`},
+	{script: "read", name: "a previous one no newer than the caller's is left out",
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"new"`), testTTL)
+			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"old"`), testTTL)
+		},
+		run: readString(5), want: `read 1 "new"|`},
+}
+
+// conformanceToken is the token of the conformance cases' tiers.
+const conformanceToken = "c0ffee"
+
+func beginString(b began, err error) string {
+	if err != nil {
+		return "error"
+	}
+	switch b.kind {
+	case beganNewer:
+		return fmt.Sprintf("newer %d", b.version)
+	case beganLock:
+		return fmt.Sprintf("lock %d", b.version)
+	case beganHeld:
+		return fmt.Sprintf("held %d (lease %v)", b.version, b.left > 0 && b.left <= leaseTerm)
+	case beganBackoff:
+		s := "backoff " + b.cause
+		if b.left == 30*time.Second {
+			s += " capped"
+		}
+		return s
+	}
+	return fmt.Sprint("unknown ", b.kind)
+}
+
+func commitString(c committedAs, err error) string {
+	switch {
+	case err != nil:
+		return "error " + err.Error()
+	case c.ok:
+		return fmt.Sprintf("committed lock=%d", c.lock)
+	}
+	return fmt.Sprintf("fenced %d lock=%d", c.version, c.lock)
+}
+
+func readString(have uint64) func(t *Tier[string]) string {
+	return func(t *Tier[string]) string {
+		status, snap, prev, err := t.read(bg(), have)
+		if err != nil {
+			return "error " + err.Error()
+		}
+		s := fmt.Sprintf("read %d", status)
+		if snap.ok {
+			_, _, _, data, _ := parseHeader(snap.value)
+			s += " " + string(data)
+		}
+		if prev.ok {
+			_, _, _, data, _ := parseHeader(prev.value)
+			s += " with previous " + string(data)
+		}
+		return s + "|"
+	}
+}
+
+// TestScripts_ConformOnRedisAndMiniredis runs each script's cases on a
+// real redis-server and on miniredis (what the simulator in package web
+// runs them on) and requires the outcome each case states, and the same
+// outcome, keys and messages from both: the simulator's verdicts are about
+// the real thing only if its Redis answers as the real one does.
+func TestScripts_ConformOnRedisAndMiniredis(t *testing.T) {
+	t.Parallel()
+	servers := map[string]string{"redis-server": startRedis(t).URL, "miniredis": "redis://" + miniredis.RunT(t).Addr()}
+	for i, sc := range scriptCases {
+		t.Run(sc.script+"/"+sc.name, func(t *testing.T) {
+			outs := map[string]string{}
+			for name, url := range servers {
+				ns := fmt.Sprintf("conf%d", i)
+				tier := newTier(t, url, func(o *Options[string]) {
+					o.Namespace = ns
+					o.Now = func() time.Time { return conformanceNow }
+				})
+				tier.token = conformanceToken
+				c := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(url, "redis://")})
+				t.Cleanup(func() { c.Close() })
+				c.FlushAll(bg())
+				ps := c.Subscribe(bg(), tier.k[keyNews])
+				if _, err := ps.Receive(bg()); err != nil {
+					t.Fatal(err)
+				}
+				if sc.setup != nil {
+					sc.setup(c, tier.k)
+				}
+				out := sc.run(tier)
+				outs[name] = out + " | " + keyState(c, tier.k) + " | " + messages(ps)
+				ps.Close()
+			}
+			if outs["redis-server"] != outs["miniredis"] {
+				t.Errorf("redis-server: %s\nminiredis:    %s", outs["redis-server"], outs["miniredis"])
+			}
+			if !strings.Contains(outs["redis-server"], sc.want) {
+				t.Errorf("outcome %q, want %q in it", outs["redis-server"], sc.want)
+			}
+		})
+	}
+	for _, s := range scripts {
+		if !slices.ContainsFunc(scriptCases, func(c scriptCase) bool { return c.script == s.name }) {
+			t.Errorf("script %s has no conformance case", s.name)
+		}
+	}
+}
+
+// keyState is every key of the fleet: its type, value and whether it
+// expires.
+func keyState(c *redis.Client, k *keys) string {
+	var b strings.Builder
+	for i := range numKeys - 1 { // the channel is no key
+		typ, _ := c.Type(bg(), k[i]).Result()
+		if typ == "none" {
+			continue
+		}
+		v := typ
+		if typ == "string" {
+			v, _ = c.Get(bg(), k[i]).Result()
+			v = fmt.Sprintf("%.40q", v)
+		}
+		ttl, _ := c.PTTL(bg(), k[i]).Result()
+		fmt.Fprintf(&b, "%s=%s(expires %v) ", keyNames[i], v, ttl > 0)
+	}
+	return b.String()
+}
+
+// messages are what the channel carried, as far as ps heard them within
+// a short while.
+func messages(ps *redis.PubSub) string {
+	var out []string
+	for {
+		ctx, cancel := context.WithTimeout(bg(), 50*time.Millisecond)
+		m, err := ps.ReceiveMessage(ctx)
+		cancel()
+		if err != nil {
+			return "news [" + strings.Join(out, " ") + "]"
+		}
+		out = append(out, m.Payload)
+	}
+}
+
+// TestScripts_EveryConstantIsFilledIn: no script reaches Redis with a
+// placeholder Go left unfilled, and each binds every key and argument it
+// declares.
+func TestScripts_EveryConstantIsFilledIn(t *testing.T) {
+	t.Parallel()
+	for _, s := range scripts {
+		if s.lua == nil {
+			t.Errorf("script %s was not loaded", s.name)
+		}
+		if body := strings.Replace(s.src, "{{ALL_NEEDS}}", "", 1); strings.Contains(body, "{{") {
+			t.Errorf("script %s: a placeholder is left: %s", s.name, body)
+		}
+		for i, k := range s.keys {
+			if !strings.Contains(s.src, fmt.Sprintf("local %s = KEYS[%d]", keyNames[k], i+1)) {
+				t.Errorf("script %s does not bind key %s", s.name, keyNames[k])
+			}
+		}
+	}
+}

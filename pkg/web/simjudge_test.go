@@ -1,0 +1,250 @@
+package web
+
+// The simulator's judge: the fleet against its lone twin, request by
+// request, and against its own promises (docs/fleet.md, "The promises"),
+// from the fake upstream's record and the pages the readers got.
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+
+	"time"
+
+	"github.com/movies-dev/movies/pkg/cache"
+)
+
+// span is a stretch of the run, from the start.
+type span struct{ from, to time.Duration }
+
+func (s span) holds(t time.Duration) bool { return t >= s.from && t < s.to }
+
+func anyHolds(spans []span, t time.Duration) bool {
+	return slices.ContainsFunc(spans, func(s span) bool { return s.holds(t) })
+}
+
+// settle is how long after a fault ends the fleet is held to its promises
+// again: every snapshot made during the fault has expired (a TTL), and a
+// load has had time to run (a fetch, twice: a wait and its own).
+func (sc scenario) settle() time.Duration { return sc.ttl + 2*sc.timeout }
+
+// excused returns the stretches, each fault's plus settle, of the faults
+// for which keep reports true.
+func (sc scenario) excused(faults []fault, keep func(fault) bool) []span {
+	var out []span
+	for _, f := range faults {
+		if keep(f) {
+			out = append(out, span{f.at, f.until + sc.settle()})
+		}
+	}
+	return out
+}
+
+func isRedisFault(f fault) bool { return slices.Contains(redisFaults, f.kind) }
+
+func stepsAClock(f fault) bool {
+	return (f.kind == "redis-clock" || f.kind == "replica-clock") && f.d != 0
+}
+
+// fleetBound is the longest a fleet's request may take: one wait for the
+// replica fetching for the fleet, no longer than a fetch of its own would
+// take, then a fetch of its own, and the few Redis calls around them.
+func (sc scenario) fleetBound() time.Duration { return 2*sc.timeout + 4*sc.callTimeout }
+
+// judge checks the fleet's run against its twin's and its own promises.
+func judge(sc scenario, fleet, twin runResult) []string {
+	var out []string
+	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+	faults := fleet.resolved
+	pausedFor := func(p simPage) time.Duration {
+		var d time.Duration
+		for _, f := range fleet.pauses {
+			if f.replica == p.replica {
+				d += max(0, min(f.until, p.end)-max(f.at, p.start))
+			}
+		}
+		return d
+	}
+
+	// Never worse than lone replicas, request by request: no failure
+	// where the twin was served, but inside a Retry-After the upstream
+	// gave (capped as a lone replica caps it), which the fleet honours for
+	// every replica; no wait past the fleet's bound; no more upstream
+	// requests than the twin made.
+	raWindows := retryAfterWindows(fleet.arrivals)
+	for i, rq := range sc.requests {
+		f, w := fleet.pages[i], twin.pages[i]
+		if f.status == 0 {
+			continue // no replica in rotation
+		}
+		if f.status != http.StatusOK && w.status == http.StatusOK && !raWindows.covers(f) {
+			add("never worse: request %d (reader %d at %v) failed with %d on r%d at %v; its lone twin was served by r%d at %v",
+				i, rq.reader, f.start, f.status, f.replica, f.end, w.replica, w.end)
+		}
+		if d := f.end - f.start - pausedFor(f); d > sc.fleetBound() {
+			add("never worse: request %d (reader %d) waited %v on r%d until %v, past the fleet's bound of %v (its twin: %v)",
+				i, rq.reader, d, f.replica, f.end, sc.fleetBound(), w.end-w.start)
+		}
+	}
+	if len(fleet.arrivals) > len(twin.arrivals) {
+		add("never worse: the fleet sent the upstream %d /films requests, its lone twin %d", len(fleet.arrivals), len(twin.arrivals))
+	}
+
+	// Fresh, for both runs (the twin's is the simulator's own check):
+	// no page older than the TTL, counted from the start of the fetch that
+	// made it; a step of one clock may cost a second.
+	stretch := time.Duration(0)
+	if slices.ContainsFunc(faults, stepsAClock) {
+		stretch = time.Second
+	}
+	for _, run := range []struct {
+		name string
+		r    runResult
+	}{{"fleet", fleet}, {"lone twin", twin}} {
+		arrivalOf := map[int]simArrival{}
+		for _, a := range run.r.arrivals {
+			arrivalOf[a.marker] = a
+		}
+		for _, p := range run.r.pages {
+			if p.status != http.StatusOK {
+				continue
+			}
+			a, ok := arrivalOf[p.marker]
+			if !ok {
+				add("%s: reader %d got a page with marker %d nobody fetched", run.name, p.reader, p.marker)
+			} else if age := p.end - a.at; age >= sc.ttl+stretch {
+				add("fresh (%s): reader %d got #%d from r%d at %v, %v old (TTL %v)", run.name, p.reader, p.marker, p.replica, p.end, age, sc.ttl)
+			}
+		}
+	}
+
+	// Monotonic: a reader moving between replicas never gets an older
+	// catalogue after a newer one, while Redis and the news are healthy,
+	// the clocks agree and no replica is frozen, and again once each such
+	// fault has settled.
+	noOrder := sc.excused(slices.Concat(faults, fleet.pauses), func(f fault) bool {
+		return isRedisFault(f) || f.kind == "pubsub-drop" || f.kind == "pubsub-delay" || f.kind == "pause"
+	})
+	for _, f := range faults {
+		if f.kind == "replica-clock" && f.d != 0 && f.d < time.Hour {
+			noOrder = append(noOrder, span{f.at, sc.duration}) // it stays stepped
+		}
+	}
+	grace := sc.redisLatency + time.Millisecond
+	byReader := map[int][]simPage{}
+	for _, p := range fleet.pages {
+		if p.status == http.StatusOK {
+			byReader[p.reader] = append(byReader[p.reader], p)
+		}
+	}
+	for _, pages := range byReader {
+		slices.SortFunc(pages, func(a, b simPage) int { return int(a.start - b.start) })
+		newest := simPage{}
+		for _, q := range pages {
+			if q.marker < newest.marker && q.start > newest.end+grace && !anyHolds(noOrder, q.end) && !anyHolds(noOrder, newest.end) {
+				add("monotonic: reader %d got #%d from r%d at %v after #%d from r%d at %v", q.reader, q.marker, q.replica, q.end, newest.marker, newest.replica, newest.end)
+			}
+			if q.marker > newest.marker {
+				newest = q
+			}
+		}
+	}
+
+	// Economical: while nothing excuses it, one fetch per TTL for the
+	// fleet and the early refresh (fetches are at least TTL/2 apart: the
+	// refresh window is at most half the TTL), and an upstream's
+	// Retry-After holds for the whole fleet while Redis is healthy.
+	costly := sc.excused(faults, func(f fault) bool { return f.kind != "pubsub-forge" && f.kind != "none" })
+	for _, s := range healthyStretches(costly, sc.duration) {
+		n := 0
+		for _, a := range fleet.arrivals {
+			if s.holds(a.at) {
+				n++
+			}
+		}
+		if limit := int((s.to-s.from+sc.ttl/2-1)/(sc.ttl/2)) + 1; n > limit {
+			add("economical: %d fetches from %v to %v at a TTL of %v, want at most %d", n, s.from, s.to, sc.ttl, limit)
+		}
+	}
+	redisTrouble := sc.excused(faults, isRedisFault)
+	for i, a := range fleet.arrivals {
+		if a.retryAfter <= 0 {
+			continue
+		}
+		until := a.at + min(a.retryAfter, cache.MaxRetryAfter) - time.Millisecond
+		for _, b := range fleet.arrivals[i+1:] {
+			if b.at < until && b.at > a.at && !anyHolds(redisTrouble, a.at) && !anyHolds(redisTrouble, b.at) {
+				add("economical: /films #%d from r%d at %v, within the Retry-After %v of #%d at %v", b.marker, b.by, b.at, a.retryAfter, a.marker, a.at)
+			}
+		}
+	}
+	// One preparation per replica per fetched catalogue, however it heard
+	// of it (its own fetch, a wait, news, a forged or repeated message),
+	// with Redis healthy and the clocks agreeing.
+	if !slices.ContainsFunc(faults, func(f fault) bool { return isRedisFault(f) || stepsAClock(f) }) {
+		for k, n := range fleet.prepared {
+			if n > 1 {
+				add("economical: r%d prepared #%d %d times", k[0], k[1], n)
+			}
+		}
+	}
+
+	// Recovering as one: after an outage, once any replica serves again,
+	// none answers an error more than a second later.
+	if sc.recoverTogether {
+		var end time.Duration
+		for _, f := range faults {
+			end = max(end, f.until)
+		}
+		first := time.Duration(-1)
+		for _, p := range fleet.pages {
+			if p.status == http.StatusOK && p.end > end && (first < 0 || p.end < first) {
+				first = p.end
+			}
+		}
+		for _, p := range fleet.pages {
+			if first >= 0 && p.status != http.StatusOK && p.status != 0 && p.start > first+time.Second {
+				add("recover together: reader %d got %d from r%d at %v, more than a second after a replica served again at %v", p.reader, p.status, p.replica, p.end, first)
+			}
+		}
+	}
+	return out
+}
+
+// healthyStretches are the parts of [0, d) outside every excused span.
+func healthyStretches(excused []span, d time.Duration) []span {
+	slices.SortFunc(excused, func(a, b span) int { return int(a.from - b.from) })
+	var out []span
+	at := time.Duration(0)
+	for _, s := range excused {
+		if s.from > at {
+			out = append(out, span{at, s.from})
+		}
+		at = max(at, s.to)
+	}
+	if at < d {
+		out = append(out, span{at, d})
+	}
+	return out
+}
+
+// raSpans are the stretches in which the upstream had asked the fleet to
+// wait: from a Retry-After's delivery, for as long as it asked, capped as
+// a lone replica caps it.
+type raSpans []span
+
+func retryAfterWindows(arrivals []simArrival) raSpans {
+	var out raSpans
+	for _, a := range arrivals {
+		if a.retryAfter > 0 {
+			out = append(out, span{a.at, a.at + min(a.retryAfter, cache.MaxRetryAfter)})
+		}
+	}
+	return out
+}
+
+// covers reports whether a failed page fell in a Retry-After: asked during
+// one, or waiting on the fetch that brought it when it came.
+func (w raSpans) covers(p simPage) bool {
+	return slices.ContainsFunc(w, func(s span) bool { return p.end >= s.from && p.start <= s.to+time.Millisecond })
+}
