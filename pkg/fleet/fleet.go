@@ -42,11 +42,11 @@ const (
 	// renewEvery lets three renewals in a row fail (each bounded by the
 	// call timeout) before a live leader's lease could lapse.
 	renewEvery = leaseTerm / 4
-	// hedgeFactor is how many of the slowest recent fetches a waiter
-	// waits for its leader before it fetches too: the leader started
-	// first, so one that fetches as fast as the slowest recent fetch has
-	// committed well before then; one that has not is late (a hung
-	// connection, a stalled process) and the waiter's own fetch races it.
+	// hedgeFactor is how many of the slowest recent fetches a fetch may
+	// take before it is late (see lateAfter): variance within that is the
+	// upstream's own; past it, the fetch has most likely met a hung
+	// connection or a bad backend, and a second one, on another
+	// connection, races it.
 	hedgeFactor = 2
 	// recentFetches is how many fetch times the hedge is judged from.
 	recentFetches = 8
@@ -322,15 +322,27 @@ func slicesMax(ds []time.Duration) time.Duration {
 	return m
 }
 
-// hedgeAfter is how long after its load began a waiter fetches for
-// itself beside its leader: hedgeFactor times the slowest recent fetch,
-// plus the leader's commit (one call) and its news (one more), but never
-// later than a fetch of its own would time out, so a load lasts at most
-// twice FetchTimeout. With no fetch seen yet, half of FetchTimeout.
-func (t *Tier[V]) hedgeAfter() time.Duration {
+// lateAfter is how long a fetch may take before it is late: hedgeFactor
+// times the slowest fetch seen lately, plus a commit's call and its news;
+// with no fetch seen yet, half of FetchTimeout. secondToo reports whether a
+// second fetch started then would still finish within FetchTimeout, were
+// it as slow as the slowest seen: only then does a late fetch get one
+// (see race). A waiter whose leader has not answered in twice lateAfter
+// fetches too (see waitHedgeAfter).
+func (t *Tier[V]) lateAfter() (late time.Duration, secondToo bool) {
 	slowest, ok := t.fetches.slowest()
 	if !ok {
-		return t.opts.FetchTimeout / 2
+		return t.opts.FetchTimeout / 2, false
 	}
-	return min(hedgeFactor*slowest+2*t.opts.CallTimeout, t.opts.FetchTimeout)
+	late = hedgeFactor*slowest + 2*t.opts.CallTimeout
+	return late, late+slowest <= t.opts.FetchTimeout
+}
+
+// waitHedgeAfter is how long after its load began a waiter fetches beside
+// its leader: twice lateAfter, so the leader's own second fetch has had
+// its turn first, and at most FetchTimeout, so a load lasts at most twice
+// FetchTimeout.
+func (t *Tier[V]) waitHedgeAfter() time.Duration {
+	late, _ := t.lateAfter()
+	return min(2*late, t.opts.FetchTimeout)
 }

@@ -18,9 +18,9 @@ import (
 // ctx bounds the whole load: give it twice FetchTimeout (one wait for a
 // leader, then one fetch of its own).
 func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch Fetch[V]) (Entry[V], error) {
-	hedge := time.NewTimer(t.hedgeAfter())
+	hedge := time.NewTimer(t.waitHedgeAfter())
 	defer hedge.Stop()
-	l := &load[V]{t: t, have: have, fetch: fetch, hedge: hedge.C}
+	l := &load[V]{t: t, have: have, fetch: fetch, hedge: hedge.C, shared: true}
 	for step := stepBegin; ; {
 		switch step {
 		case stepBegin:
@@ -53,8 +53,9 @@ type load[V any] struct {
 	t     *Tier[V]
 	have  uint64
 	fetch Fetch[V]
-	hedge <-chan time.Time // fires when the leader is late (hedgeAfter)
+	hedge <-chan time.Time // fires when the leader is late (waitHedgeAfter)
 
+	shared  bool   // news may answer it (false once it fetches alone)
 	seen    uint64 // the news read so far
 	holder  began  // stepWait: the lock's holder
 	rereads int    // reads that found nothing where begin saw a snapshot
@@ -217,41 +218,71 @@ func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
 }
 
 // race fetches with a budget of its own while it listens for the fleet's
-// news, and returns whichever answer comes first: its own fetch's, or a
-// snapshot newer than the load's that another replica committed meanwhile
-// (a hedge that overtook this leader, or the leader that a hedge waited
-// for), in which case its own fetch is cancelled.
+// news, and returns whichever answer comes first: its own, or a snapshot
+// newer than the load's that another replica committed meanwhile (a hedge
+// that overtook this leader, or the leader that a hedge waited for), in
+// which case its own fetch is cancelled. A fetch that is late (lateAfter)
+// gets a second one beside it, within the same budget if it fits, as "The Tail at
+// Scale" hedges a request: a fetch that met a hung connection or a bad
+// backend does not fail this replica's requests when a second one would
+// not. A fetch that fails is not retried: the client has retried what is
+// worth retrying.
 func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], fleetFirst bool) {
 	t := l.t
 	fctx, cancel := context.WithTimeout(ctx, t.opts.FetchTimeout)
 	defer cancel()
-	result := make(chan fetched[V], 1)
-	go func() {
-		v, data, err := l.fetch(fctx)
-		result <- fetched[V]{v, data, err}
+	results := make(chan fetched[V], 2)
+	running := 0
+	fetch := func() {
+		running++
+		go func() {
+			v, data, err := l.fetch(fctx)
+			results <- fetched[V]{v, data, err}
+		}()
+	}
+	// Whatever returns, the fetches still running end with fctx.
+	defer func() {
+		cancel()
+		for ; running > 0; running-- {
+			<-results
+		}
 	}()
+	fetch()
+	var late <-chan time.Time
+	if after, secondToo := t.lateAfter(); secondToo {
+		timer := time.NewTimer(after)
+		defer timer.Stop()
+		late = timer.C
+	}
 	for {
 		evs, wake := t.news.since(&l.seen)
 		for _, ev := range evs {
-			if ev.kind != 'c' || ev.version <= l.have {
+			if ev.kind != 'c' || ev.version <= l.have || !l.shared {
 				continue
 			}
 			if e, found, err := t.Read(ctx, l.have); err == nil && found {
-				cancel()
-				<-result // it ends with its context
 				return f, e, true
 			}
 		}
 		select {
-		case f := <-result:
-			return f, theirs, false
+		case f = <-results:
+			running--
+			if f.err == nil || running == 0 {
+				return f, theirs, false
+			}
+			// The first failed; the second may still answer.
+		case <-late:
+			if running == 1 {
+				atomic.AddUint64(&t.stats.LateFetches, 1)
+				fetch()
+			}
 		case <-wake:
 		}
 	}
 }
 
 // alone fetches without the shared tier, as a lone replica does, with a
-// fetch budget of its own.
+// fetch budget of its own (and a second fetch if it is late, see race).
 func (l *load[V]) alone(ctx context.Context) (Entry[V], error) {
 	t := l.t
 	// The load ended (its timer may not have run yet): no fetch for nobody.
@@ -261,15 +292,14 @@ func (l *load[V]) alone(ctx context.Context) (Entry[V], error) {
 	c := t.trouble(ctx, "load", l.cause)
 	t.stats.countFallback(c)
 	t.opts.Log.DebugContext(ctx, "fetching alone", "cause", c.name, "redis", t.redacted, "err", l.cause)
-	fctx, cancel := context.WithTimeout(ctx, t.opts.FetchTimeout)
-	defer cancel()
 	start := time.Now()
-	v, _, err := l.fetch(fctx)
-	if err != nil {
-		return Entry[V]{}, err
+	l.shared = false // Redis failed: no news is awaited
+	f, _, _ := l.race(ctx)
+	if f.err != nil {
+		return Entry[V]{}, f.err
 	}
 	t.fetches.add(time.Since(start))
-	return Entry[V]{Value: v, Deadline: start.Add(t.opts.TTL), Source: FromAlone}, nil
+	return Entry[V]{Value: f.value, Deadline: start.Add(t.opts.TTL), Source: FromAlone}, nil
 }
 
 // lead fetches for the fleet holding the lock of version, renewing its

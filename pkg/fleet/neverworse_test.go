@@ -26,9 +26,9 @@ func hangingFetch(n *atomic.Int64) Fetch[string] {
 	}
 }
 
-// TestTier_ALateLeaderIsHedged: the leader's fetch hangs (one bad
-// connection) while the upstream answers others at once: the waiter,
-// which has seen fetches take 50ms, fetches beside it after hedgeAfter,
+// TestTier_ALateLeaderIsHedged: the leader's fetches hang (its second one
+// too) while the upstream answers others at once: the waiter, which has
+// seen fetches take 50ms, fetches beside it after waitHedgeAfter,
 // serves its own answer long before the leader's fetch times out, and
 // shares it under a version above the leader's, which a third replica
 // reads.
@@ -44,8 +44,8 @@ func TestTier_ALateLeaderIsHedged(t *testing.T) {
 	defer func() { cancel(); <-leaderDone }()
 	waitFor(t, func() bool { return hung.Load() == 1 })
 	waiter.fetches.add(50 * time.Millisecond)
-	if got, want := waiter.hedgeAfter(), hedgeFactor*50*time.Millisecond+2*100*time.Millisecond; got != want {
-		t.Fatalf("hedgeAfter() = %v, want %v (hedgeFactor x the slowest fetch + a commit's two calls)", got, want)
+	if got, want := waiter.waitHedgeAfter(), 2*(hedgeFactor*50*time.Millisecond+2*100*time.Millisecond); got != want {
+		t.Fatalf("waitHedgeAfter() = %v, want %v (twice hedgeFactor x the slowest fetch + a commit's two calls)", got, want)
 	}
 	f := &fetcher{delay: 50 * time.Millisecond}
 	start := time.Now()
@@ -55,7 +55,7 @@ func TestTier_ALateLeaderIsHedged(t *testing.T) {
 		t.Fatalf("waiter's Load() = %+v, %v; want its own fetch, hedged", e, err)
 	}
 	if took > time.Second {
-		t.Errorf("the waiter served after %v, want about hedgeAfter + a fetch (300ms), not the leader's timeout", took)
+		t.Errorf("the waiter served after %v, want about waitHedgeAfter + a fetch (650ms), not the leader's timeout", took)
 	}
 	got, found, err := reader.Read(bg(), 0)
 	if err != nil || !found || got.Version != e.Version || got.Value != e.Value {
@@ -63,6 +63,45 @@ func TestTier_ALateLeaderIsHedged(t *testing.T) {
 	}
 	if st := waiter.Stats(); st.WaitHedged != 1 || st.HedgeWon != 1 || st.CommitOK != 1 {
 		t.Errorf("waiter stats = %+v, want one hedge, won and shared", st)
+	}
+}
+
+// TestTier_ALateFetchGetsASecond: a fetch that meets a hung connection
+// (the first only) is late after lateAfter, and a second one beside it
+// answers: the leader serves, its waiters with it, and the lone fetch
+// path does the same with Redis gone.
+func TestTier_ALateFetchGetsASecond(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	budget := func(o *Options[string]) { o.FetchTimeout = 4 * time.Second; o.CallTimeout = 100 * time.Millisecond }
+	for _, tc := range []struct {
+		name string
+		url  string
+		want Source
+	}{{"leading", r.URL, FromLead}, {"alone", "redis://127.0.0.1:1", FromAlone}} {
+		t.Run(tc.name, func(t *testing.T) {
+			tier := newTier(t, tc.url, budget)
+			tier.fetches.add(20 * time.Millisecond) // late after 240ms
+			var n atomic.Int64
+			fetch := func(ctx context.Context) (string, []byte, error) {
+				if n.Add(1) == 1 {
+					<-ctx.Done() // the first meets a hung connection
+					return "", nil, ctx.Err()
+				}
+				return "second", []byte(`"second"`), nil
+			}
+			start := time.Now()
+			e, err := tier.Load(bg(), 0, fetch)
+			if err != nil || e.Value != "second" || e.Source != tc.want || n.Load() != 2 {
+				t.Fatalf("Load() = %+v, %v after %d fetches; want the second fetch's answer", e, err, n.Load())
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("served after %v, want about lateAfter (240ms), not the budget", d)
+			}
+			if st := tier.Stats(); st.LateFetches != 1 {
+				t.Errorf("stats = %+v, want one late fetch", st)
+			}
+		})
 	}
 }
 
@@ -77,7 +116,7 @@ func TestTier_AHedgeYieldsToTheLeadersCommit(t *testing.T) {
 	slow := &fetcher{delay: 600 * time.Millisecond}
 	go leader.Load(bg(), 0, slow.fetch)
 	waitFor(t, func() bool { return slow.n.Load() == 1 })
-	waiter.fetches.add(10 * time.Millisecond) // hedges after 220ms
+	waiter.fetches.add(10 * time.Millisecond) // hedges after 440ms
 	slower := &fetcher{delay: 2 * time.Second}
 	e, err := waiter.Load(bg(), 0, slower.fetch)
 	if err != nil || e.Source != FromFleet || e.Value != "fetch 1" {

@@ -26,6 +26,7 @@ type Stats struct {
 	HedgeWon    uint64 `metric:"fleet_hedges_total" labels:"result=won" help:"Fetches a waiter made beside a late or failed leader, by result: won (its answer came first and was shared), lost (the fleet's came first: cancelled), failed."`
 	HedgeLost   uint64 `metric:"fleet_hedges_total" labels:"result=lost"`
 	HedgeFailed uint64 `metric:"fleet_hedges_total" labels:"result=failed"`
+	LateFetches uint64 `metric:"fleet_late_fetches_total" help:"Fetches of this replica's that were late (twice the slowest recent fetch) and got a second fetch beside them, on another connection."`
 
 	CommitOK     uint64 `metric:"fleet_commits_total" labels:"result=ok" help:"Snapshots written to Redis after a fetch, by result: ok, fenced (a newer one was there), error."`
 	CommitFenced uint64 `metric:"fleet_commits_total" labels:"result=fenced"`
