@@ -213,8 +213,8 @@ type Server struct {
 	ids     *idSource
 	accel   atomic.Pointer[accelExpires] // the current snapshot's, made once
 
-	handler        *echo.Echo
-	metricsHandler http.Handler
+	handler        *echo.Echo // the main listener's routes
+	metricsHandler *echo.Echo // the metrics listener's: /metrics alone
 	// routeMetrics records each route's requests, by route path (and
 	// otherRoute); built with the routes, read-only after.
 	routeMetrics map[string]*metrics.HTTPRoute
@@ -297,14 +297,11 @@ func New(cfg Config) (*Server, error) {
 		l.adopt = c.Adopt
 		gate.open()
 	}
-	s := &Server{
-		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier,
-		metricsHandler: noStoreHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-			ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
-		})),
-	}
+	s := &Server{cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier}
 	s.ready.Store(true)
-	s.handler = s.routes()
+	s.handler, s.metricsHandler = s.routes(noStoreHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
+	})))
 	return s, nil
 }
 
@@ -323,7 +320,11 @@ func noStoreHandler(h http.Handler) http.Handler {
 // Config.SeparateMetrics, /metrics.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// MetricsHandler serves the Prometheus exposition.
+// MetricsHandler serves the Prometheus exposition at /metrics, and 404 on
+// any other path: the handler of the metrics listener. It answers as
+// Handler does (request id, security headers, 405 to methods other than
+// GET and HEAD): it is a listener like the other, and the Kubernetes
+// manifests turn it on.
 func (s *Server) MetricsHandler() http.Handler { return s.metricsHandler }
 
 // TTL is the freshness bound the server keeps.
