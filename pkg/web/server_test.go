@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -765,6 +766,31 @@ func TestServer_MetricsListenerAnswersLikeTheMain(t *testing.T) {
 	m := mustMetrics(t, in.MetricsURL)
 	if got := m[`movies_http_requests_total{code="405",handler="/metrics"}`]; got != 4 {
 		t.Errorf(`requests_total{code="405",handler="/metrics"} = %v, want 4`, got)
+	}
+}
+
+// TestServer_ExportsItsBuild: movies_build_info carries the build the
+// Config names, and says "unknown" rather than an empty label (which
+// Prometheus takes for no label) for what it does not name.
+func TestServer_ExportsItsBuild(t *testing.T) {
+	for _, tt := range []struct {
+		build Build
+		want  string
+	}{
+		{Build{Version: "v1.2.0", Revision: "ad591c9c", GoVersion: "go1.26.8"},
+			`movies_build_info{goversion="go1.26.8",revision="ad591c9c",version="v1.2.0"} 1`},
+		{Build{}, fmt.Sprintf(`movies_build_info{goversion=%q,revision="unknown",version="unknown"} 1`, runtime.Version())},
+	} {
+		s, err := New(Config{Upstream: "http://127.0.0.1:1", Build: tt.build})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		s.Close()
+		if !strings.Contains(rec.Body.String(), tt.want+"\n") {
+			t.Errorf("Build %+v: /metrics lacks %s", tt.build, tt.want)
+		}
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,6 +77,11 @@ type Config struct {
 	// with NewLogHandler so lines carry their request id.
 	Log *slog.Logger
 
+	// Build names the running binary, exported as the movies_build_info
+	// gauge; fields left empty are exported as "unknown" (the Go version
+	// as runtime.Version()).
+	Build Build
+
 	// UpstreamName, if set, names the upstream in the fleet's namespace
 	// instead of Upstream: replicas share snapshots only when they name
 	// the same upstream (cmd/movies says "builtin" for the bundled one,
@@ -93,6 +99,15 @@ type Config struct {
 	wallClock         func() time.Time                                                    // the fleet's wall clock, stepped by the simulator
 	newSnapshot       func(render.View, time.Time, time.Time) (*snapshot.Snapshot, error) // snapshot.New unless set
 	jitter            func() float64                                                      // the backoffs' and retries' jitter, in [0, 1)
+}
+
+// Build names a binary as Prometheus exporters do in their build_info
+// gauge. cmd/movies reads it from the build information the go command
+// embeds.
+type Build struct {
+	Version   string // the main module's version, e.g. v1.2.0 or a pseudo-version
+	Revision  string // the VCS revision it was built from
+	GoVersion string // the toolchain that built it, e.g. go1.26.8
 }
 
 // sharedFormat is the version of what replicas share in Redis: a change
@@ -197,6 +212,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
+	// An empty label value is no label at all to Prometheus: a build
+	// that cannot name itself says so.
+	if c.Build.Version == "" {
+		c.Build.Version = "unknown"
+	}
+	if c.Build.Revision == "" {
+		c.Build.Revision = "unknown"
+	}
+	if c.Build.GoVersion == "" {
+		c.Build.GoVersion = runtime.Version()
+	}
 	return c, nil
 }
 
@@ -229,6 +255,9 @@ func New(cfg Config) (*Server, error) {
 	reg := prometheus.NewRegistry()
 	m, err := metrics.New(reg)
 	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	if err := metrics.RegisterBuildInfo(reg, cfg.Build.Version, cfg.Build.Revision, cfg.Build.GoVersion); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	client := &ghibli.Client{
