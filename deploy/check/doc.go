@@ -4,8 +4,10 @@
 // prometheus-operator (monitoring/v1, v0.95.2), both kustomizations
 // rendered by kustomize's own library, and the numbers (ports, probes,
 // drain, shutdown, grace) that docker-compose.yml, deploy/haproxy, the
-// Dockerfile, the manifests and the binary's flags must agree on. It also
-// checks that every relative link in README.md and docs/*.md resolves, and
+// Dockerfile, the manifests and the binary's flags must agree on. It holds
+// the replicas' NetworkPolicy to every Redis URL the docs and manifests
+// give (a blocked Redis fails nothing: the fleet fetches alone, quietly).
+// It also checks that every relative link in README.md and docs/*.md resolves, and
 // lints the rendered manifests with kube-score, pinned as a tool in the
 // module deploy/check/kubescore (its imports clash with k8s.io/api v0.37).
 //
