@@ -126,7 +126,7 @@ var varyAcceptEncoding = []string{"Accept-Encoding"}
 
 // cacheControlValues holds the Cache-Control value for every whole second
 // a snapshot can have left (TTL is at most MaxTTL), formatted once. Each directive is there for a
-// cache that was seen to need it (README, "Behind a cache or CDN"):
+// cache that was seen to need it (docs/caching.md, "Behind a cache or CDN"):
 //
 //   - max-age=0, must-revalidate: browsers revalidate on every use. A
 //     browser behind nginx is sent the stored response's headers with a
