@@ -5,6 +5,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -43,13 +44,7 @@ func Misnamed(docs map[string]string, p Program) []string {
 			named[kind][name] = where
 		}
 	}
-	files := slices.Sorted(func(yield func(string) bool) {
-		for f := range docs {
-			if !yield(f) {
-				return
-			}
-		}
-	})
+	files := slices.Sorted(maps.Keys(docs))
 	for _, file := range files {
 		for i, line := range strings.Split(docs[file], "\n") {
 			where := file + ":" + strconv.Itoa(i+1)
@@ -120,20 +115,18 @@ func Misnamed(docs map[string]string, p Program) []string {
 	}
 
 	// There, but never named.
-	all := strings.Join(slices.Collect(func(yield func(string) bool) {
-		for _, f := range files {
-			if !yield(docs[f]) {
-				return
-			}
-		}
-	}), "\n")
+	var all strings.Builder
+	for _, f := range files {
+		all.WriteString(docs[f] + "\n")
+	}
+	corpus := all.String()
 	for f := range p.Flags {
-		if f != "h" && f != "help" && !regexp.MustCompile("(^|[\\s`(])-"+regexp.QuoteMeta(f)+"([\\s`=,)]|$)").MatchString(all) {
+		if f != "h" && f != "help" && !regexp.MustCompile("(^|[\\s`(])-"+regexp.QuoteMeta(f)+"([\\s`=,)]|$)").MatchString(corpus) {
 			report("flag -%s is documented nowhere in the README or docs/", f)
 		}
 	}
 	for e := range p.Env {
-		if !regexp.MustCompile(`\b` + e + `\b`).MatchString(all) {
+		if !regexp.MustCompile(`\b` + e + `\b`).MatchString(corpus) {
 			report("environment variable %s is documented nowhere in the README or docs/", e)
 		}
 	}
@@ -148,7 +141,7 @@ func Misnamed(docs map[string]string, p Program) []string {
 		}
 	}
 	for r := range p.Routes {
-		if !regexp.MustCompile("(^|[\\s`(]|:[0-9]+)" + regexp.QuoteMeta(r) + "($|[\\s`?),;.|'\"])").MatchString(all) {
+		if !regexp.MustCompile("(^|[\\s`(]|:[0-9]+)" + regexp.QuoteMeta(r) + "($|[\\s`?),;.|'\"])").MatchString(corpus) {
 			report("route %s is documented nowhere in the README or docs/", r)
 		}
 	}

@@ -3,6 +3,7 @@ package check
 import (
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -122,13 +123,7 @@ func readProgram(t *testing.T) Program {
 	// The readers must have found something, or the check proves nothing.
 	if len(p.Flags) < 15 || len(p.Env) < 15 || len(p.Alerts) < 5 || len(p.Routes) < 7 || !p.Other["rounds"] || p.Metrics != nil && len(p.Metrics) < 25 {
 		t.Fatalf("read too few names: %d flags, %d variables, %d alerts, %d routes, %d metrics, other flags %v",
-			len(p.Flags), len(p.Env), len(p.Alerts), len(p.Routes), len(p.Metrics), slices.Sorted(func(yield func(string) bool) {
-				for f := range p.Other {
-					if !yield(f) {
-						return
-					}
-				}
-			}))
+			len(p.Flags), len(p.Env), len(p.Alerts), len(p.Routes), len(p.Metrics), slices.Sorted(maps.Keys(p.Other)))
 	}
 	return p
 }
@@ -270,26 +265,14 @@ func setup(fs *flag.FlagSet, e *echo) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := map[string]bool{"soak": true, "rounds": true, "keep": true}; !mapsEqual(flags, want) {
+	if want := map[string]bool{"soak": true, "rounds": true, "keep": true}; !maps.Equal(flags, want) {
 		t.Errorf("DefinedFlags() = %v, want %v", flags, want)
 	}
 	routes, err := Routes(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := map[string]bool{"/movies/": true, "/healthz": true}; !mapsEqual(routes, want) {
+	if want := map[string]bool{"/movies/": true, "/healthz": true}; !maps.Equal(routes, want) {
 		t.Errorf("Routes() = %v, want %v", routes, want)
 	}
-}
-
-func mapsEqual(a, b map[string]bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if !b[k] {
-			return false
-		}
-	}
-	return true
 }
