@@ -57,6 +57,11 @@ func Misnamed(docs map[string]string, p Program) []string {
 			for _, m := range alertPattern.FindAllString(line, -1) {
 				note("alert", m, where)
 			}
+			for _, m := range localURLPattern.FindAllStringSubmatch(line, -1) {
+				if path := strings.TrimRight(m[2], ".,:"); m[1] == p.Port && len(path) > 1 {
+					note("endpoint", path, where)
+				}
+			}
 		}
 		for _, c := range codeOf(docs[file]) {
 			where := file + ":" + strconv.Itoa(c.line)
@@ -65,13 +70,6 @@ func Misnamed(docs map[string]string, p Program) []string {
 			}
 			if m := methodPathPattern.FindStringSubmatch(c.text); m != nil && c.inline {
 				note("endpoint", m[1], where)
-			}
-		}
-		for i, line := range strings.Split(docs[file], "\n") {
-			for _, m := range localURLPattern.FindAllStringSubmatch(line, -1) {
-				if path := strings.TrimRight(m[2], ".,:"); m[1] == p.Port && len(path) > 1 {
-					note("endpoint", path, file+":"+strconv.Itoa(i+1))
-				}
 			}
 		}
 	}
