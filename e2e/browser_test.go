@@ -312,7 +312,7 @@ var axeTags = []string{"wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practic
 // whose upstream refuses connections) and the list with the stale banner
 // (-stale-if-error after the upstream failed), each under
 // prefers-color-scheme light and dark, and fails on any violation of
-// axeTags. The dark list is the README's dark screenshot.
+// axeTags. The dark list is docs/accessibility.md's dark screenshot.
 func TestBrowser_PagesPassAxeInLightAndDark(t *testing.T) {
 	chromium := mustLookPath(t, "chromium")
 	axe := axeScript(t)

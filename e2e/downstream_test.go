@@ -575,7 +575,7 @@ func TestDownstream_ChromiumBehindNginx(t *testing.T) {
 	// Back/forward: leave the page for another, wait past the TTL, come
 	// back. Restored from the back-forward cache, the page is the one the
 	// reader left, as it was (its scripts' state included): shown, not
-	// fetched, and judged in the README. Loaded again instead, it must be
+	// fetched, and judged in docs/caching.md. Loaded again instead, it must be
 	// fresh like any other load.
 	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`window.addEventListener('pageshow', e => { window.__restored = e.persisted })`)); err != nil {
 		t.Fatal(err)

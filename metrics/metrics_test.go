@@ -139,3 +139,21 @@ movies_fleet_locks_total{result="won"} 2
 		t.Errorf("GatherAndLint() = %v, %v", problems, err)
 	}
 }
+
+func TestRegisterBuildInfo_LabelsTheBuild(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if err := metrics.RegisterBuildInfo(reg, "v1.2.0", "ad591c9c", "go1.26.8"); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP movies_build_info A metric with a constant '1' value labelled by the version, VCS revision and Go version movies was built from.
+# TYPE movies_build_info gauge
+movies_build_info{goversion="go1.26.8",revision="ad591c9c",version="v1.2.0"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "movies_build_info"); err != nil {
+		t.Error(err)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Errorf("GatherAndLint() = %v, %v; want a metric named by convention", problems, err)
+	}
+}

@@ -23,8 +23,9 @@ go vet ./...
 
 # deploy/check is a module of its own (the Kubernetes API types stay out of
 # the product's go.mod): the manifests decoded strictly, the numbers that
-# compose, HAProxy, Kubernetes and the binary share, the docs' links.
-echo "== deploy/check (Kubernetes manifests, shared numbers, docs links)"
+# compose, HAProxy, Kubernetes and the binary share, the NetworkPolicy
+# against the docs' Redis URLs, the docs' links and the names they use.
+echo "== deploy/check (Kubernetes manifests, shared numbers, NetworkPolicy, docs links and names)"
 (cd deploy/check && go vet ./... && go test -race -count=1 ./...)
 
 echo "== e2e dependencies (Prometheus, HAProxy, Chromium, Redis, nginx, Varnish, Java from Debian; axe-core, vnu-jar from npm)"

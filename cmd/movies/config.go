@@ -34,6 +34,7 @@ type config struct {
 	logFormat       string
 	logLevel        slog.Level
 	healthcheck     bool // probe a running server instead of serving
+	version         bool // print the build and exit
 }
 
 // parseConfig reads flags, each falling back to its MOVIES_* environment
@@ -94,6 +95,8 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 
 	fs.BoolVar(&c.healthcheck, "healthcheck", false,
 		"probe /healthz of the server on -addr and exit 0 if it is healthy, 1 if not (for container health checks, which have no shell)")
+	fs.BoolVar(&c.version, "version", false,
+		"print the module version, VCS revision and Go version of this binary, and exit")
 
 	if len(envErrs) > 0 {
 		return c, errors.Join(envErrs...)

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -59,6 +60,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
+	build := readBuild(debug.ReadBuildInfo())
+	if cfg.version {
+		fmt.Fprintln(stdout, versionLine(build))
+		return nil
+	}
 	if cfg.healthcheck {
 		return probe(ctx, cfg.addr)
 	}
@@ -89,6 +95,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		RedisCert:       cfg.redis.CertFile,
 		RedisKey:        cfg.redis.KeyFile,
 		Log:             log,
+		Build:           build,
 	})
 	if err != nil {
 		return err
@@ -123,6 +130,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if cfg.redis.URL != "" {
 		attrs = append(attrs, "redis", cfg.redis.Redacted(), "redis_mode", cfg.redis.Mode)
 	}
+	attrs = append(attrs, "version", build.Version, "revision", build.Revision, "go", build.GoVersion)
 	log.Info("listening", attrs...)
 	if err := srv.Serve(ctx, ln, metricsLn); err != nil {
 		return err

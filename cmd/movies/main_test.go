@@ -7,10 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/movies-dev/movies/pkg/ghibli"
+	"github.com/movies-dev/movies/pkg/web"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -224,7 +229,7 @@ func TestRun_Help(t *testing.T) {
 			flags++
 		}
 	}
-	if flags != 17 { // every flag in config.go
+	if flags != 18 { // every flag in config.go
 		t.Errorf("usage lists %d flags, want all of them:\n%s", flags, out.String())
 	}
 }
@@ -333,4 +338,103 @@ func (w *syncWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.String()
+}
+
+func TestReadBuild(t *testing.T) {
+	const rev = "ad591c9c0ffee0123456789abcdef0123456789a"
+	tests := []struct {
+		name string
+		info *debug.BuildInfo
+		ok   bool
+		want web.Build
+	}{
+		{"no build information", nil, false, web.Build{Version: "(devel)", Revision: "unknown", GoVersion: runtime.Version()}},
+		{"go run, or -buildvcs=false", &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}},
+			true, web.Build{Version: "(devel)", Revision: "unknown", GoVersion: "go1.26.8"}},
+		{"go build in a modified checkout", &debug.BuildInfo{
+			GoVersion: "go1.26.8",
+			Main:      debug.Module{Version: "v0.0.0-20261202021500-ad591c9c0ffe+dirty"},
+			Settings:  []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.modified", Value: "true"}},
+		}, true, web.Build{Version: "v0.0.0-20261202021500-ad591c9c0ffe+dirty", Revision: rev, GoVersion: "go1.26.8"}},
+		{"a tagged release", &debug.BuildInfo{
+			GoVersion: "go1.26.8",
+			Main:      debug.Module{Version: "v1.2.0"},
+			Settings:  []debug.BuildSetting{{Key: "vcs.revision", Value: rev}},
+		}, true, web.Build{Version: "v1.2.0", Revision: rev, GoVersion: "go1.26.8"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := readBuild(tt.info, tt.ok); got != tt.want {
+				t.Errorf("readBuild() = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestRun_Version: -version prints one line naming the build and exits 0
+// without serving.
+func TestRun_Version(t *testing.T) {
+	var out bytes.Buffer
+	// An -addr nobody could listen on: -version must not try.
+	err := run(context.Background(), []string{"-version", "-addr", "192.0.2.1:1"}, func(string) string { return "" }, &out)
+	if err != nil {
+		t.Fatalf("run(-version) = %v, want nil (exit 0)", err)
+	}
+	want := versionLine(readBuild(debug.ReadBuildInfo())) + "\n"
+	if out.String() != want {
+		t.Errorf("run(-version) printed %q, want %q", out.String(), want)
+	}
+	if !regexp.MustCompile(`^movies \S+ \(revision \S+, go1\.\S+\)\n$`).MatchString(out.String()) {
+		t.Errorf("run(-version) printed %q, want movies VERSION (revision REV, goX.Y.Z)", out.String())
+	}
+}
+
+// TestRun_NamesItsBuild: the start-up line and movies_build_info name the
+// same build as -version, so a log line, a dashboard and a shell on the
+// machine agree on what runs.
+func TestRun_NamesItsBuild(t *testing.T) {
+	var out syncWriter
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := filepath.Join(t.TempDir(), "ready")
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-upstream", "builtin", "-ready-file", ready, "-log-format", "json"},
+			func(string) string { return "" }, &out)
+	}()
+	var addr string
+	for deadline := time.Now().Add(10 * time.Second); addr == ""; time.Sleep(5 * time.Millisecond) {
+		if b, err := os.ReadFile(ready); err == nil {
+			addr = strings.Fields(string(b))[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no -ready-file within 10s")
+		}
+	}
+	t.Cleanup(testClient.CloseIdleConnections)
+	resp, err := testClient.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exposition, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	b := readBuild(debug.ReadBuildInfo())
+	var started map[string]any
+	for line := range strings.SplitSeq(out.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "listening" {
+			started = rec
+		}
+	}
+	if started["version"] != b.Version || started["revision"] != b.Revision || started["go"] != b.GoVersion {
+		t.Errorf("start-up line %v, want version %q, revision %q, go %q", started, b.Version, b.Revision, b.GoVersion)
+	}
+	want := fmt.Sprintf("movies_build_info{goversion=%q,revision=%q,version=%q} 1\n", b.GoVersion, b.Revision, b.Version)
+	if !strings.Contains(string(exposition), want) {
+		t.Errorf("/metrics lacks %q", want)
+	}
 }

@@ -13,15 +13,27 @@ import (
 	"github.com/movies-dev/movies/pkg/snapshot"
 )
 
-// routes builds the echo router over the server's handlers, and the
-// metric recorder of each route (s.routeMetrics).
-func (s *Server) routes() *echo.Echo {
+// getHead is the methods every route answers; the middleware answers any
+// other with 405.
+var getHead = []string{http.MethodGet, http.MethodHead}
+
+// newRouter is an echo router behind the server's one middleware and
+// error handler: whatever listener it serves, every response carries a
+// request id and the security headers, and other methods get 405.
+func (s *Server) newRouter() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
 	e.Use(s.middleware)
+	return e
+}
 
-	getHead := []string{http.MethodGet, http.MethodHead}
+// routes builds the routers of the two listeners, the main one and the
+// metrics one (-metrics-addr), and the metric recorder of each route
+// (s.routeMetrics). exposition is the Prometheus handler: on the main
+// router unless Config.SeparateMetrics, always on the metrics one.
+func (s *Server) routes(exposition http.Handler) (main, metricsOnly *echo.Echo) {
+	e := s.newRouter()
 	e.Match(getHead, "/movies/", s.moviesPage)
 	e.Match(getHead, "/movies", func(c echo.Context) error {
 		target := "/movies/"
@@ -32,7 +44,7 @@ func (s *Server) routes() *echo.Echo {
 	})
 	e.Match(getHead, "/api/v1/movies", s.moviesAPI)
 	if !s.cfg.SeparateMetrics {
-		e.Match(getHead, "/metrics", echo.WrapHandler(s.metricsHandler))
+		e.Match(getHead, "/metrics", echo.WrapHandler(exposition))
 	}
 	// Every browser asks for a favicon and every crawler for robots.txt:
 	// constant answers, cacheable for a day, rather than a 404 per visit.
@@ -52,13 +64,17 @@ func (s *Server) routes() *echo.Echo {
 		}
 		return c.String(http.StatusOK, "ok\n")
 	})
+
+	m := s.newRouter()
+	m.Match(getHead, "/metrics", echo.WrapHandler(exposition))
+
 	s.routeMetrics = map[string]*metrics.HTTPRoute{otherRoute: s.metrics.HTTPRoute(otherRoute)}
-	for _, r := range e.Routes() {
+	for _, r := range append(e.Routes(), m.Routes()...) {
 		if s.routeMetrics[r.Path] == nil {
 			s.routeMetrics[r.Path] = s.metrics.HTTPRoute(r.Path)
 		}
 	}
-	return e
+	return e, m
 }
 
 // noStore is the Cache-Control value of responses no cache may keep: the
@@ -110,7 +126,7 @@ var varyAcceptEncoding = []string{"Accept-Encoding"}
 
 // cacheControlValues holds the Cache-Control value for every whole second
 // a snapshot can have left (TTL is at most MaxTTL), formatted once. Each directive is there for a
-// cache that was seen to need it (README, "Behind a cache or CDN"):
+// cache that was seen to need it (docs/caching.md, "Behind a cache or CDN"):
 //
 //   - max-age=0, must-revalidate: browsers revalidate on every use. A
 //     browser behind nginx is sent the stored response's headers with a

@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -690,6 +692,105 @@ func TestServer_SeparateMetricsListener(t *testing.T) {
 	mustGet(t, in.URL+"/movies/")
 	if m := mustMetrics(t, in.MetricsURL); m["movies_cache_misses_total"] != 1 {
 		t.Errorf("metrics listener: misses = %v, want 1", m["movies_cache_misses_total"])
+	}
+}
+
+// TestServer_MetricsListenerAnswersLikeTheMain: /metrics on its own
+// listener (-metrics-addr, which the Kubernetes manifests turn on) carries
+// the same security headers and request id as every other response, and
+// answers 405 with Allow to other methods and 404 to other paths, as the
+// main listener does.
+func TestServer_MetricsListenerAnswersLikeTheMain(t *testing.T) {
+	t.Parallel()
+	up := startFake(t)
+	in := mustStart(t, Config{Upstream: up.URL, SeparateMetrics: true})
+	t.Cleanup(testClient.CloseIdleConnections)
+	main := mustGet(t, in.URL+"/healthz")
+	sameHeaders := func(what string, r response) {
+		t.Helper()
+		for _, k := range []string{"Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy",
+			"X-Frame-Options", "Cross-Origin-Opener-Policy", "Cross-Origin-Resource-Policy"} {
+			if got, want := r.header.Values(k), main.header.Values(k); len(want) != 1 || !slices.Equal(got, want) {
+				t.Errorf("%s: %s = %q, want %q as on the main listener", what, k, got, want)
+			}
+		}
+		if r.header.Get("X-Request-Id") == "" {
+			t.Errorf("%s: no X-Request-Id", what)
+		}
+	}
+
+	for _, tt := range []struct {
+		method, path string
+		wantStatus   int
+		wantAllow    string
+	}{
+		{"GET", "/metrics", 200, ""},
+		{"HEAD", "/metrics", 200, ""},
+		{"POST", "/metrics", 405, "GET, HEAD"},
+		{"PUT", "/metrics", 405, "GET, HEAD"},
+		{"DELETE", "/metrics", 405, "GET, HEAD"},
+		{"OPTIONS", "/metrics", 405, "GET, HEAD"},
+		{"GET", "/movies/", 404, ""},
+		{"GET", "/nope", 404, ""},
+	} {
+		what := tt.method + " " + tt.path + " on the metrics listener"
+		r := mustDo(t, tt.method, in.MetricsURL+tt.path)
+		if r.status != tt.wantStatus {
+			t.Errorf("%s: status %d, want %d", what, r.status, tt.wantStatus)
+		}
+		if got := r.header.Get("Allow"); got != tt.wantAllow {
+			t.Errorf("%s: Allow = %q, want %q", what, got, tt.wantAllow)
+		}
+		if got := r.header.Get("Cache-Control"); got != "no-store" {
+			t.Errorf("%s: Cache-Control = %q, want no-store", what, got)
+		}
+		sameHeaders(what, r)
+	}
+
+	// A client's request id is echoed here too, so a scrape can be found
+	// in the logs of both ends.
+	req, _ := http.NewRequest(http.MethodGet, in.MetricsURL+"/metrics", nil)
+	req.Header.Set("X-Request-ID", "scrape-42")
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Request-ID"); got != "scrape-42" {
+		t.Errorf("X-Request-ID = %q, want the client's scrape-42 echoed", got)
+	}
+
+	// And the scrapes are counted like any request: the 405s by the
+	// route, the unknown paths as other.
+	m := mustMetrics(t, in.MetricsURL)
+	if got := m[`movies_http_requests_total{code="405",handler="/metrics"}`]; got != 4 {
+		t.Errorf(`requests_total{code="405",handler="/metrics"} = %v, want 4`, got)
+	}
+}
+
+// TestServer_ExportsItsBuild: movies_build_info carries the build the
+// Config names, and says "unknown" rather than an empty label (which
+// Prometheus takes for no label) for what it does not name.
+func TestServer_ExportsItsBuild(t *testing.T) {
+	for _, tt := range []struct {
+		build Build
+		want  string
+	}{
+		{Build{Version: "v1.2.0", Revision: "ad591c9c", GoVersion: "go1.26.8"},
+			`movies_build_info{goversion="go1.26.8",revision="ad591c9c",version="v1.2.0"} 1`},
+		{Build{}, fmt.Sprintf(`movies_build_info{goversion=%q,revision="unknown",version="unknown"} 1`, runtime.Version())},
+	} {
+		s, err := New(Config{Upstream: "http://127.0.0.1:1", Build: tt.build})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		s.Close()
+		if !strings.Contains(rec.Body.String(), tt.want+"\n") {
+			t.Errorf("Build %+v: /metrics lacks %s", tt.build, tt.want)
+		}
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,6 +77,11 @@ type Config struct {
 	// with NewLogHandler so lines carry their request id.
 	Log *slog.Logger
 
+	// Build names the running binary, exported as the movies_build_info
+	// gauge; fields left empty are exported as "unknown" (the Go version
+	// as runtime.Version()).
+	Build Build
+
 	// UpstreamName, if set, names the upstream in the fleet's namespace
 	// instead of Upstream: replicas share snapshots only when they name
 	// the same upstream (cmd/movies says "builtin" for the bundled one,
@@ -93,6 +99,15 @@ type Config struct {
 	wallClock         func() time.Time                                                    // the fleet's wall clock, stepped by the simulator
 	newSnapshot       func(render.View, time.Time, time.Time) (*snapshot.Snapshot, error) // snapshot.New unless set
 	jitter            func() float64                                                      // the backoffs' and retries' jitter, in [0, 1)
+}
+
+// Build names a binary as Prometheus exporters do in their build_info
+// gauge. cmd/movies reads it from the build information the go command
+// embeds.
+type Build struct {
+	Version   string // the main module's version, e.g. v1.2.0 or a pseudo-version
+	Revision  string // the VCS revision it was built from
+	GoVersion string // the toolchain that built it, e.g. go1.26.8
 }
 
 // sharedFormat is the version of what replicas share in Redis: a change
@@ -197,6 +212,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
+	// An empty label value is no label at all to Prometheus: a build
+	// that cannot name itself says so.
+	if c.Build.Version == "" {
+		c.Build.Version = "unknown"
+	}
+	if c.Build.Revision == "" {
+		c.Build.Revision = "unknown"
+	}
+	if c.Build.GoVersion == "" {
+		c.Build.GoVersion = runtime.Version()
+	}
 	return c, nil
 }
 
@@ -213,8 +239,8 @@ type Server struct {
 	ids     *idSource
 	accel   atomic.Pointer[accelExpires] // the current snapshot's, made once
 
-	handler        *echo.Echo
-	metricsHandler http.Handler
+	handler        *echo.Echo // the main listener's routes
+	metricsHandler *echo.Echo // the metrics listener's: /metrics alone
 	// routeMetrics records each route's requests, by route path (and
 	// otherRoute); built with the routes, read-only after.
 	routeMetrics map[string]*metrics.HTTPRoute
@@ -229,6 +255,9 @@ func New(cfg Config) (*Server, error) {
 	reg := prometheus.NewRegistry()
 	m, err := metrics.New(reg)
 	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	if err := metrics.RegisterBuildInfo(reg, cfg.Build.Version, cfg.Build.Revision, cfg.Build.GoVersion); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	client := &ghibli.Client{
@@ -305,14 +334,11 @@ func New(cfg Config) (*Server, error) {
 		l.adopt = c.Adopt
 		gate.open()
 	}
-	s := &Server{
-		cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier,
-		metricsHandler: noStoreHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-			ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
-		})),
-	}
+	s := &Server{cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier}
 	s.ready.Store(true)
-	s.handler = s.routes()
+	s.handler, s.metricsHandler = s.routes(noStoreHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
+	})))
 	return s, nil
 }
 
@@ -331,7 +357,11 @@ func noStoreHandler(h http.Handler) http.Handler {
 // Config.SeparateMetrics, /metrics.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// MetricsHandler serves the Prometheus exposition.
+// MetricsHandler serves the Prometheus exposition at /metrics, and 404 on
+// any other path: the handler of the metrics listener. It answers as
+// Handler does (request id, security headers, 405 to methods other than
+// GET and HEAD): it is a listener like the other, and the Kubernetes
+// manifests turn it on.
 func (s *Server) MetricsHandler() http.Handler { return s.metricsHandler }
 
 // TTL is the freshness bound the server keeps.
