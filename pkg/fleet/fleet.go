@@ -187,7 +187,8 @@ type Tier[V any] struct {
 	client   redis.UniversalClient
 	redacted string
 	k        *keys
-	token    string // in the locks this replica takes, to tell them apart
+	token    string        // in the locks this replica takes, to tell them apart
+	begins   atomic.Uint64 // begin calls made, each naming its lock (newToken)
 	breaker  breaker
 	stats    Stats // only through sync/atomic
 	fetches  fetchTimes
@@ -202,7 +203,8 @@ type Tier[V any] struct {
 
 	news news
 
-	stop context.CancelFunc
+	alive context.Context // ends with Close
+	stop  context.CancelFunc
 	// resubscribe asks the listener for a new subscription: the master
 	// moved, and the old one's channel no longer hears the fleet.
 	resubscribe chan struct{}
@@ -262,7 +264,7 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 		lastWarn:    map[string]time.Time{},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	t.stop = cancel
+	t.alive, t.stop = ctx, cancel
 	t.bg.Go(func() { t.listen(ctx) })
 	if p.failover != nil {
 		t.bg.Go(func() { t.watchSentinels(ctx, p.failover) })

@@ -82,16 +82,15 @@ func (l *load[V]) begin(ctx context.Context) step {
 		return l.done(Entry[V]{}, err)
 	}
 	t.news.since(&l.seen) // news during begin concerns the wait after it
-	b, err := t.begin(ctx, l.have)
+	token := t.newToken()
+	b, err := t.begin(ctx, l.have, token)
 	if errors.Is(err, ErrInvalid) {
 		atomic.AddUint64(&t.stats.Invalid, 1)
 		t.opts.Log.ErrorContext(ctx, "rejected the shared fetch lock", "redis", t.redacted, "err", err)
 	}
 	if err != nil {
-		if !errors.Is(err, errOpen) && !errors.Is(err, ErrInvalid) && ctx.Err() == nil {
-			// A call that timed out may have taken the lock: free it, so
-			// nobody waits out a lease for a fetch nobody makes.
-			t.bg.Go(func() { t.release(context.Background(), 'r', 0, "", 0) })
+		if !errors.Is(err, errOpen) && !errors.Is(err, ErrInvalid) && !reply(err) {
+			t.releaseUnknown(token)
 		}
 		return l.failed(err)
 	}
@@ -116,7 +115,7 @@ func (l *load[V]) begin(ctx context.Context) step {
 		return l.done(Entry[V]{}, &FailedError{Cause: b.cause, RetryAfter: b.left})
 	case beganLock:
 		atomic.AddUint64(&t.stats.LockWon, 1)
-		return l.done(l.lead(ctx, b.version))
+		return l.done(l.lead(ctx, b.version, token))
 	}
 	atomic.AddUint64(&t.stats.LockLost, 1)
 	l.holder = b
@@ -306,9 +305,9 @@ func (l *load[V]) alone(ctx context.Context) (Entry[V], error) {
 // lease meanwhile, and shares what it fetched, or tells the waiters why
 // not. A newer snapshot committed meanwhile (a waiter's hedge overtook a
 // fetch that hung) is an answer too: the first one wins.
-func (l *load[V]) lead(ctx context.Context, version uint64) (Entry[V], error) {
+func (l *load[V]) lead(ctx context.Context, version uint64, token string) (Entry[V], error) {
 	t := l.t
-	lock := lockValue(version, t.token)
+	lock := lockValue(version, token)
 	start, wall := time.Now(), t.opts.Now()
 	lost := t.keepLease(lock)
 	f, theirs, fleetFirst := l.race(ctx)
@@ -316,16 +315,16 @@ func (l *load[V]) lead(ctx context.Context, version uint64) (Entry[V], error) {
 	out := context.WithoutCancel(ctx) // the lock and the news go out whatever ctx does
 	switch {
 	case fleetFirst:
-		t.release(out, 'r', version, "", 0)
+		t.release(out, token, 'r', version, "", 0)
 		return theirs, nil
 	case f.err != nil:
 		atomic.AddUint64(&t.stats.LeaderFailures, 1)
-		t.fail(out, version, f.err)
+		t.fail(out, token, version, f.err)
 		return Entry[V]{}, f.err
 	}
 	took := time.Since(start)
 	t.fetches.add(took)
-	e := t.share(out, version, lock, f, start, wall, took, FromLead)
+	e := t.share(out, version, token, f, start, wall, took, FromLead)
 	if leaseLost {
 		t.leaseLost(ctx, version)
 	}
@@ -374,15 +373,19 @@ func (t *Tier[V]) leaseLost(ctx context.Context, version uint64) {
 		"version", version, "hint", "use maxmemory-policy allkeys-lru or noeviction, and enough maxmemory for the fleet's keys", "redis", t.redacted)
 }
 
-// share commits what this replica fetched (under version; lock is its
-// lock's value, "" for a hedge, which holds none) and returns what to
-// serve: its own fetch, or the newer snapshot that fenced it.
-func (t *Tier[V]) share(ctx context.Context, version uint64, lock string, f fetched[V], start, wall time.Time, took time.Duration, src Source) Entry[V] {
+// share commits what this replica fetched (under version; token is its
+// lock's, "" for a hedge, which holds none) and returns what to serve:
+// its own fetch, or the newer snapshot that fenced it.
+func (t *Tier[V]) share(ctx context.Context, version uint64, token string, f fetched[V], start, wall time.Time, took time.Duration, src Source) Entry[V] {
+	lock := ""
+	if token != "" {
+		lock = lockValue(version, token)
+	}
 	e := Entry[V]{Value: f.value, Version: version, Deadline: start.Add(t.opts.TTL), Source: src}
 	px := time.Until(e.Deadline).Milliseconds()
 	if px < 2 {
 		if lock != "" {
-			t.release(ctx, 'r', version, "", 0) // nothing left to share
+			t.release(ctx, token, 'r', version, "", 0) // nothing left to share
 		}
 		return e
 	}
@@ -396,7 +399,7 @@ func (t *Tier[V]) share(ctx context.Context, version uint64, lock string, f fetc
 		if lock != "" {
 			// The commit that would free the lock did not happen: free
 			// it, so the waiters take over now rather than at its lease.
-			t.release(ctx, 'r', version, "", 0)
+			t.release(ctx, token, 'r', version, "", 0)
 		}
 	case !c.ok:
 		// A newer fetch committed first (a hedge, or a takeover of our
@@ -417,9 +420,9 @@ func (t *Tier[V]) share(ctx context.Context, version uint64, lock string, f fetc
 // waiters why: cancelled (the replica is shutting down: take over now) or
 // failed, with the cause and the Retry-After (capped) recorded in Redis,
 // where no message can forge it.
-func (t *Tier[V]) fail(ctx context.Context, version uint64, err error) {
+func (t *Tier[V]) fail(ctx context.Context, token string, version uint64, err error) {
 	if errors.Is(err, context.Canceled) {
-		t.release(ctx, 'r', version, "", 0)
+		t.release(ctx, token, 'r', version, "", 0)
 		return
 	}
 	var retry time.Duration
@@ -431,7 +434,37 @@ func (t *Tier[V]) fail(ctx context.Context, version uint64, err error) {
 		cause = t.opts.Cause(err)
 	}
 	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), sanitize(cause))
-	t.release(ctx, 'f', version, record, max(retry, leaseTerm).Milliseconds())
+	t.release(ctx, token, 'f', version, record, max(retry, leaseTerm).Milliseconds())
+}
+
+// newToken names one begin call's lock.
+func (t *Tier[V]) newToken() string {
+	return t.token + strconv.FormatUint(t.begins.Add(1), 36)
+}
+
+// releaseUnknown frees, in the background, the lock a begin call may have
+// taken though its caller never heard back (the call timed out after
+// Redis ran it, or Redis ran it late, after a stall), so the waiters do
+// not wait out its lease for a fetch nobody makes. It tries until that
+// lease would have lapsed anyway, whatever the breaker says: a call in
+// the background costs no request anything, and the breaker is open
+// exactly when this is needed (a Redis resuming runs the queued begin).
+func (t *Tier[V]) releaseUnknown(token string) {
+	t.bg.Go(func() {
+		for end := time.Now().Add(leaseTerm); time.Now().Before(end); {
+			ctx, cancel := context.WithTimeout(t.alive, t.opts.CallTimeout)
+			err := t.releaseCall(ctx, token, 'r', 0, "", 0)
+			cancel()
+			if err == nil || reply(err) {
+				return
+			}
+			select {
+			case <-t.alive.Done():
+				return
+			case <-time.After(renewEvery):
+			}
+		}
+	})
 }
 
 // failure reads the failure record of version: ok false if Redis holds

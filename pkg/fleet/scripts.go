@@ -33,7 +33,9 @@ const (
 	// keyCounter is the last version issued. It has no expiry.
 	keyCounter
 	// keyLock is "<version> <token>", held by the replica fetching for
-	// the fleet, expiring when its lease does.
+	// the fleet, expiring when its lease does; the token is the begin
+	// call's own, so a lock taken by a call nobody heard back from can
+	// be freed without freeing another.
 	keyLock
 	// keyFailed is "<version> <retry ms> <cause>": the last failed fetch,
 	// expiring when the backoff it asks the fleet for ends.
@@ -310,12 +312,12 @@ type began struct {
 }
 
 // begin asks Redis what a load holding version have should do, and takes
-// the lock if nobody holds it and nothing newer is there.
-func (t *Tier[V]) begin(ctx context.Context, have uint64) (began, error) {
+// the lock, as token, if nobody holds it and nothing newer is there.
+func (t *Tier[V]) begin(ctx context.Context, have uint64, token string) (began, error) {
 	var res []any
 	err := t.call(ctx, "begin", func(ctx context.Context) (err error) {
 		res, err = beginScript.lua.Run(ctx, t.client, t.k.of(beginScript),
-			have, t.opts.Now().UnixMilli(), t.opts.TTL.Milliseconds(), leaseTerm.Milliseconds(), t.token).Slice()
+			have, t.opts.Now().UnixMilli(), t.opts.TTL.Milliseconds(), leaseTerm.Milliseconds(), token).Slice()
 		return err
 	})
 	if err != nil {
@@ -400,10 +402,11 @@ func (t *Tier[V]) renew(ctx context.Context, lock string) (int, error) {
 
 var commitScript = newScript("commit",
 	[]key{keySnapshot, keyPrevious, keyLock, keyNews},
-	[]string{"version", "value", "px", "lock_value"},
+	[]string{"version", "value", "px", "lock_value", "switch_ms"},
 	[]need{
 		needs("type", keySnapshot), needs("getrange", keySnapshot), needs("pttl", keySnapshot),
 		needs("type", keyLock), needs("get", keyLock), needs("del", keyLock),
+		needs("type", keyPrevious), needs("getrange", keyPrevious), needs("pttl", keyPrevious),
 		needs("rename", keySnapshot, keyPrevious), needs("del", keyPrevious), needs("set", keySnapshot),
 		needs("publish", keyNews),
 	}, checkOwn, luaHead+`
@@ -419,7 +422,13 @@ if cur and cur >= tonumber(version) then
   return {{{FENCED}}, cur, l}
 end
 if cur and redis.call('PTTL', snapshot) > 0 then
-  redis.call('RENAME', snapshot, previous)
+  local pv = head(previous)
+  if not (pv and pv < cur and redis.call('PTTL', previous) > tonumber(switch_ms)) then
+    redis.call('RENAME', snapshot, previous)
+  end
+  -- else the fleet still serves the previous one, before its switch: the
+  -- snapshot replaced here was fetched ahead and never served, and the
+  -- previous stays what a replica with nothing serves until the switch.
 else
   redis.call('DEL', previous)
 end
@@ -437,13 +446,14 @@ type committedAs struct {
 }
 
 // commit writes value (header and data) as the snapshot of version, for px
-// ms, unless one at least as new is there; frees lock if it is still
-// lockValue ("" for a fetch that held no lock), and announces the snapshot
-// the fleet now has.
+// ms, unless one at least as new is there; keeps the snapshot it replaces
+// as the previous one if the fleet serves that one now (it is past the
+// previous one's switch); frees lock if it is still lockValue ("" for a
+// fetch that held no lock), and announces the snapshot the fleet now has.
 func (t *Tier[V]) commit(ctx context.Context, version uint64, value []byte, px int64, lockValue string) (committedAs, error) {
 	var res []int64
 	err := t.call(ctx, "commit", func(ctx context.Context) (err error) {
-		res, err = commitScript.lua.Run(ctx, t.client, t.k.of(commitScript), version, value, px, lockValue).Int64Slice()
+		res, err = commitScript.lua.Run(ctx, t.client, t.k.of(commitScript), version, value, px, lockValue, t.opts.SwitchBefore.Milliseconds()).Int64Slice()
 		return err
 	})
 	if err != nil {
@@ -476,13 +486,18 @@ redis.call('PUBLISH', news, kind .. ':' .. v)
 return 1
 `)
 
-// release frees the lock of version if this replica holds it (version 0:
-// whatever lock of this replica's is there, taken by a call that timed
-// out), records a failure for px ms (kind 'f') and announces kind:version.
-func (t *Tier[V]) release(ctx context.Context, kind byte, version uint64, record string, px int64) error {
+// release frees the lock of version taken as token (version 0: whatever
+// lock token holds, taken by a call that timed out), records a failure
+// for px ms (kind 'f') and announces kind:version.
+func (t *Tier[V]) release(ctx context.Context, token string, kind byte, version uint64, record string, px int64) error {
 	return t.call(ctx, "release", func(ctx context.Context) error {
-		return releaseScript.lua.Run(ctx, t.client, t.k.of(releaseScript), t.token, string(kind), version, record, px).Err()
+		return t.releaseCall(ctx, token, kind, version, record, px)
 	})
+}
+
+// releaseCall is release without the breaker.
+func (t *Tier[V]) releaseCall(ctx context.Context, token string, kind byte, version uint64, record string, px int64) error {
+	return releaseScript.lua.Run(ctx, t.client, t.k.of(releaseScript), token, string(kind), version, record, px).Err()
 }
 
 // ---- read ------------------------------------------------------------------

@@ -33,48 +33,56 @@ func storedSnapshot(version uint64, startedAgo time.Duration, data string) strin
 
 var scriptCases = []scriptCase{
 	{script: "begin", name: "nothing there: the lock, above the clock",
-		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 1000000000"},
 	{script: "begin", name: "a newer snapshot: read it",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(5, 0, `"x"`), testTTL) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "newer 5"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "newer 5"},
 	{script: "begin", name: "a snapshot no newer than the caller's: the lock",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(5, 0, `"x"`), testTTL) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 5)) }, want: "lock 1000000000"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 5, conformanceToken)) }, want: "lock 1000000000"},
 	{script: "begin", name: "a snapshot its writer's clock says expired: the lock",
-		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(5, 2*testTTL, `"x"`), testTTL) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(5, 2*testTTL, `"x"`), testTTL)
+		},
+		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 1000000000"},
 	{script: "begin", name: "a lock held: wait",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "held 7"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "held 7"},
 	{script: "begin", name: "a lock of another type: refused",
-		setup: func(c *redis.Client, k *keys) { c.HSet(bg(), k[keyLock], "a", "b"); c.PExpire(bg(), k[keyLock], leaseTerm) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "error"},
+		setup: func(c *redis.Client, k *keys) {
+			c.HSet(bg(), k[keyLock], "a", "b")
+			c.PExpire(bg(), k[keyLock], leaseTerm)
+		},
+		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "error"},
 	{script: "begin", name: "a failure with a Retry-After: back off",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 3000 status_503", 3*time.Second) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "backoff status_503"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "backoff status_503"},
 	{script: "begin", name: "a failure recorded for an hour: capped",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 3600000 status_503", time.Hour) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "backoff status_503 capped"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "backoff status_503 capped"},
 	{script: "begin", name: "a failure without a Retry-After: the lock",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 0 timeout", leaseTerm) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 1000000000"},
 	{script: "begin", name: "a counter ahead of the clock: above it",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyCounter], "5000000000000", 0) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 5000000000001"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 5000000000001"},
 	{script: "begin", name: "a caller ahead of Redis: above it",
-		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 9000000000000)) }, want: "lock 9000000000001"},
+		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 9000000000000, conformanceToken)) }, want: "lock 9000000000001"},
 	{script: "begin", name: "a counter of another type: overwritten",
 		setup: func(c *redis.Client, k *keys) { c.RPush(bg(), k[keyCounter], "a") },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 1000000000"},
 	{script: "begin", name: "a snapshot past 2^52: not ours",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(1<<60, 0, `"x"`), testTTL) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "lock 1000000000"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 1000000000"},
 	{script: "begin", name: "versions spent: refused",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyCounter], maxVersion-1, 0) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0)) }, want: "error"},
+		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "error"},
 
 	{script: "ticket", name: "above the lock's version",
-		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyCounter], "1000000005", 0); c.Set(bg(), k[keyLock], "1000000005 abc", leaseTerm) },
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keyCounter], "1000000005", 0)
+			c.Set(bg(), k[keyLock], "1000000005 abc", leaseTerm)
+		},
 		run: func(t *Tier[string]) string {
 			v, err := t.ticket(bg(), 0)
 			return fmt.Sprintf("ticket %d %v", v, err)
@@ -82,48 +90,83 @@ var scriptCases = []scriptCase{
 
 	{script: "renew", name: "ours",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", 100*time.Millisecond) },
-		run:   func(t *Tier[string]) string { n, err := t.renew(bg(), "7 abc"); return fmt.Sprintf("renew %d %v", n, err) }, want: "renew 1 <nil>"},
+		run: func(t *Tier[string]) string {
+			n, err := t.renew(bg(), "7 abc")
+			return fmt.Sprintf("renew %d %v", n, err)
+		}, want: "renew 1 <nil>"},
 	{script: "renew", name: "another's",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "8 def", leaseTerm) },
-		run:   func(t *Tier[string]) string { n, err := t.renew(bg(), "7 abc"); return fmt.Sprintf("renew %d %v", n, err) }, want: "renew 0 <nil>"},
+		run: func(t *Tier[string]) string {
+			n, err := t.renew(bg(), "7 abc")
+			return fmt.Sprintf("renew %d %v", n, err)
+		}, want: "renew 0 <nil>"},
 	{script: "renew", name: "gone",
-		run: func(t *Tier[string]) string { n, err := t.renew(bg(), "7 abc"); return fmt.Sprintf("renew %d %v", n, err) }, want: "renew -1 <nil>"},
+		run: func(t *Tier[string]) string {
+			n, err := t.renew(bg(), "7 abc")
+			return fmt.Sprintf("renew %d %v", n, err)
+		}, want: "renew -1 <nil>"},
 
 	{script: "commit", name: "over nothing, freeing our lock",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
-		run:   func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc")) },
-		want:  "committed lock=1"},
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
+		},
+		want: "committed lock=1"},
 	{script: "commit", name: "over an older snapshot, which becomes the previous",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"old"`), testTTL) },
-		run:   func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "")) },
-		want:  "committed lock=-1"},
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+		},
+		want: "committed lock=-1"},
+	{script: "commit", name: "over a snapshot fetched ahead, never served: the previous stays",
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"ahead"`), testTTL)
+			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"served"`), testTTL/2) // well before its switch
+		},
+		run:  func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "")) },
+		want: `previous="5 `},
+	{script: "commit", name: "over a served snapshot, past the previous one's switch: it becomes the previous",
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"served"`), testTTL)
+			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"old"`), 200*time.Millisecond) // past its switch
+		},
+		run:  func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "")) },
+		want: `previous="6 `},
 	{script: "commit", name: "fenced by a newer, freeing our lock",
 		setup: func(c *redis.Client, k *keys) {
 			c.Set(bg(), k[keySnapshot], storedSnapshot(9, 0, `"new"`), testTTL)
 			c.Set(bg(), k[keyLock], "7 abc", leaseTerm)
 		},
-		run:  func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc")) },
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
+		},
 		want: "fenced 9 lock=1"},
 	{script: "commit", name: "a hedge leaves the leader's lock",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
-		run:   func(t *Tier[string]) string { return commitString(t.commit(bg(), 8, []byte(storedSnapshot(8, 0, `"x"`)), 4000, "")) },
-		want:  "committed lock=0"},
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 8, []byte(storedSnapshot(8, 0, `"x"`)), 4000, ""))
+		},
+		want: "committed lock=0"},
 	{script: "commit", name: "over a snapshot without expiry, which is dropped",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"old"`), 0) },
-		run:   func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "")) },
-		want:  "committed lock=-1"},
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+		},
+		want: "committed lock=-1"},
 
 	{script: "release", name: "failed: the record, and the lock freed",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm) },
-		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), 'f', 7, "7 3000 status_503", 3000)) },
-		want:  "release <nil>"},
+		run: func(t *Tier[string]) string {
+			return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'f', 7, "7 3000 status_503", 3000))
+		},
+		want: "release <nil>"},
 	{script: "release", name: "a lock of ours taken unknowingly",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm) },
-		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), 'r', 0, "", 0)) },
+		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'r', 0, "", 0)) },
 		want:  "release <nil>"},
 	{script: "release", name: "another's lock is left",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 def", leaseTerm) },
-		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), 'r', 7, "", 0)) },
+		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'r', 7, "", 0)) },
 		want:  "release <nil>"},
 
 	{script: "read", name: "nothing",
@@ -219,6 +262,7 @@ func TestScripts_ConformOnRedisAndMiniredis(t *testing.T) {
 				tier := newTier(t, url, func(o *Options[string]) {
 					o.Namespace = ns
 					o.Now = func() time.Time { return conformanceNow }
+					o.SwitchBefore = time.Second
 				})
 				tier.token = conformanceToken
 				c := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(url, "redis://")})

@@ -273,6 +273,11 @@ var simScenarios = map[string]scenario{
 		faults: []fault{{kind: "pubsub-forge", at: 2 * time.Second, until: 12 * time.Second}}},
 	"a leader paused past its lease": {replicas: 3, ttl: 4 * time.Second, timeout: 2 * time.Second, usual: 300 * time.Millisecond,
 		faults: []fault{{kind: "pause-leader", at: 3 * time.Second, until: 12 * time.Second, d: 1500 * time.Millisecond}}},
+	// The e2e found it on the second edition: the resumed leader's late
+	// commit put a snapshot the fleet never served in :previous, and a
+	// replica that joined then served it ahead of the fleet's switch.
+	"a leader paused past its lease, then a replica joins": {replicas: 3, ttl: 8 * time.Second, timeout: 4 * time.Second, usual: 500 * time.Millisecond,
+		faults: []fault{{kind: "pause-leader", at: 4500 * time.Millisecond, until: 12 * time.Second, d: 1400 * time.Millisecond}, {kind: "join", at: 7 * time.Second, until: 8 * time.Second}}},
 	"eviction under volatile-ttl": {replicas: 3, ttl: 4 * time.Second, timeout: 2 * time.Second, usual: 30 * time.Millisecond,
 		faults: []fault{{kind: "evict", at: 2 * time.Second, until: 12 * time.Second, policy: "volatile-ttl"}}},
 	"a takeover after a release, slow upstream": {replicas: 3, ttl: 6 * time.Second, timeout: 3 * time.Second, usual: 10 * time.Millisecond,

@@ -284,6 +284,9 @@ func (c *simConn) Close() error {
 	c.closed = true
 	if c.held != nil {
 		close(c.held) // deliverHeld closes the connection after the rest
+		// Nobody reads the replies now, and miniredis writes them under
+		// a lock its publishing waits for: read them, or all would wait.
+		go io.Copy(io.Discard, c.Conn)
 		return nil
 	}
 	return c.Conn.Close()
