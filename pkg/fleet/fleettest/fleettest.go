@@ -23,15 +23,18 @@ type Redis struct {
 	URL, Addr string
 
 	path string
+	args []string // the options Start was given, for Restart
 	tb   testing.TB
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	out  bytes.Buffer
 }
 
-// Start starts redis-server. A missing redis-server fails the test under
-// CI=true (scripts/install-e2e-deps.sh installs it) and skips it otherwise.
-func Start(tb testing.TB) *Redis {
+// Start starts redis-server, with args as further options (say
+// "--enable-debug-command", "local", for a test that stalls Redis with
+// DEBUG SLEEP). A missing redis-server fails the test under CI=true
+// (scripts/install-e2e-deps.sh installs it) and skips it otherwise.
+func Start(tb testing.TB, args ...string) *Redis {
 	tb.Helper()
 	path, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -46,7 +49,7 @@ func Start(tb testing.TB) *Redis {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	r := &Redis{URL: "redis://" + addr, Addr: addr, path: path, tb: tb}
+	r := &Redis{URL: "redis://" + addr, Addr: addr, path: path, args: args, tb: tb}
 	r.Restart()
 	tb.Cleanup(r.Kill)
 	return r
@@ -56,7 +59,7 @@ func Start(tb testing.TB) *Redis {
 func (r *Redis) Restart() {
 	r.tb.Helper()
 	_, port, _ := net.SplitHostPort(r.Addr)
-	cmd := exec.Command(r.path, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	cmd := exec.Command(r.path, append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}, r.args...)...)
 	cmd.Stdout, cmd.Stderr = &r.out, &r.out
 	if err := cmd.Start(); err != nil {
 		r.tb.Fatal(err)
