@@ -429,7 +429,7 @@ func judgeFleet(obs []fleetObs, timeline *markerTimeline, ttl time.Duration) {
 // fleetFigures sums up the requests of a scenario.
 type fleetFigures struct {
 	requests, failed, stale, backwards int
-	p99                                time.Duration
+	p99, max                           time.Duration
 	problems                           []string // the first few, for failure messages
 	backwardsExamples                  []string
 }
@@ -461,6 +461,7 @@ func figures(obs []fleetObs, keep func(fleetObs) bool) fleetFigures {
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		f.p99 = lat[(len(lat)*99+99)/100-1]
+		f.max = lat[len(lat)-1]
 	}
 	return f
 }
@@ -472,8 +473,8 @@ func (f *fleetFigures) note(s string) {
 }
 
 func (f fleetFigures) String() string {
-	return fmt.Sprintf("requests=%d failed=%d stale=%d backwards=%d p99=%v",
-		f.requests, f.failed, f.stale, f.backwards, f.p99.Round(100*time.Microsecond))
+	return fmt.Sprintf("requests=%d failed=%d stale=%d backwards=%d p99=%v max=%v",
+		f.requests, f.failed, f.stale, f.backwards, f.p99.Round(100*time.Microsecond), f.max.Round(100*time.Microsecond))
 }
 
 // requireClean fails the test for any failed request or stale page, and,
