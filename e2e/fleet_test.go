@@ -852,9 +852,9 @@ func requireMonotonic(t *testing.T, what string, f fleetFigures) {
 //   - starts a replacement, which must serve its first page from Redis
 //     without asking the upstream (warm start);
 //   - makes one fetch far slower than a lease (3.5s): its leader renews
-//     its lease, so nobody overtakes it and the fleet makes that one fetch
-//     (the first edition took it over at its lease and fenced it). Redis
-//     must never hold a snapshot older than one a client has been served.
+//     its lease, so nobody overtakes it (and fences its commit) and the
+//     fleet makes that one fetch. Redis must never hold a snapshot older
+//     than one a client has been served.
 //
 // No request fails and no page is stale throughout.
 func TestFleet_LeaderFaults(t *testing.T) {
