@@ -148,7 +148,7 @@ func outageEnds() *twinCase {
 		judge: func(t *testing.T, lone, fleet *twinRun) {
 			l := recoverySpread(t, lone.obs, lone.marks["ended"])
 			f := recoverySpread(t, fleet.obs, fleet.marks["ended"])
-			logSummary(t, fmt.Sprintf("twins case=%q recovery_spread lone=%v fleet=%v", "the end of an outage", l.Round(time.Millisecond), f.Round(time.Millisecond)))
+			logSummary(t, fmt.Sprintf("twins case=%q recovery_spread lone=%v fleet=%v", lone.c.name, l.Round(time.Millisecond), f.Round(time.Millisecond)))
 			if f > time.Second {
 				t.Errorf("the fleet's replicas recovered %v apart after the outage, want within 1s", f)
 			}

@@ -53,7 +53,7 @@ func TestFleet_NeverWorseThanLone(t *testing.T) {
 // Both runs mostly wait out the cap, so they run side by side.
 func longRetryAfterOnce() *twinCase {
 	return &twinCase{
-		name: "a long Retry-After, once",
+		name: "one long Retry-After",
 		ttl:  4 * time.Second, timeout: 2 * time.Second,
 		replicas: 3, clients: 2, parallel: true,
 		run: func(r *twinRun) {
@@ -117,7 +117,7 @@ func forgedNewsFarAhead() *twinCase {
 		aheadGen = 4503599627370000
 	)
 	return &twinCase{
-		name: "a forged commit message far ahead",
+		name: "forged news far ahead",
 		ttl:  3 * time.Second, timeout: 1500 * time.Millisecond,
 		replicas: 3, clients: 3,
 		run: func(r *twinRun) {
@@ -260,7 +260,7 @@ func leaderPausedPastItsLease() *twinCase {
 // healthy Redis).
 func evictionUnderVolatileTTL() *twinCase {
 	return &twinCase{
-		name: "Redis evicting the fleet's keys (volatile-ttl)",
+		name: "Redis evicts the fleet keys under volatile-ttl",
 		ttl:  3 * time.Second, timeout: 1500 * time.Millisecond,
 		replicas: 3, clients: 4,
 		run: func(r *twinRun) {
@@ -397,7 +397,7 @@ func redisStallsExecution() *twinCase {
 		every = 700 * time.Millisecond
 	)
 	return &twinCase{
-		name: "Redis stalling execution",
+		name: "Redis stalls execution",
 		ttl:  3 * time.Second, timeout: 1500 * time.Millisecond,
 		replicas: 3, clients: 4,
 		redisArgs: []string{"--enable-debug-command", "local"},
