@@ -23,18 +23,21 @@ type Redis struct {
 	URL, Addr string
 
 	path string
+	args []string // the options Start was given, for Restart
 	tb   testing.TB
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	out  bytes.Buffer
 }
 
-// Start starts redis-server. Under go test -short it skips the test: -short
-// is the inner loop, and a test that starts a server of its own (and may
-// stop the test process, as the starvation test does) is not, whether or not
-// the machine has redis-server. A missing redis-server fails the test under
-// CI=true (scripts/install-e2e-deps.sh installs it) and skips it otherwise.
-func Start(tb testing.TB) *Redis {
+// Start starts redis-server, with args as further options (say
+// "--enable-debug-command", "local", for a test that stalls Redis with
+// DEBUG SLEEP). Under go test -short it skips the test: -short is the inner
+// loop, and a test that starts a server of its own (and may stop the test
+// process, as the starvation test does) is not, whether or not the machine
+// has redis-server. A missing redis-server fails the test under CI=true
+// (scripts/install-e2e-deps.sh installs it) and skips it otherwise.
+func Start(tb testing.TB, args ...string) *Redis {
 	tb.Helper()
 	if testing.Short() {
 		tb.Skip("starts redis-server: skipped under -short")
@@ -52,7 +55,7 @@ func Start(tb testing.TB) *Redis {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	r := &Redis{URL: "redis://" + addr, Addr: addr, path: path, tb: tb}
+	r := &Redis{URL: "redis://" + addr, Addr: addr, path: path, args: args, tb: tb}
 	r.Restart()
 	tb.Cleanup(r.Kill)
 	return r
@@ -62,7 +65,7 @@ func Start(tb testing.TB) *Redis {
 func (r *Redis) Restart() {
 	r.tb.Helper()
 	_, port, _ := net.SplitHostPort(r.Addr)
-	cmd := exec.Command(r.path, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	cmd := exec.Command(r.path, append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}, r.args...)...)
 	cmd.Stdout, cmd.Stderr = &r.out, &r.out
 	if err := cmd.Start(); err != nil {
 		r.tb.Fatal(err)

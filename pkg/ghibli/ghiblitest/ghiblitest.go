@@ -3,10 +3,10 @@
 //
 // A [Handler] is the production [builtin.Handler] (the upstream's routes,
 // ?fields= and ?limit=, over the bundled dataset or any [Data] a test
-// supplies) with fault injection on top. Per-endpoint [Behavior]s
-// make it misbehave the ways a real upstream does: errors, slowness, hangs,
-// broken or oversized bodies and dropped connections. A [Server] puts a
-// Handler on a loopback listener.
+// supplies) with fault injection on top. Per-endpoint [Behavior]s, for
+// every request or only the next one, make it misbehave the ways a real
+// upstream does: errors, slowness, hangs, broken or oversized bodies and
+// dropped connections. A [Server] puts a Handler on a loopback listener.
 package ghiblitest
 
 import (
@@ -82,6 +82,12 @@ type Behavior struct {
 	ResetConn bool
 }
 
+// nextBehavior is a Behavior for one request, and who gets it.
+type nextBehavior struct {
+	b     Behavior
+	taken chan *http.Request
+}
+
 // Handler is a [builtin.Handler] that can misbehave: per-endpoint
 // Behaviors, request counts and a hook. It is safe for concurrent use; the
 // data, behaviours and hook may be changed while requests are in flight.
@@ -89,8 +95,9 @@ type Behavior struct {
 type Handler struct {
 	*builtin.Handler
 
-	mu        sync.RWMutex
+	mu        sync.Mutex
 	behaviors map[string]Behavior
+	next      map[string][]nextBehavior // one-request faults, in order
 	onRequest func(*http.Request)
 
 	films, people, total atomic.Int64
@@ -107,6 +114,7 @@ func NewHandler(d Data) *Handler {
 	return &Handler{
 		Handler:   builtin.NewHandler(d),
 		behaviors: make(map[string]Behavior),
+		next:      make(map[string][]nextBehavior),
 		closed:    ctx,
 		close:     cancel,
 	}
@@ -127,6 +135,26 @@ func (h *Handler) SetBehavior(endpoint string, b Behavior) {
 	default:
 		panic(fmt.Sprintf("ghiblitest: SetBehavior: unknown endpoint %q", endpoint))
 	}
+}
+
+// SetNextBehavior makes only the next request to endpoint ([Films] or
+// [People]) behave as b; the requests after it are answered by the
+// endpoint's Behavior again. Each call queues one more, in order. It is the
+// fault of one request or one connection while the rest of the upstream is
+// fine: a half-open keep-alive that hangs, one bad backend behind a
+// balancer, one 503 with a long Retry-After. The channel returned receives
+// the request b was applied to, as it is applied, so a test can tell who
+// met the fault (its RemoteAddr) and when. It panics on any other
+// endpoint, "" included: one request is to one endpoint.
+func (h *Handler) SetNextBehavior(endpoint string, b Behavior) <-chan *http.Request {
+	if endpoint != Films && endpoint != People {
+		panic(fmt.Sprintf("ghiblitest: SetNextBehavior: unknown endpoint %q", endpoint))
+	}
+	taken := make(chan *http.Request, 1)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.next[endpoint] = append(h.next[endpoint], nextBehavior{b, taken})
+	return taken
 }
 
 // OnRequest sets a hook called synchronously at the start of each request,
@@ -178,9 +206,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.people.Add(1)
 	}
 
-	h.mu.RLock()
+	h.mu.Lock()
 	b, hook := h.behaviors[endpoint], h.onRequest
-	h.mu.RUnlock()
+	if q := h.next[endpoint]; len(q) > 0 {
+		b, h.next[endpoint] = q[0].b, q[1:]
+		q[0].taken <- r // buffered for this one request
+	}
+	h.mu.Unlock()
 	if hook != nil {
 		hook(r)
 	}

@@ -311,6 +311,71 @@ func TestHandler_BehaviorForBothEndpoints(t *testing.T) {
 	}
 }
 
+func TestHandler_NextBehaviorIsOneRequestOnly(t *testing.T) {
+	s := mustServer(t)
+	s.SetBehavior(Films, Behavior{Status: 500})
+	first := s.SetNextBehavior(Films, Behavior{Status: 503, RetryAfter: "3600"})
+	second := s.SetNextBehavior(Films, Behavior{Status: 502})
+	people := s.SetNextBehavior(People, Behavior{Status: 504})
+	for i, want := range []struct {
+		path   string
+		status int
+		retry  string
+	}{
+		{"/films", 503, "3600"},
+		{"/people?limit=1", 504, ""},
+		{"/films/2baf70d1-42bb-4437-b551-e5fed5a87abe", 502, ""}, // a lookup is the endpoint's too
+		{"/films", 500, ""},                                      // the endpoint's own Behavior again
+		{"/people?limit=1", 200, ""},
+	} {
+		got := mustGet(t, s, want.path)
+		if got.status != want.status || got.header.Get("Retry-After") != want.retry {
+			t.Errorf("request %d, GET %s = %d with Retry-After %q, want %d with %q",
+				i+1, want.path, got.status, got.header.Get("Retry-After"), want.status, want.retry)
+		}
+	}
+	for _, tt := range []struct {
+		taken <-chan *http.Request
+		path  string
+	}{{first, "/films"}, {second, "/films/2baf70d1-42bb-4437-b551-e5fed5a87abe"}, {people, "/people"}} {
+		if r := receive(t, tt.taken, "the request "+tt.path+" was taken by"); r.URL.Path != tt.path {
+			t.Errorf("the behaviour queued for %s was applied to %s", tt.path, r.URL.Path)
+		}
+	}
+}
+
+func TestHandler_NextBehaviorHangsOnlyThatRequest(t *testing.T) {
+	s := mustServer(t)
+	taken := s.SetNextBehavior(Films, Behavior{Hang: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hung := getAsync(ctx, s.Client(), s.URL+"/films")
+	receive(t, taken, "the hanging request to arrive")
+	// While it hangs, the next request is served.
+	if got := mustGet(t, s, "/films"); got.status != 200 {
+		t.Errorf("GET /films beside the hanging one = %d, want 200", got.status)
+	}
+	select {
+	case r := <-hung:
+		t.Fatalf("the hanging request ended (%d, %v) before its client went away", r.status, r.err)
+	default:
+	}
+	cancel()
+	if got := receive(t, hung, "the hanging request to end with its client"); !errors.Is(got.err, context.Canceled) {
+		t.Errorf("hanging GET error = %v, want context.Canceled", got.err)
+	}
+}
+
+func TestHandler_SetNextBehaviorOfNoOneEndpointPanics(t *testing.T) {
+	h := NewHandler(Data{})
+	defer func() {
+		if recover() == nil {
+			t.Error("SetNextBehavior(\"\") did not panic")
+		}
+	}()
+	h.SetNextBehavior("", Behavior{Hang: true})
+}
+
 func TestHandler_SetBehaviorUnknownEndpointPanics(t *testing.T) {
 	h := NewHandler(Data{})
 	defer func() {
