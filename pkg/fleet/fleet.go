@@ -334,7 +334,9 @@ func slicesMax(ds []time.Duration) time.Duration {
 func (t *Tier[V]) lateAfter() (late time.Duration, secondToo bool) {
 	slowest, ok := t.fetches.slowest()
 	if !ok {
-		return t.opts.FetchTimeout / 2, false
+		// Nothing to judge by: a fetch that takes half the budget is late,
+		// and its second has the other half.
+		return t.opts.FetchTimeout / 2, true
 	}
 	late = hedgeFactor*slowest + 2*t.opts.CallTimeout
 	return late, late+slowest <= t.opts.FetchTimeout

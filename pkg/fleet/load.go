@@ -56,6 +56,7 @@ type load[V any] struct {
 	hedge <-chan time.Time // fires when the leader is late (waitHedgeAfter)
 
 	shared  bool   // news may answer it (false once it fetches alone)
+	version uint64 // of the fetch it makes (lead, hedge), 0 alone
 	seen    uint64 // the news read so far
 	holder  began  // stepWait: the lock's holder
 	rereads int    // reads that found nothing where begin saw a snapshot
@@ -186,6 +187,7 @@ type fetched[V any] struct {
 	value V
 	data  []byte
 	err   error
+	took  time.Duration // from its own start: a second fetch's, not the late one's
 }
 
 // hedgeFetch fetches beside the leader (or after it, if it failed), with a
@@ -200,6 +202,7 @@ func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
 		l.cause = err
 		return l.alone(ctx)
 	}
+	l.version = version
 	start, wall := time.Now(), t.opts.Now()
 	f, theirs, fleetFirst := l.race(ctx)
 	switch {
@@ -208,12 +211,12 @@ func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
 		return theirs, nil
 	case f.err != nil:
 		atomic.AddUint64(&t.stats.HedgeFailed, 1)
+		t.noteRetryAfter(context.WithoutCancel(ctx), version, f.err)
 		return Entry[V]{}, f.err
 	}
 	atomic.AddUint64(&t.stats.HedgeWon, 1)
-	took := time.Since(start)
-	t.fetches.add(took)
-	return t.share(context.WithoutCancel(ctx), version, "", f, start, wall, took, FromHedge), nil
+	t.fetches.add(f.took)
+	return t.share(context.WithoutCancel(ctx), version, "", f, start, wall, f.took, FromHedge), nil
 }
 
 // race fetches with a budget of its own while it listens for the fleet's
@@ -235,8 +238,9 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 	fetch := func() {
 		running++
 		go func() {
+			start := time.Now()
 			v, data, err := l.fetch(fctx)
-			results <- fetched[V]{v, data, err}
+			results <- fetched[V]{v, data, err, time.Since(start)}
 		}()
 	}
 	// Whatever returns, the fetches still running end with fctx.
@@ -264,12 +268,18 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 			}
 		}
 		select {
-		case f = <-results:
+		case r := <-results:
 			running--
-			if f.err == nil || running == 0 {
+			if r.err != nil && f.err != nil && t.retryAfter(r.err) == 0 {
+				r.err = f.err // the upstream's word (a Retry-After) outlives a timeout
+			}
+			if f = r; f.err == nil || running == 0 {
 				return f, theirs, false
 			}
-			// The first failed; the second may still answer.
+			// The first failed; the second may still answer. If the
+			// upstream asked the fleet to wait, the fleet waits from now,
+			// whatever that second brings (see noteRetryAfter).
+			t.noteRetryAfter(ctx, l.version, f.err)
 		case <-late:
 			if running == 1 {
 				atomic.AddUint64(&t.stats.LateFetches, 1)
@@ -297,7 +307,7 @@ func (l *load[V]) alone(ctx context.Context) (Entry[V], error) {
 	if f.err != nil {
 		return Entry[V]{}, f.err
 	}
-	t.fetches.add(time.Since(start))
+	t.fetches.add(f.took)
 	return Entry[V]{Value: f.value, Deadline: start.Add(t.opts.TTL), Source: FromAlone}, nil
 }
 
@@ -308,6 +318,7 @@ func (l *load[V]) alone(ctx context.Context) (Entry[V], error) {
 func (l *load[V]) lead(ctx context.Context, version uint64, token string) (Entry[V], error) {
 	t := l.t
 	lock := lockValue(version, token)
+	l.version = version
 	start, wall := time.Now(), t.opts.Now()
 	lost := t.keepLease(lock)
 	f, theirs, fleetFirst := l.race(ctx)
@@ -322,9 +333,8 @@ func (l *load[V]) lead(ctx context.Context, version uint64, token string) (Entry
 		t.fail(out, token, version, f.err)
 		return Entry[V]{}, f.err
 	}
-	took := time.Since(start)
-	t.fetches.add(took)
-	e := t.share(out, version, token, f, start, wall, took, FromLead)
+	t.fetches.add(f.took)
+	e := t.share(out, version, token, f, start, wall, f.took, FromLead)
 	if leaseLost {
 		t.leaseLost(ctx, version)
 	}
@@ -425,16 +435,21 @@ func (t *Tier[V]) fail(ctx context.Context, token string, version uint64, err er
 		t.release(ctx, token, 'r', version, "", 0)
 		return
 	}
-	var retry time.Duration
-	if t.opts.RetryAfter != nil {
-		retry = t.capBackoff(t.opts.RetryAfter(err))
-	}
+	retry := t.retryAfter(err)
 	cause := "error"
 	if t.opts.Cause != nil {
 		cause = t.opts.Cause(err)
 	}
 	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), sanitize(cause))
 	t.release(ctx, token, 'f', version, record, max(retry, leaseTerm).Milliseconds())
+}
+
+// retryAfter is the wait the upstream asked for with err, capped.
+func (t *Tier[V]) retryAfter(err error) time.Duration {
+	if t.opts.RetryAfter == nil || err == nil {
+		return 0
+	}
+	return t.capBackoff(t.opts.RetryAfter(err))
 }
 
 // newToken names one begin call's lock.
@@ -464,6 +479,29 @@ func (t *Tier[V]) releaseUnknown(token string) {
 			case <-time.After(renewEvery):
 			}
 		}
+	})
+}
+
+// noteRetryAfter records, if the upstream answered err with a Retry-After,
+// that the fleet waits (capped) from now: a fetch that failed beside
+// another (a hedge, a second fetch) asks no waiter to give up, but no
+// replica may start a fetch the upstream asked it not to. A plain SET of
+// the record, with no message: the fetches still running go on.
+func (t *Tier[V]) noteRetryAfter(ctx context.Context, version uint64, err error) {
+	if version == 0 {
+		return // alone: Redis is not to be counted on
+	}
+	retry := t.retryAfter(err)
+	if retry <= 0 {
+		return
+	}
+	cause := "error"
+	if t.opts.Cause != nil {
+		cause = t.opts.Cause(err)
+	}
+	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), sanitize(cause))
+	t.call(ctx, "note", func(ctx context.Context) error {
+		return t.client.Set(ctx, t.k[keyFailed], record, retry).Err()
 	})
 }
 

@@ -356,6 +356,7 @@ type runResult struct {
 	arrivals []simArrival
 	prepared map[[2]int]int // snapshots prepared, by replica and marker
 	resolved []fault        // the faults as they happened (leaders resolved)
+	fired    []fault        // one-shot faults, when they acted
 	pauses   []fault        // pauses as they happened, by replica
 	trace    []string
 }
@@ -389,12 +390,14 @@ type sim struct {
 	conns    []*simConn
 	resolved []fault
 	pauses   []fault
+	fired    []fault
 	oneShots map[int]bool // faults (by index) that acted once already
 	trace    []string
 }
 
 type simArrival struct {
-	at         time.Duration
+	at         time.Duration // when the request came (the data is read then)
+	done       time.Duration // when it was answered, or given up
 	marker     int
 	status     int
 	retryAfter time.Duration // set once the response is delivered
@@ -459,7 +462,7 @@ func runScenario(t *testing.T, sc scenario, shared bool) runResult {
 	synctest.Test(t, func(t *testing.T) {
 		s := &sim{sc: sc, shared: shared, t: t, start: time.Now(), prepared: map[[2]int]int{}, inflight: map[int]int{}, oneShots: map[int]bool{}}
 		s.run()
-		out = runResult{pages: s.pages, arrivals: s.arrivals, prepared: s.prepared, resolved: s.resolved, pauses: s.pauses, trace: s.trace}
+		out = runResult{pages: s.pages, arrivals: s.arrivals, prepared: s.prepared, resolved: s.resolved, pauses: s.pauses, fired: s.fired, trace: s.trace}
 	})
 	return out
 }

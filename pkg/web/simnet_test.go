@@ -99,15 +99,24 @@ func (tr simTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		s.data.ServeHTTP(rec, req)
 		s.serveMu.Unlock()
 	}
+	answered := func() {
+		if marker != 0 {
+			s.mu.Lock()
+			s.arrivals[marker-1].done = s.now()
+			s.mu.Unlock()
+		}
+	}
 	select {
 	case <-time.After(latency):
 	case <-req.Context().Done():
+		answered()
 		return nil, req.Context().Err()
 	}
-	s.waitResumed(r)              // nor reads a response
+	s.waitResumed(r) // nor reads a response
+	answered()
 	if marker != 0 && retry > 0 { // delivered: the Retry-After now holds
 		s.mu.Lock()
-		s.arrivals[marker-1].retryAfter, s.arrivals[marker-1].at = retry, s.now()
+		s.arrivals[marker-1].retryAfter = retry
 		s.mu.Unlock()
 	}
 	resp := rec.Result()
@@ -137,7 +146,8 @@ func (s *sim) onceAny(kind string, films bool) (fault, bool) {
 
 // fire finds a one-shot fault of kind, started and not yet fired, for
 // replica (-1: any), and fires it: its span, for the judge, is from now
-// for one fetch.
+// for one fetch. The twin meets it on its own first request after the
+// fault's start, as the fleet did on its own.
 func (s *sim) fire(kind string, replica int) (fault, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -147,7 +157,7 @@ func (s *sim) fire(kind string, replica int) (fault, bool) {
 			continue
 		}
 		s.oneShots[i] = true
-		s.resolved[i].at, s.resolved[i].until = now, now+s.sc.timeout
+		s.fired = append(s.fired, fault{kind: f.kind, at: now, until: now + s.sc.timeout, replica: f.replica})
 		s.trace = append(s.trace, fmt.Sprintf("%8v fault %s fires", now.Round(time.Microsecond), f))
 		return f, true
 	}
@@ -230,8 +240,14 @@ func (c *simConn) Write(b []byte) (int, error) {
 	cmd := bytes.ToLower(b) // go-redis writes its commands in lower case
 	c.mu.Lock()
 	c.setup = bytes.Contains(cmd, []byte("hello"))
-	if bytes.Contains(cmd, []byte("subscribe")) {
-		c.subscriber = true
+	if bytes.Contains(cmd, []byte("subscribe")) && !c.pumping {
+		// From now on the pump reads the connection, whether or not
+		// go-redis is reading (it sleeps 100 ms between attempts after
+		// an error): miniredis writes under a lock its publishing waits
+		// for, and a goroutine waiting on a lock stops a bubble's clock.
+		c.subscriber, c.pumping = true, true
+		c.Conn.SetReadDeadline(time.Time{})
+		go c.pump()
 	}
 	sub, held := c.subscriber, c.held
 	c.mu.Unlock()
@@ -358,13 +374,6 @@ func (c *simConn) Read(b []byte) (int, error) {
 // readSubscription reads what pump let through of the subscription,
 // honouring the read deadline (go-redis pings an idle subscription).
 func (c *simConn) readSubscription(b []byte) (int, error) {
-	c.mu.Lock()
-	if !c.pumping {
-		c.pumping = true
-		c.Conn.SetReadDeadline(time.Time{}) // the pump reads for as long as the connection lasts
-		go c.pump()
-	}
-	c.mu.Unlock()
 	for {
 		c.mu.Lock()
 		if len(c.out) > 0 {
