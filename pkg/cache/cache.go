@@ -96,6 +96,10 @@ type Snapshot[V any] struct {
 	// both have one, the higher is newer. 0 is none (a value loaded
 	// alone); such values are ordered by Fetched.
 	Version uint64
+	// Newer, set by a SharedLoader, is a version the other processes
+	// serve from this value's switch (SwitchBefore its deadline): the
+	// cache adopts it next, to switch with them.
+	Newer uint64
 	// Stale is set when Get returns a value past its TTL because loading
 	// failed and Options.StaleIfError allowed it. Never set otherwise.
 	Stale bool
@@ -563,7 +567,14 @@ func (c *Cache[V]) load(ctx context.Context, early bool, adopt uint64) (*Snapsho
 	if adopt != 0 {
 		atomic.AddUint64(&c.stats.Adopted, 1)
 	}
-	return c.store(s, now), nil
+	served := c.store(s, now)
+	if s.Newer > s.Version {
+		// Served until its switch, as the others serve it; the newer
+		// one comes next, through the flight, as news does (once this
+		// flight has ended: Adopt never blocks).
+		c.Adopt(s.Newer)
+	}
+	return served, nil
 }
 
 // fail records a failed load and starts its backoff.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -977,6 +978,41 @@ func TestCache_AdoptKeepsGoingPastAnOlderVersion(t *testing.T) {
 		synctest.Wait()
 		if s.loads != 1 {
 			t.Errorf("an adoption that found nothing loaded %d times, want 1", s.loads)
+		}
+	})
+}
+
+// TestCache_AServedValueNamesItsSuccessor: a shared value that says the
+// others serve a newer one from its switch (Snapshot.Newer) is served now,
+// and the newer one is adopted, through the flight, to serve from the
+// switch: a process that had nothing switches with the others.
+func TestCache_AServedValueNamesItsSuccessor(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		var adoptions []uint64
+		loader := sharedFunc(func(_ context.Context, r cache.Request[int]) (cache.Snapshot[int], error) {
+			if r.Adopt != 0 {
+				adoptions = append(adoptions, r.Adopt)
+				return cache.Snapshot[int]{Value: 2, Fetched: time.Now(), Version: 2}, nil
+			}
+			return cache.Snapshot[int]{Value: 1, Fetched: start, Version: 1, Newer: 2}, nil
+		})
+		c := cache.New[int](loader, cache.Options{TTL: ttl})
+		defer c.Close()
+		if s := mustGet(t, c); s.Version != 1 {
+			t.Fatalf("Get() = version %d, want 1: what the others serve now", s.Version)
+		}
+		synctest.Wait()
+		if !slices.Equal(adoptions, []uint64{2}) {
+			t.Fatalf("adoptions = %v, want the successor, 2, once", adoptions)
+		}
+		time.Sleep(ttl - time.Second - time.Nanosecond) // just before the switch
+		if s := mustGet(t, c); s.Version != 1 {
+			t.Errorf("Get() before the switch = version %d, want 1", s.Version)
+		}
+		time.Sleep(time.Nanosecond)
+		if s := mustGet(t, c); s.Version != 2 {
+			t.Errorf("Get() at the switch = version %d, want 2", s.Version)
 		}
 	})
 }

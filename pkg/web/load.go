@@ -36,7 +36,6 @@ type loader struct {
 	log    *slog.Logger
 	ttl    time.Duration
 	tier   *fleet.Tier[[]ghibli.Movie] // nil without -redis
-	adopt  func(gen uint64)            // the cache's Adopt, with tier
 	// newSnapshot is snapshot.New (the simulator's replicas use NewQuick).
 	newSnapshot func(render.View, time.Time, time.Time) (*snapshot.Snapshot, error)
 
@@ -104,17 +103,12 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	if e.Source == fleet.FromFleet {
 		l.log.DebugContext(ctx, "took the shared snapshot", "version", e.Version, "left", time.Until(e.Deadline).Round(time.Millisecond), "newer", e.Newer)
 	}
-	if e.Newer != 0 {
-		// The fleet serves this one until its switch, and the newer
-		// from then: taken next, through the cache, as news is.
-		defer l.adopt(e.Newer)
-	}
 	// Every time here is on this replica's clock, counted back from the
 	// deadline: a writer's clock may be ahead of ours, and a
 	// Last-Modified or an age from it could lie.
 	fetched := e.Deadline.Add(-l.ttl)
 	s, err := l.prepare(ctx, e.Value, fetched)
-	return cache.Snapshot[*snapshot.Snapshot]{Value: s, Fetched: fetched, Version: e.Version}, err
+	return cache.Snapshot[*snapshot.Snapshot]{Value: s, Fetched: fetched, Version: e.Version, Newer: e.Newer}, err
 }
 
 // fetch asks the upstream and logs the outcome once.

@@ -331,7 +331,6 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
 		l.tier = tier
-		l.adopt = c.Adopt
 		gate.open()
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, cache: c, client: client, metrics: m, ids: newIDSource(), tier: l.tier}
