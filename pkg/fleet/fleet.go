@@ -334,9 +334,10 @@ func slicesMax(ds []time.Duration) time.Duration {
 func (t *Tier[V]) lateAfter() (late time.Duration, secondToo bool) {
 	slowest, ok := t.fetches.slowest()
 	if !ok {
-		// Nothing to judge by: a fetch that takes half the budget is late,
-		// and its second has the other half.
-		return t.opts.FetchTimeout / 2, true
+		// Nothing to judge by: no second fetch (an upstream that always
+		// takes more than half the budget would get one each time), and a
+		// waiter hedges once a fetch of its own would have timed out.
+		return t.opts.FetchTimeout / 2, false
 	}
 	late = hedgeFactor*slowest + 2*t.opts.CallTimeout
 	return late, late+slowest <= t.opts.FetchTimeout

@@ -249,3 +249,25 @@ func TestTier_ALostLeaseIsSaid(t *testing.T) {
 		t.Errorf("log = %s, want a WARN about the lost lock", log.String())
 	}
 }
+
+// TestFetchTimes_TheSlowestOfTheLastFew: lateness is judged by the slowest
+// of the last recentFetches fetch times, so one slow fetch raises the bar
+// for that many fetches and no longer.
+func TestFetchTimes_TheSlowestOfTheLastFew(t *testing.T) {
+	t.Parallel()
+	var f fetchTimes
+	if _, ok := f.slowest(); ok {
+		t.Fatal("slowest() of nothing says it knows")
+	}
+	f.add(time.Second)
+	for i := range recentFetches - 1 {
+		f.add(10 * time.Millisecond)
+		if got, _ := f.slowest(); got != time.Second {
+			t.Fatalf("after %d fast fetches slowest() = %v, want the slow one still", i+1, got)
+		}
+	}
+	f.add(10 * time.Millisecond)
+	if got, _ := f.slowest(); got != 10*time.Millisecond {
+		t.Errorf("after %d fast fetches slowest() = %v, want the slow one forgotten", recentFetches, got)
+	}
+}
