@@ -3,8 +3,8 @@ package cache_test
 import (
 	"context"
 	"errors"
-	"strings"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"

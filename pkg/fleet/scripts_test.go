@@ -123,14 +123,18 @@ var scriptCases = []scriptCase{
 			c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"ahead"`), testTTL)
 			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"served"`), testTTL/2) // well before its switch
 		},
-		run:  func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "")) },
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+		},
 		want: `previous="5 `},
 	{script: "commit", name: "over a served snapshot, past the previous one's switch: it becomes the previous",
 		setup: func(c *redis.Client, k *keys) {
 			c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"served"`), testTTL)
 			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"old"`), 200*time.Millisecond) // past its switch
 		},
-		run:  func(t *Tier[string]) string { return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "")) },
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+		},
 		want: `previous="6 `},
 	{script: "commit", name: "fenced by a newer, freeing our lock",
 		setup: func(c *redis.Client, k *keys) {
@@ -162,12 +166,16 @@ var scriptCases = []scriptCase{
 		want: "release <nil>"},
 	{script: "release", name: "a lock of ours taken unknowingly",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm) },
-		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'r', 0, "", 0)) },
-		want:  "release <nil>"},
+		run: func(t *Tier[string]) string {
+			return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'r', 0, "", 0))
+		},
+		want: "release <nil>"},
 	{script: "release", name: "another's lock is left",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 def", leaseTerm) },
-		run:   func(t *Tier[string]) string { return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'r', 7, "", 0)) },
-		want:  "release <nil>"},
+		run: func(t *Tier[string]) string {
+			return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'r', 7, "", 0))
+		},
+		want: "release <nil>"},
 
 	{script: "read", name: "nothing",
 		run: readString(0), want: "read 0"},
