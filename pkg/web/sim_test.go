@@ -242,9 +242,10 @@ func steadyRequests(readers int, d time.Duration) []request {
 	return out
 }
 
-// simScenarios are the cases found by hand (issue 15's and issue 21's, each
-// a failure of an earlier edition), as named scenarios: they run on every
-// test run, and keep their meaning whatever newScenario comes to draw.
+// simScenarios are the cases found by hand, on real processes or in review
+// (each a failure of the protocol as it once was), as named scenarios: they
+// run on every test run, and keep their meaning whatever newScenario comes
+// to draw.
 var simScenarios = map[string]scenario{
 	"slow upstream, 2.9s at a 4s timeout": {replicas: 2, ttl: 8 * time.Second, timeout: 4 * time.Second, usual: 10 * time.Millisecond,
 		faults: []fault{{kind: "slow-upstream", at: 0, until: 20 * time.Second, d: 2900 * time.Millisecond}}},
@@ -264,7 +265,9 @@ var simScenarios = map[string]scenario{
 		faults: []fault{{kind: "redis-refuses", at: 2 * time.Second, until: 9 * time.Second}}},
 	"deaths and departures": {replicas: 4, ttl: 6 * time.Second, timeout: 3 * time.Second, usual: 40 * time.Millisecond,
 		faults: []fault{{kind: "slow-upstream", at: 0, until: 20 * time.Second, d: 1200 * time.Millisecond}, {kind: "kill-leader", at: 4 * time.Second, until: 10 * time.Second}, {kind: "shutdown-leader", at: 8 * time.Second, until: 14 * time.Second}, {kind: "shutdown", at: 15 * time.Second, until: 16 * time.Second, replica: 3}}},
-	// Issue 21's table, and what it suspected.
+	// Faults nobody had listed: a Retry-After past the cap, one bad
+	// connection, forged news, a frozen leader, eviction, a release
+	// under a slow upstream, a stall of execution, a clock an hour ahead.
 	"one 503 asking for an hour": {replicas: 3, ttl: 4 * time.Second, timeout: 2 * time.Second, usual: 30 * time.Millisecond,
 		faults: []fault{{kind: "503-once-ra", at: 3 * time.Second, until: 4 * time.Second, d: time.Hour}}},
 	"one hung connection": {replicas: 3, ttl: 4 * time.Second, timeout: 2 * time.Second, usual: 30 * time.Millisecond,
@@ -273,9 +276,9 @@ var simScenarios = map[string]scenario{
 		faults: []fault{{kind: "pubsub-forge", at: 2 * time.Second, until: 12 * time.Second}}},
 	"a leader paused past its lease": {replicas: 3, ttl: 4 * time.Second, timeout: 2 * time.Second, usual: 300 * time.Millisecond,
 		faults: []fault{{kind: "pause-leader", at: 3 * time.Second, until: 12 * time.Second, d: 1500 * time.Millisecond}}},
-	// The e2e found it on the second edition: the resumed leader's late
-	// commit put a snapshot the fleet never served in :previous, and a
-	// replica that joined then served it ahead of the fleet's switch.
+	// A resumed leader's late commit must not put a snapshot the fleet
+	// never served in :previous, which a replica that joins would serve
+	// ahead of the fleet's switch.
 	"a leader paused past its lease, then a replica joins": {replicas: 3, ttl: 8 * time.Second, timeout: 4 * time.Second, usual: 500 * time.Millisecond,
 		faults: []fault{{kind: "pause-leader", at: 4500 * time.Millisecond, until: 12 * time.Second, d: 1400 * time.Millisecond}, {kind: "join", at: 7 * time.Second, until: 8 * time.Second}}},
 	"eviction under volatile-ttl": {replicas: 3, ttl: 4 * time.Second, timeout: 2 * time.Second, usual: 30 * time.Millisecond,

@@ -146,9 +146,9 @@ func retryAfter(err error) time.Duration {
 }
 
 // newsGate holds the fleet's news until the loader is ready for it, then
-// passes it to adopt: the newest generation heard before is not lost.
+// passes it to adopt: the newest version heard before is not lost.
 type newsGate struct {
-	adopt   func(gen uint64)
+	adopt   func(version uint64)
 	mu      sync.Mutex
 	ready   bool
 	pending uint64
