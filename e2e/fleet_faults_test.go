@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -22,7 +23,7 @@ import (
 // lone control (twinCase; compare lists what every fleet is held to): a
 // leader slower than its lease, a leader shut down mid-refresh, the end of
 // an upstream outage, an upstream's Retry-After, Redis's clock stepping
-// back, and a snapshot generation set far ahead of the counter. Each also
+// back, and a snapshot version set far ahead of the counter. Each also
 // checks the sharing it is about.
 func TestFleet_KeepsSharingThroughFaults(t *testing.T) {
 	skipIfShort(t)
@@ -32,7 +33,7 @@ func TestFleet_KeepsSharingThroughFaults(t *testing.T) {
 		outageEnds(),
 		retryAfterForTheFleet(),
 		redisClockStepsBack(),
-		generationFarAhead(),
+		versionFarAhead(),
 	} {
 		t.Run(c.name, func(t *testing.T) { c.runTwins(t) })
 	}
@@ -267,15 +268,15 @@ func stepBack(t *testing.T, rc *redis.Client, d time.Duration) {
 	}
 }
 
-// generationFarAhead: the snapshot's generation set far ahead of the
+// versionFarAhead: the snapshot's version set far ahead of the
 // counter (by hand, or the counter evicted under allkeys-lru while a clock
-// ran behind). The next lock's generation is above the snapshot's, so
+// ran behind). The next lock's version is above the snapshot's, so
 // commits are not fenced and nobody waits out a lease: p99 under a second,
 // and no more than the design's fetches (2 per TTL, and one for the window
 // cut at each end) over three TTLs.
-func generationFarAhead() *twinCase {
+func versionFarAhead() *twinCase {
 	return &twinCase{
-		name: "a generation far ahead",
+		name: "a version far ahead",
 		ttl:  4 * time.Second, timeout: 2 * time.Second,
 		replicas: 3, clients: 6,
 		run: func(r *twinRun) {
@@ -285,24 +286,32 @@ func generationFarAhead() *twinCase {
 				rc := r.rig.redis.Client()
 				defer rc.Close()
 				ctx := context.Background()
-				keys, _ := rc.Keys(ctx, "movies:{*}:snapshot:gen").Result()
+				keys, _ := rc.Keys(ctx, "movies:{*}:snapshot").Result()
 				if len(keys) != 1 {
-					r.t.Fatalf("snapshot generation keys: %v", keys)
+					r.t.Fatalf("snapshot keys: %v", keys)
 				}
-				ahead := time.Now().UnixMilli() * 100
-				if err := rc.SetArgs(ctx, keys[0], ahead, redis.SetArgs{KeepTTL: true}).Err(); err != nil {
+				// The version is the first field of the snapshot's header
+				// ("<version> <fetch start ms> <fetch ms>\n", pkg/fleet).
+				v, err := rc.Get(ctx, keys[0]).Result()
+				head, data, ok := strings.Cut(v, "\n")
+				fields := strings.Fields(head)
+				if err != nil || !ok || len(fields) != 3 {
+					r.t.Fatalf("the snapshot %.40q (%v) has no header", v, err)
+				}
+				fields[0] = strconv.FormatInt(time.Now().UnixMilli()*100, 10)
+				if err := rc.SetArgs(ctx, keys[0], strings.Join(fields, " ")+"\n"+data, redis.SetArgs{KeepTTL: true}).Err(); err != nil {
 					r.t.Fatal(err)
 				}
 			}
-			r.fault("generation-ahead", time.Now(), time.Now())
+			r.fault("version-ahead", time.Now(), time.Now())
 			sleepUntil(r.start.Add(3 * r.c.ttl))
 		},
 		judge: func(t *testing.T, _, fleet *twinRun) {
 			if fleet.all.p99 > time.Second {
-				t.Errorf("after the generation jumped ahead the fleet's p99 was %v, want under a second: nobody waiting out a lease", fleet.all.p99)
+				t.Errorf("after the version jumped ahead the fleet's p99 was %v, want under a second: nobody waiting out a lease", fleet.all.p99)
 			}
 			if bound := 2*3 + 2; len(fleet.films) > bound {
-				t.Errorf("%d fetches in three TTLs after the generation jumped, want at most %d: it did not heal", len(fleet.films), bound)
+				t.Errorf("%d fetches in three TTLs after the version jumped, want at most %d: it did not heal", len(fleet.films), bound)
 			}
 		},
 	}

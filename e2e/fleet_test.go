@@ -14,6 +14,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -875,7 +876,7 @@ func TestFleet_LeaderFaults(t *testing.T) {
 	rc := rig.redis.Client()
 	defer rc.Close()
 
-	// Redis's own record: the snapshot's generation and marker, sampled.
+	// Redis's own record: the snapshot's version and marker, sampled.
 	type sample struct {
 		at          time.Time
 		gen, marker int
@@ -1039,7 +1040,7 @@ func TestFleet_LeaderFaults(t *testing.T) {
 	}
 
 	// Redis never held a snapshot older than one already served, nor went
-	// back a generation.
+	// back a version.
 	samplesMu.Lock()
 	defer samplesMu.Unlock()
 	var served []fleetObs
@@ -1059,7 +1060,7 @@ func TestFleet_LeaderFaults(t *testing.T) {
 			problems = append(problems, fmt.Sprintf("Redis held marker #%d (gen %d) after #%d had been served", s.marker, s.gen, newest))
 		}
 		if k > 0 && s.gen < samples[k-1].gen {
-			problems = append(problems, fmt.Sprintf("Redis went from generation %d back to %d", samples[k-1].gen, s.gen))
+			problems = append(problems, fmt.Sprintf("Redis went from version %d back to %d", samples[k-1].gen, s.gen))
 		}
 	}
 	t.Logf("Redis sampled %d times", len(samples))
@@ -1078,28 +1079,30 @@ func snapshotKey(t *testing.T, rc *redis.Client) string {
 	return keys[0]
 }
 
-// snapshotMarker reads the generation and the marker of the snapshot
+// snapshotMarker reads the version and the marker of the snapshot
 // stored in Redis (package fleet's envelope around package web's
 // catalogue).
-func snapshotMarker(v []byte) (gen, marker int, err error) {
-	var env struct {
-		Gen  int             `json:"gen"`
-		Data json.RawMessage `json:"data"`
+func snapshotMarker(v []byte) (version, marker int, err error) {
+	// "<version> <fetch start ms> <fetch ms>\n" and the catalogue (pkg/fleet).
+	head, data, ok := bytes.Cut(v, []byte("\n"))
+	fields := strings.Fields(string(head))
+	if !ok || len(fields) != 3 {
+		return 0, 0, fmt.Errorf("a snapshot without its header: %.40q", v)
 	}
-	if err := json.Unmarshal(v, &env); err != nil {
+	if version, err = strconv.Atoi(fields[0]); err != nil {
 		return 0, 0, err
 	}
 	var movies []struct{ ID, Title string }
-	if err := json.Unmarshal(env.Data, &movies); err != nil {
+	if err := json.Unmarshal(data, &movies); err != nil {
 		return 0, 0, err
 	}
 	for _, m := range movies {
 		if n, ok := strings.CutPrefix(m.Title, "Castle in the Sky #"); ok && m.ID == castleID {
 			marker, err := strconv.Atoi(n)
-			return env.Gen, marker, err
+			return version, marker, err
 		}
 	}
-	return 0, 0, fmt.Errorf("no marker in the snapshot of generation %d", env.Gen)
+	return 0, 0, fmt.Errorf("no marker in the snapshot of version %d", version)
 }
 
 // scrapeCounterSum reads the sum of the counter name over all its labels

@@ -4,13 +4,14 @@
 # end-to-end tests run against (Prometheus, HAProxy, Chromium, Redis,
 # nginx, Varnish, and axe-core from npm) are installed first when missing. All traffic stays on
 # loopback. Knobs: SOAK (default 1m), FUZZTIME per fuzz target (default 10s),
-# SIMSEEDS for the fleet simulator (default 2000).
+# SIMSEEDS for the fleet simulator (default 3000, each run as a fleet and
+# as lone replicas).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 soak=${SOAK:-1m}
 fuzztime=${FUZZTIME:-10s}
-simseeds=${SIMSEEDS:-2000}
+simseeds=${SIMSEEDS:-3000}
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
@@ -37,7 +38,7 @@ go test -race -count=1 $(go list ./... | grep -v '/e2e$')
 # The fleet simulator: replicas' real cache, loader and fleet code in
 # virtual time on miniredis, under seeded faults. Without -race, so it can
 # explore its seeds (the race step above ran a few under the detector).
-echo "== fleet simulator, $simseeds seeds"
+echo "== fleet simulator, $simseeds seeds, each as a fleet and as lone replicas"
 go test -count=1 -run '^TestSimulate' ./pkg/web -sim.seeds="$simseeds" -timeout 10m
 
 echo "== soak against the real binary for $soak (no -race: it measures the server)"
