@@ -23,14 +23,20 @@ type fetched[V any] struct {
 // fetch budget of its own, and takes whichever answer comes first: the
 // fleet's commit or its own, which it commits under a version of its own,
 // above the leader's, so the leader's later commit is fenced and the
-// fleet keeps the newer fetch.
+// fleet keeps the newer fetch. If a fetch meanwhile asked the fleet to
+// wait (a Retry-After), it waits instead.
 func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
 	t := l.t
-	version, err := t.ticket(ctx, l.have)
+	b, err := t.ticket(ctx, l.have)
 	if err != nil {
 		l.cause = err
 		return l.alone(ctx)
 	}
+	if b.kind == beganBackoff {
+		atomic.AddUint64(&t.stats.Backoffs, 1)
+		return Entry[V]{}, &FailedError{Cause: b.cause, RetryAfter: b.left}
+	}
+	version := b.version
 	l.version = version
 	start, wall := time.Now(), t.opts.Now()
 	f, theirs, fleetFirst := l.race(ctx)

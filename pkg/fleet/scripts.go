@@ -119,6 +119,20 @@ local function next_version()
 end
 `
 
+// luaBackoff reads the failure record: its cause and the ms left of the
+// wait it asks of the fleet, or nil if there is none (a failure without a
+// Retry-After asks for no wait; as for a snapshot, 0-1 ms left is none).
+const luaBackoff = `
+local function backoff()
+  if redis.call('TYPE', failed).ok ~= 'string' then return nil end
+  local ms, cause = string.match(redis.call('GET', failed), '^%d+ (%d+) (%S*)$')
+  if not ms or tonumber(ms) <= 0 then return nil end
+  local left = redis.call('PTTL', failed)
+  if left <= 1 then return nil end
+  return cause, left
+end
+`
+
 // ---- begin -----------------------------------------------------------------
 
 // begin takes every key, so its check of every command the protocol runs
@@ -131,18 +145,13 @@ var beginScript = newScript("begin",
 		needs("type", keyCounter), needs("get", keyCounter), needs("set", keyCounter),
 		needs("type", keyFailed), needs("get", keyFailed), needs("pttl", keyFailed),
 		needs("type", keyLock), needs("get", keyLock), needs("pttl", keyLock), needs("set", keyLock),
-	}, checkAll, luaHead+luaNextVersion+`
+	}, checkAll, luaHead+luaBackoff+luaNextVersion+`
 local v, start = head(snapshot)
 if v and v > tonumber(have) and redis.call('PTTL', snapshot) > 1 and start + tonumber(ttl_ms) > tonumber(now_ms) then
   return {{{NEWER}}, v}
 end
-if redis.call('TYPE', failed).ok == 'string' then
-  local ms, cause = string.match(redis.call('GET', failed), '^%d+ (%d+) (%S*)$')
-  if ms and tonumber(ms) > 0 then
-    local left = redis.call('PTTL', failed)
-    if left > 1 then return {{{BACKOFF}}, cause, left} end
-  end
-end
+local cause, left = backoff()
+if cause then return {{{BACKOFF}}, cause, left} end
 local t = redis.call('TYPE', lock).ok
 if t ~= 'none' then
   local l = ''
@@ -176,6 +185,11 @@ func (t *Tier[V]) begin(ctx context.Context, have uint64, token string) (began, 
 	if err != nil {
 		return began{}, err
 	}
+	return t.parseBegan(res)
+}
+
+// parseBegan reads begin's (and ticket's) reply.
+func (t *Tier[V]) parseBegan(res []any) (began, error) {
 	kind, _ := at[int64](res, 0)
 	switch kind {
 	case beganNewer, beganLock:
@@ -205,26 +219,32 @@ func (t *Tier[V]) begin(ctx context.Context, have uint64, token string) (began, 
 // ---- ticket ----------------------------------------------------------------
 
 var ticketScript = newScript("ticket",
-	[]key{keySnapshot, keyCounter},
+	[]key{keySnapshot, keyCounter, keyFailed},
 	[]string{"have", "now_ms"},
-	[]need{needs("type", keySnapshot), needs("getrange", keySnapshot), needs("type", keyCounter), needs("get", keyCounter), needs("set", keyCounter)},
-	checkOwn, luaHead+luaNextVersion+`
-return next_version() or 0
+	[]need{needs("type", keySnapshot), needs("getrange", keySnapshot), needs("type", keyCounter), needs("get", keyCounter), needs("set", keyCounter),
+		needs("type", keyFailed), needs("get", keyFailed), needs("pttl", keyFailed)},
+	checkOwn, luaHead+luaBackoff+luaNextVersion+`
+local cause, left = backoff()
+if cause then return {{{BACKOFF}}, cause, left} end
+local v = next_version()
+if not v then return {{{SPENT}}} end
+return {{{LOCK}}, v}
 `)
 
 // ticket issues a version for a fetch this replica makes beside the
 // leader's (a hedge): above every version issued, so that whichever of the
-// two commits last, the newer fetch is what the fleet keeps.
-func (t *Tier[V]) ticket(ctx context.Context, have uint64) (uint64, error) {
-	var v int64
+// two commits last, the newer fetch is what the fleet keeps; or, if a
+// failed fetch asked the fleet to wait meanwhile, beganBackoff.
+func (t *Tier[V]) ticket(ctx context.Context, have uint64) (began, error) {
+	var res []any
 	err := t.call(ctx, "ticket", func(ctx context.Context) (err error) {
-		v, err = ticketScript.lua.Run(ctx, t.client, t.k.of(ticketScript), have, t.opts.Now().UnixMilli()).Int64()
+		res, err = ticketScript.lua.Run(ctx, t.client, t.k.of(ticketScript), have, t.opts.Now().UnixMilli()).Slice()
 		return err
 	})
-	if err == nil && (v <= 0 || v >= maxVersion) {
-		err = fmt.Errorf("%w: versions are spent (a counter at 2^52)", ErrInvalid)
+	if err != nil {
+		return began{}, err
 	}
-	return uint64(max(v, 0)), err
+	return t.parseBegan(res)
 }
 
 // ---- renew -----------------------------------------------------------------

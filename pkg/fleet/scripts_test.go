@@ -83,10 +83,10 @@ var scriptCases = []scriptCase{
 			c.Set(bg(), k[keyCounter], "1000000005", 0)
 			c.Set(bg(), k[keyLock], "1000000005 abc", leaseTerm)
 		},
-		run: func(t *Tier[string]) string {
-			v, err := t.ticket(bg(), 0)
-			return fmt.Sprintf("ticket %d %v", v, err)
-		}, want: "ticket 1000000006 <nil>"},
+		run: func(t *Tier[string]) string { return beginString(t.ticket(bg(), 0)) }, want: "lock 1000000006"},
+	{script: "ticket", name: "none while the fleet backs off",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 3000 status_503", 3*time.Second) },
+		run:   func(t *Tier[string]) string { return beginString(t.ticket(bg(), 0)) }, want: "backoff status_503"},
 
 	{script: "renew", name: "ours",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", 100*time.Millisecond) },

@@ -71,7 +71,7 @@ func judge(sc scenario, fleet, twin runResult) []string {
 	// gave (capped as a lone replica caps it), which the fleet honours for
 	// every replica; no wait past the fleet's bound; no more upstream
 	// requests than the twin made.
-	raWindows := retryAfterWindows(fleet.arrivals)
+	raWindows := retryAfterWindows(fleet.arrivals, sc.callTimeout)
 	// While the whole upstream fails, and as long after as a fetch and a
 	// backoff last, a fleet may fail where a lone replica is still
 	// served: the lone replicas fetched at staggered times, and one of
@@ -201,9 +201,10 @@ func judge(sc scenario, fleet, twin runResult) []string {
 		if a.retryAfter <= 0 {
 			continue
 		}
-		until := a.done + min(a.retryAfter, cache.MaxRetryAfter) - time.Millisecond
+		// From when it is recorded: a Redis call after its delivery.
+		from, until := a.done+sc.callTimeout, a.done+min(a.retryAfter, cache.MaxRetryAfter)-time.Millisecond
 		for _, b := range fleet.arrivals {
-			if b.at < until && b.at > a.done && !anyHolds(redisTrouble, a.done) && !anyHolds(redisTrouble, b.at) {
+			if b.at < until && b.at > from && !anyHolds(redisTrouble, a.done) && !anyHolds(redisTrouble, b.at) {
 				add("economical: /films #%d from r%d at %v, within the Retry-After %v of #%d, delivered at %v", b.marker, b.by, b.at, a.retryAfter, a.marker, a.done)
 			}
 		}
@@ -260,14 +261,15 @@ func healthyStretches(excused []span, d time.Duration) []span {
 
 // raSpans are the stretches in which the upstream had asked the fleet to
 // wait: from a Retry-After's delivery, for as long as it asked, capped as
-// a lone replica caps it.
+// a lone replica caps it, and a Redis call more (the record is written a
+// round trip after the answer came).
 type raSpans []span
 
-func retryAfterWindows(arrivals []simArrival) raSpans {
+func retryAfterWindows(arrivals []simArrival, call time.Duration) raSpans {
 	var out raSpans
 	for _, a := range arrivals {
 		if a.retryAfter > 0 {
-			out = append(out, span{a.done, a.done + min(a.retryAfter, cache.MaxRetryAfter)})
+			out = append(out, span{a.done, a.done + min(a.retryAfter, cache.MaxRetryAfter) + call})
 		}
 	}
 	return out

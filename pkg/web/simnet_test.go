@@ -114,6 +114,11 @@ func (tr simTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	s.waitResumed(r) // nor reads a response
 	answered()
+	if err := req.Context().Err(); err != nil {
+		// The deadline passed while the process was frozen: on waking,
+		// its timer is seen first (a real one may see either first).
+		return nil, err
+	}
 	if marker != 0 && retry > 0 { // delivered: the Retry-After now holds
 		s.mu.Lock()
 		s.arrivals[marker-1].retryAfter = retry
