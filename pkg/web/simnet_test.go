@@ -169,12 +169,18 @@ func (s *sim) fire(kind string, replica int) (fault, bool) {
 	return fault{}, false
 }
 
-// dial connects replica r to the miniredis, unless Redis is down or r dead.
+// dial connects replica r to the miniredis, unless Redis is down, r dead,
+// or r frozen: go-redis dials a subscription holding its PubSub's mutex,
+// which a frozen dial would hold across the pause, and a goroutine waiting
+// on a mutex stops a bubble's clock. A frozen process dials nothing; this
+// one fails at once, and go-redis dials again after it resumes.
 func (s *sim) dial(r *simReplica) (net.Conn, error) {
-	s.waitResumed(r)
 	s.mu.Lock()
-	dead := r.dead
+	dead, frozen := r.dead, r.paused > s.now()
 	s.mu.Unlock()
+	if frozen {
+		return nil, errors.New("sim: the process is frozen")
+	}
 	if _, down := s.active("redis-down", -1); down || dead {
 		return nil, errors.New("sim: connection refused")
 	}
@@ -241,7 +247,6 @@ type heldWrite struct {
 // delayed; the subscription's messages are delayed by its pump, which
 // go-redis reads without its mutex.
 func (c *simConn) Write(b []byte) (int, error) {
-	c.s.waitResumed(c.r)
 	cmd := bytes.ToLower(b) // go-redis writes its commands in lower case
 	c.mu.Lock()
 	c.setup = bytes.Contains(cmd, []byte("hello"))
@@ -254,10 +259,15 @@ func (c *simConn) Write(b []byte) (int, error) {
 		c.Conn.SetReadDeadline(time.Time{})
 		go c.pump()
 	}
-	sub, held := c.subscriber, c.held
+	sub, setup, held := c.subscriber, c.setup, c.held
 	c.mu.Unlock()
+	if !sub && !setup {
+		// A frozen process writes when it resumes (not the set-up and
+		// subscription writes go-redis makes under its PubSub's mutex).
+		c.s.waitResumed(c.r)
+	}
 	f, stalled := c.s.active("redis-stall-exec", -1)
-	if sub || c.setup || (!stalled && held == nil) {
+	if sub || setup || (!stalled && held == nil) {
 		return c.Conn.Write(b)
 	}
 	// Redis is busy: the command sits in its socket and runs when it gets
