@@ -1,6 +1,6 @@
 //go:build linux
 
-// The fleet on the Redis deployments operators run (issue 16): a Redis
+// The fleet on the Redis deployments operators run: a Redis
 // Cluster with a slot moved under load, a Sentinel set through a
 // failover and the master's death, TLS with the test's own CA and client
 // certificates, the minimal ACL user (and one permission short), a full
@@ -48,12 +48,12 @@ const (
 	deployLease = time.Second
 )
 
-// deployACLRule is the minimal ACL rule issue 16's brief proposed: the
+// deployACLRule is a minimal ACL rule, written here apart from the docs: the
 // fleet's keys and channel only, and the commands the shared tier sends.
 // The case runs the rule the docs give (docsACLRule) and this one only
 // while they give none.
 const deployACLRule = "on >secret resetkeys resetchannels ~movies:* &movies:* -@all " +
-	"+evalsha +eval +get +set +del +exists +type +strlen +pttl +pexpire +publish +subscribe +ping"
+	"+evalsha +eval +get +set +del +rename +type +strlen +getrange +pttl +pexpire +publish +subscribe +ping"
 
 // docsACLRule finds the rule an operator copies from README.md or
 // docs/fleet.md, an `ACL SETUSER movies ...` line, with its password
@@ -201,8 +201,7 @@ func maxLatency(obs []fleetObs) time.Duration {
 }
 
 // slowRequests counts the requests that took a lease or longer: what a
-// request that waited out another replica's lease costs. The first
-// edition's cold requests as a user missing TIME took 5 and 7.5s; two such
+// request that waited out another replica's lease costs: two such
 // requests in thousands move no percentile, so they are counted.
 func slowRequests(obs []fleetObs) int {
 	n := 0
@@ -553,8 +552,8 @@ func logTierLines(t *testing.T, logs []tierLog) {
 
 // caseCluster: three masters joined by redis-cli --cluster create; the
 // replicas as a cluster client seeded with all three. First the fleet must
-// share at all (the first edition's scripts failed with CROSSSLOT or MOVED
-// and every replica ran alone for good, logged at DEBUG); then the slot
+// share at all (scripts whose keys span slots fail with CROSSSLOT or MOVED,
+// and every replica would run alone for good); then the slot
 // holding the fleet's keys moves to another master while the load runs
 // (ASK and TRYAGAIN while its keys are on both nodes, MOVED after): no
 // request fails, and sharing is back within a few seconds, on the new
@@ -662,9 +661,9 @@ func clusterAsACLUser(t *testing.T, cluster *redisCluster, lone loneFigures) {
 
 // caseSentinel: a master, one replica and three sentinels (quorum 2,
 // down-after 1s, failover-timeout 3s); the replicas name the sentinels
-// and the master's name. Under load: SENTINEL FAILOVER (the first edition
-// kept its connections to the demoted master, READONLY on every write,
-// and every replica fetched alone until someone failed back); then, once
+// and the master's name. Under load: SENTINEL FAILOVER (a client that kept
+// its connections to the demoted master would get READONLY on every write,
+// and every replica would fetch alone until someone failed back); then, once
 // the old master is a replica again, SIGKILL of the new master. Each time
 // the fleet must follow the sentinels to the new master within seconds.
 func caseSentinel(t *testing.T, lone loneFigures) {
@@ -764,8 +763,7 @@ func fleetSubscribers(t *testing.T, n *redisNode) int {
 
 // caseTLS: a redis-server speaking only TLS, with the test's own CA and
 // mutual TLS (--tls-auth-clients yes); the replicas given the CA, a client
-// certificate and its key. The first edition could reach it only through
-// Go's SSL_CERT_FILE, never with a client certificate. Then the same
+// certificate and its key. Then the same
 // replicas without -redis-ca: the x509 failure must be one WARN naming it,
 // and every request is still served, as by lone replicas.
 func caseTLS(t *testing.T, lone loneFigures) {
@@ -806,10 +804,8 @@ func requireNotSlower(t *testing.T, s *deployStep, lone loneFigures) {
 	}
 }
 
-// caseACL: the fleet as the minimal ACL user (deployACLRule). The first
-// edition needed TIME, in no category an operator would grant, and
-// failed inside its scripts, logged at DEBUG, with cold requests waiting
-// out leases for seconds. ACL LOG says whether any command the fleet sent
+// caseACL: the fleet as the minimal ACL user (deployACLRule). ACL LOG
+// says whether any command the fleet sent
 // was refused. Then the same rule without +del: a configuration error,
 // which must be one WARN naming NOPERM and the command, and no slower than
 // lone replicas.
@@ -898,9 +894,7 @@ func aclDenials(t *testing.T, c *redis.Client) []string {
 }
 
 // caseFullRedis: Redis at its maxmemory under noeviction (Redis's
-// default), filled by other keys. The first edition's writes all answered
-// OOM and the fleet ran alone, logged at DEBUG, its dashboards saying the
-// shared tier was up. Now: every request served, one WARN naming OOM,
+// default), filled by other keys: every request served, one WARN naming OOM,
 // fallbacks counted with cause="oom", and a real Prometheus with the
 // shipped rules shows MoviesFleetSharingNothing pending or firing; once
 // the filler keys are deleted, sharing resumes within seconds, with an
@@ -1039,7 +1033,7 @@ func (p *promAPI) alertState(name string) (string, error) {
 }
 
 // caseUnixSocket: a redis-server on a unix socket only, named by a
-// unix:// URL, which go-redis supports and the first edition refused.
+// unix:// URL, which go-redis supports.
 func caseUnixSocket(t *testing.T, lone loneFigures) {
 	_, sock := startUnixRedis(t)
 	rig := newFleetRigOn(t, "unix://"+sock, "-ttl", deployTTL.String())

@@ -2,7 +2,7 @@
 
 // The downstream tests put real caches between the server and its readers,
 // configured as an operator would leave them, and hold the server to its
-// promise (issue 10): no reader gets data older than the TTL, counted from
+// promise: no reader gets data older than the TTL, counted from
 // the start of the upstream fetch that brought it, while the shared caches
 // still absorb most of the traffic and revalidate with 304s when the data
 // has not changed. They are Linux-only because they reuse the soak test's
