@@ -17,6 +17,7 @@ type fetched[V any] struct {
 	data  []byte
 	err   error
 	took  time.Duration // from its own start: a second fetch's, not the late one's
+	at    time.Time     // when it returned: a Retry-After counts from then
 }
 
 // hedgeFetch fetches beside the leader (or after it, if it failed), with a
@@ -46,8 +47,8 @@ func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
 		return theirs, nil
 	case f.err != nil:
 		atomic.AddUint64(&t.stats.HedgeFailed, 1)
-		t.noteRetryAfter(context.WithoutCancel(ctx), version, f.err)
-		return Entry[V]{}, f.err
+		t.noteRetryAfter(context.WithoutCancel(ctx), version, f)
+		return Entry[V]{}, t.failedAs(f)
 	}
 	atomic.AddUint64(&t.stats.HedgeWon, 1)
 	t.fetches.add(f.took)
@@ -75,7 +76,7 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 		go func() {
 			start := time.Now()
 			v, data, err := l.fetch(fctx)
-			results <- fetched[V]{v, data, err, time.Since(start)}
+			results <- fetched[V]{v, data, err, time.Since(start), time.Now()}
 		}()
 	}
 	// Whatever returns, the fetches still running end with fctx.
@@ -106,7 +107,7 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 		case r := <-results:
 			running--
 			if r.err != nil && f.err != nil && t.retryAfter(r.err) == 0 {
-				r.err = f.err // the upstream's word (a Retry-After) outlives a timeout
+				r = f // the upstream's word (a Retry-After) outlives a timeout
 			}
 			if f = r; f.err == nil || running == 0 {
 				return f, theirs, false
@@ -114,7 +115,7 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 			// The first failed; the second may still answer. If the
 			// upstream asked the fleet to wait, the fleet waits from now,
 			// whatever that second brings (see noteRetryAfter).
-			t.noteRetryAfter(ctx, l.version, f.err)
+			t.noteRetryAfter(ctx, l.version, f)
 		case <-late:
 			if running == 1 {
 				atomic.AddUint64(&t.stats.LateFetches, 1)
@@ -165,8 +166,8 @@ func (l *load[V]) lead(ctx context.Context, version uint64, token string) (Entry
 		return theirs, nil
 	case f.err != nil:
 		atomic.AddUint64(&t.stats.LeaderFailures, 1)
-		t.fail(out, token, version, f.err)
-		return Entry[V]{}, f.err
+		t.fail(out, token, version, f)
+		return Entry[V]{}, t.failedAs(f)
 	}
 	t.fetches.add(f.took)
 	e := t.share(out, version, token, f, start, wall, f.took, FromLead)

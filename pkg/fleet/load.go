@@ -185,18 +185,20 @@ func (l *load[V]) wait(ctx context.Context) step {
 // waiters why: cancelled (the replica is shutting down: take over now) or
 // failed, with the cause and the Retry-After (capped) recorded in Redis,
 // where no message can forge it.
-func (t *Tier[V]) fail(ctx context.Context, token string, version uint64, err error) {
-	if errors.Is(err, context.Canceled) {
+func (t *Tier[V]) fail(ctx context.Context, token string, version uint64, f fetched[V]) {
+	if errors.Is(f.err, context.Canceled) {
 		t.release(ctx, token, 'r', version, "", 0)
 		return
 	}
-	retry := t.retryAfter(err)
-	cause := "error"
-	if t.opts.Cause != nil {
-		cause = t.opts.Cause(err)
+	// The record says why for as long as the fleet waits, exactly; one
+	// that asks for no wait lives a lease, for the waiters to check the
+	// message against.
+	retry, px := t.retryLeft(f), leaseTerm
+	if retry > 0 {
+		px = retry
 	}
-	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), sanitize(cause))
-	t.release(ctx, token, 'f', version, record, max(retry, leaseTerm).Milliseconds())
+	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), t.cause(f.err))
+	t.release(ctx, token, 'f', version, record, px.Milliseconds())
 }
 
 // retryAfter is the wait the upstream asked for with err, capped.
@@ -205,6 +207,36 @@ func (t *Tier[V]) retryAfter(err error) time.Duration {
 		return 0
 	}
 	return t.capBackoff(t.opts.RetryAfter(err))
+}
+
+// retryLeft is what is left of the wait the upstream asked for with a
+// failed fetch: counted from when its answer came, not from now (a second
+// fetch may have run on after it); all of it if the answer came within a
+// call's time.
+func (t *Tier[V]) retryLeft(f fetched[V]) time.Duration {
+	ra := t.retryAfter(f.err)
+	if since := time.Since(f.at); ra > 0 && since > t.opts.CallTimeout {
+		return max(ra-since, time.Millisecond)
+	}
+	return ra
+}
+
+// failedAs is the error a failed fetch ends its load with: its own, or,
+// if the upstream asked for a wait whose start has passed, the wait that
+// is left of it, so this replica's cache waits no longer than the fleet.
+func (t *Tier[V]) failedAs(f fetched[V]) error {
+	if ra := t.retryAfter(f.err); ra > 0 && time.Since(f.at) > t.opts.CallTimeout {
+		return &FailedError{Cause: t.cause(f.err), RetryAfter: t.retryLeft(f)}
+	}
+	return f.err
+}
+
+// cause labels a fetch error for the fleet: a short word.
+func (t *Tier[V]) cause(err error) string {
+	if t.opts.Cause == nil {
+		return "error"
+	}
+	return sanitize(t.opts.Cause(err))
 }
 
 // newToken names one begin call's lock.
@@ -242,19 +274,15 @@ func (t *Tier[V]) releaseUnknown(token string) {
 // another (a hedge, a second fetch) asks no waiter to give up, but no
 // replica may start a fetch the upstream asked it not to. A plain SET of
 // the record, with no message: the fetches still running go on.
-func (t *Tier[V]) noteRetryAfter(ctx context.Context, version uint64, err error) {
+func (t *Tier[V]) noteRetryAfter(ctx context.Context, version uint64, f fetched[V]) {
 	if version == 0 {
 		return // alone: Redis is not to be counted on
 	}
-	retry := t.retryAfter(err)
+	retry := t.retryLeft(f)
 	if retry <= 0 {
 		return
 	}
-	cause := "error"
-	if t.opts.Cause != nil {
-		cause = t.opts.Cause(err)
-	}
-	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), sanitize(cause))
+	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), t.cause(f.err))
 	t.call(ctx, "note", func(ctx context.Context) error {
 		return t.client.Set(ctx, t.k[keyFailed], record, retry).Err()
 	})
