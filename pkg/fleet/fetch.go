@@ -52,7 +52,7 @@ func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
 	}
 	atomic.AddUint64(&t.stats.HedgeWon, 1)
 	t.fetches.add(f.took)
-	return t.share(context.WithoutCancel(ctx), version, "", f, start, wall, f.took, FromHedge), nil
+	return t.share(context.WithoutCancel(ctx), version, l.have, "", f, start, wall, f.took, FromHedge), nil
 }
 
 // race fetches with a budget of its own while it listens for the fleet's
@@ -60,18 +60,19 @@ func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
 // newer than the load's that another replica committed meanwhile (a hedge
 // that overtook this leader, or the leader that a hedge waited for), in
 // which case its own fetch is cancelled. A fetch that is late (lateAfter)
-// gets a second one beside it, within the same budget if it fits, as "The Tail at
+// gets a second one beside it, with a budget of its own, as "The Tail at
 // Scale" hedges a request: a fetch that met a hung connection or a bad
 // backend does not fail this replica's requests when a second one would
 // not. A fetch that fails is not retried: the client has retried what is
-// worth retrying.
+// worth retrying. ctx (the load's) bounds them all.
 func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], fleetFirst bool) {
 	t := l.t
-	fctx, cancel := context.WithTimeout(ctx, t.opts.FetchTimeout)
-	defer cancel()
 	results := make(chan fetched[V], 2)
 	running := 0
+	var cancels []context.CancelFunc
 	fetch := func() {
+		fctx, cancel := context.WithTimeout(ctx, t.opts.FetchTimeout)
+		cancels = append(cancels, cancel)
 		running++
 		go func() {
 			start := time.Now()
@@ -79,16 +80,18 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 			results <- fetched[V]{v, data, err, time.Since(start), time.Now()}
 		}()
 	}
-	// Whatever returns, the fetches still running end with fctx.
+	// Whatever returns, the fetches still running end now.
 	defer func() {
-		cancel()
+		for _, cancel := range cancels {
+			cancel()
+		}
 		for ; running > 0; running-- {
 			<-results
 		}
 	}()
 	fetch()
 	var late <-chan time.Time
-	if after, secondToo := t.lateAfter(); secondToo {
+	if after, known := t.lateAfter(); known && after < t.opts.FetchTimeout {
 		timer := time.NewTimer(after)
 		defer timer.Stop()
 		late = timer.C
@@ -170,7 +173,7 @@ func (l *load[V]) lead(ctx context.Context, version uint64, token string) (Entry
 		return Entry[V]{}, t.failedAs(f)
 	}
 	t.fetches.add(f.took)
-	e := t.share(out, version, token, f, start, wall, f.took, FromLead)
+	e := t.share(out, version, l.have, token, f, start, wall, f.took, FromLead)
 	if leaseLost {
 		t.leaseLost(ctx, version)
 	}
@@ -222,7 +225,7 @@ func (t *Tier[V]) leaseLost(ctx context.Context, version uint64) {
 // share commits what this replica fetched (under version; token is its
 // lock's, "" for a hedge, which holds none) and returns what to serve:
 // its own fetch, or the newer snapshot that fenced it.
-func (t *Tier[V]) share(ctx context.Context, version uint64, token string, f fetched[V], start, wall time.Time, took time.Duration, src Source) Entry[V] {
+func (t *Tier[V]) share(ctx context.Context, version, have uint64, token string, f fetched[V], start, wall time.Time, took time.Duration, src Source) Entry[V] {
 	lock := ""
 	if token != "" {
 		lock = lockValue(version, token)
@@ -236,7 +239,7 @@ func (t *Tier[V]) share(ctx context.Context, version uint64, token string, f fet
 		return e
 	}
 	value := append(header(version, wall, took), f.data...)
-	c, err := t.commit(ctx, version, value, px, lock)
+	c, err := t.commit(ctx, version, have, value, px, lock)
 	switch {
 	case err != nil:
 		atomic.AddUint64(&t.stats.CommitErrors, 1)
@@ -248,12 +251,13 @@ func (t *Tier[V]) share(ctx context.Context, version uint64, token string, f fet
 			t.release(ctx, token, 'r', version, "", 0)
 		}
 	case !c.ok:
-		// A newer fetch committed first (a hedge, or a takeover of our
-		// lapsed lease): the fleet serves it, and serving ours here
-		// would take this replica's readers back in time.
+		// Another fetch of this round committed first (a hedge, the
+		// leader a hedge raced, a takeover of our lapsed lease): the
+		// fleet serves it, and serving ours here would show this
+		// replica's readers a snapshot the others do not serve.
 		atomic.AddUint64(&t.stats.CommitFenced, 1)
 		t.opts.Log.InfoContext(ctx, "shared snapshot fenced: a newer one is there", "version", version, "newer", c.version)
-		if newer, found, err := t.Read(ctx, version); err == nil && found {
+		if newer, found, err := t.Read(ctx, have); err == nil && found {
 			return newer
 		}
 	default:

@@ -325,22 +325,19 @@ func slicesMax(ds []time.Duration) time.Duration {
 }
 
 // lateAfter is how long a fetch may take before it is late: hedgeFactor
-// times the slowest fetch seen lately, plus a commit's call and its news;
-// with no fetch seen yet, half of FetchTimeout. secondToo reports whether a
-// second fetch started then would still finish within FetchTimeout, were
-// it as slow as the slowest seen: only then does a late fetch get one
-// (see race). A waiter whose leader has not answered in twice lateAfter
-// fetches too (see waitHedgeAfter).
-func (t *Tier[V]) lateAfter() (late time.Duration, secondToo bool) {
+// times the slowest fetch seen lately, plus a commit's call and its news.
+// known is false while no fetch has been seen: then no fetch is late (an
+// upstream that always takes more than half the budget would have every
+// first fetch hedged), and a waiter hedges once a fetch of its own would
+// have timed out (half of FetchTimeout, twice). A late fetch gets a second
+// one (see race); a waiter whose leader has not answered in twice
+// lateAfter fetches too (see waitHedgeAfter).
+func (t *Tier[V]) lateAfter() (late time.Duration, known bool) {
 	slowest, ok := t.fetches.slowest()
 	if !ok {
-		// Nothing to judge by: no second fetch (an upstream that always
-		// takes more than half the budget would get one each time), and a
-		// waiter hedges once a fetch of its own would have timed out.
 		return t.opts.FetchTimeout / 2, false
 	}
-	late = hedgeFactor*slowest + 2*t.opts.CallTimeout
-	return late, late+slowest <= t.opts.FetchTimeout
+	return hedgeFactor*slowest + 2*t.opts.CallTimeout, true
 }
 
 // waitHedgeAfter is how long after its load began a waiter fetches beside

@@ -272,8 +272,8 @@ func (t *Tier[V]) releaseUnknown(token string) {
 // noteRetryAfter records, if the upstream answered err with a Retry-After,
 // that the fleet waits (capped) from now: a fetch that failed beside
 // another (a hedge, a second fetch) asks no waiter to give up, but no
-// replica may start a fetch the upstream asked it not to. A plain SET of
-// the record, with no message: the fetches still running go on.
+// replica may start a fetch the upstream asked it not to. The record
+// alone, with no message: the fetches still running go on.
 func (t *Tier[V]) noteRetryAfter(ctx context.Context, version uint64, f fetched[V]) {
 	if version == 0 {
 		return // alone: Redis is not to be counted on
@@ -283,9 +283,7 @@ func (t *Tier[V]) noteRetryAfter(ctx context.Context, version uint64, f fetched[
 		return
 	}
 	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), t.cause(f.err))
-	t.call(ctx, "note", func(ctx context.Context) error {
-		return t.client.Set(ctx, t.k[keyFailed], record, retry).Err()
-	})
+	t.release(ctx, "", 'n', version, record, retry.Milliseconds())
 }
 
 // failure reads the failure record of version: ok false if Redis holds

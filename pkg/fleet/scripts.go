@@ -275,7 +275,7 @@ func (t *Tier[V]) renew(ctx context.Context, lock string) (int, error) {
 
 var commitScript = newScript("commit",
 	[]key{keySnapshot, keyPrevious, keyLock, keyNews},
-	[]string{"version", "value", "px", "lock_value", "switch_ms"},
+	[]string{"version", "have", "value", "px", "lock_value", "switch_ms"},
 	[]need{
 		needs("type", keySnapshot), needs("getrange", keySnapshot), needs("pttl", keySnapshot),
 		needs("type", keyLock), needs("get", keyLock), needs("del", keyLock),
@@ -289,7 +289,7 @@ if redis.call('TYPE', lock).ok == 'string' then
   l = {{THEIRS}}
   if lock_value ~= '' and redis.call('GET', lock) == lock_value then l = {{OURS}} end
 end
-if cur and cur >= tonumber(version) then
+if cur and (cur >= tonumber(version) or (cur > tonumber(have) and redis.call('PTTL', snapshot) > 1)) then
   if l == {{OURS}} then redis.call('DEL', lock) end
   redis.call('PUBLISH', news, 'c:' .. string.format('%d', cur))
   return {{{FENCED}}, cur, l}
@@ -319,14 +319,17 @@ type committedAs struct {
 }
 
 // commit writes value (header and data) as the snapshot of version, for px
-// ms, unless one at least as new is there; keeps the snapshot it replaces
+// ms, unless one at least as new is there, or one newer than have (what
+// the load began from) committed meanwhile: the first commit of a round
+// wins, so replicas that each fetched for a miss (a leader and its
+// hedges) all serve one snapshot, not each its own; keeps the snapshot it replaces
 // as the previous one if the fleet serves that one now (it is past the
 // previous one's switch); frees lock if it is still lockValue ("" for a
 // fetch that held no lock), and announces the snapshot the fleet now has.
-func (t *Tier[V]) commit(ctx context.Context, version uint64, value []byte, px int64, lockValue string) (committedAs, error) {
+func (t *Tier[V]) commit(ctx context.Context, version, have uint64, value []byte, px int64, lockValue string) (committedAs, error) {
 	var res []int64
 	err := t.call(ctx, "commit", func(ctx context.Context) (err error) {
-		res, err = commitScript.lua.Run(ctx, t.client, t.k.of(commitScript), version, value, px, lockValue, t.opts.SwitchBefore.Milliseconds()).Int64Slice()
+		res, err = commitScript.lua.Run(ctx, t.client, t.k.of(commitScript), version, have, value, px, lockValue, t.opts.SwitchBefore.Milliseconds()).Int64Slice()
 		return err
 	})
 	if err != nil {
@@ -343,10 +346,11 @@ func (t *Tier[V]) commit(ctx context.Context, version uint64, value []byte, px i
 var releaseScript = newScript("release",
 	[]key{keyLock, keyNews, keyFailed},
 	[]string{"token", "kind", "version", "record", "px"},
-	[]need{needs("type", keyLock), needs("get", keyLock), needs("del", keyLock), needs("set", keyFailed), needs("publish", keyNews)},
-	checkOwn, `
+	[]need{needs("type", keyLock), needs("get", keyLock), needs("del", keyLock),
+		needs("type", keyFailed), needs("get", keyFailed), needs("pttl", keyFailed), needs("set", keyFailed), needs("publish", keyNews)},
+	checkOwn, luaBackoff+`
 local v = version
-if redis.call('TYPE', lock).ok == 'string' then
+if kind ~= 'n' and redis.call('TYPE', lock).ok == 'string' then
   local lv, tok = string.match(redis.call('GET', lock), '^(%d+) (%w+)$')
   if tok == token and (v == '0' or v == lv) then
     redis.call('DEL', lock)
@@ -354,14 +358,21 @@ if redis.call('TYPE', lock).ok == 'string' then
   end
 end
 if v == '0' then return 0 end
-if kind == 'f' then redis.call('SET', failed, record, 'PX', px) end
-redis.call('PUBLISH', news, kind .. ':' .. v)
+if kind == 'f' or kind == 'n' then
+  -- A wait the upstream asked of the fleet is never cut short by a later
+  -- failure that asks for less.
+  local _, left = backoff()
+  if not left or left < tonumber(px) then redis.call('SET', failed, record, 'PX', px) end
+end
+if kind ~= 'n' then redis.call('PUBLISH', news, kind .. ':' .. v) end
 return 1
 `)
 
 // release frees the lock of version taken as token (version 0: whatever
 // lock token holds, taken by a call that timed out), records a failure
-// for px ms (kind 'f') and announces kind:version.
+// for px ms (kind 'f'; unless the fleet already waits longer) and
+// announces kind:version. Kind 'n' only notes a failure: no lock, no
+// message.
 func (t *Tier[V]) release(ctx context.Context, token string, kind byte, version uint64, record string, px int64) error {
 	return t.call(ctx, "release", func(ctx context.Context) error {
 		return t.releaseCall(ctx, token, kind, version, record, px)

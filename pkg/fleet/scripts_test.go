@@ -109,13 +109,13 @@ var scriptCases = []scriptCase{
 	{script: "commit", name: "over nothing, freeing our lock",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
+			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
 		},
 		want: "committed lock=1"},
 	{script: "commit", name: "over an older snapshot, which becomes the previous",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"old"`), testTTL) },
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
 		},
 		want: "committed lock=-1"},
 	{script: "commit", name: "over a snapshot fetched ahead, never served: the previous stays",
@@ -124,7 +124,7 @@ var scriptCases = []scriptCase{
 			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"served"`), testTTL/2) // well before its switch
 		},
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
 		},
 		want: `previous="5 `},
 	{script: "commit", name: "over a served snapshot, past the previous one's switch: it becomes the previous",
@@ -133,28 +133,36 @@ var scriptCases = []scriptCase{
 			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"old"`), 200*time.Millisecond) // past its switch
 		},
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
 		},
 		want: `previous="6 `},
+	{script: "commit", name: "fenced by a sibling that committed first: the first commit of a round wins",
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(8, 0, `"sibling"`), testTTL)
+		},
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 9, 6, []byte(storedSnapshot(9, 0, `"x"`)), 4000, ""))
+		},
+		want: "fenced 8 lock=-1"},
 	{script: "commit", name: "fenced by a newer, freeing our lock",
 		setup: func(c *redis.Client, k *keys) {
 			c.Set(bg(), k[keySnapshot], storedSnapshot(9, 0, `"new"`), testTTL)
 			c.Set(bg(), k[keyLock], "7 abc", leaseTerm)
 		},
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
+			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
 		},
 		want: "fenced 9 lock=1"},
 	{script: "commit", name: "a hedge leaves the leader's lock",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 8, []byte(storedSnapshot(8, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 8, 0, []byte(storedSnapshot(8, 0, `"x"`)), 4000, ""))
 		},
 		want: "committed lock=0"},
 	{script: "commit", name: "over a snapshot without expiry, which is dropped",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"old"`), 0) },
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
 		},
 		want: "committed lock=-1"},
 
