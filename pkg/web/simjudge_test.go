@@ -201,6 +201,14 @@ func judge(sc scenario, fleet, twin runResult) []string {
 	// refresh window is at most half the TTL), and an upstream's
 	// Retry-After holds for the whole fleet while Redis is healthy.
 	costly := sc.excused(slices.Concat(faults, fleet.fired), func(f fault) bool { return f.kind != "pubsub-forge" && f.kind != "none" })
+	for _, f := range faults {
+		if f.kind == "replica-clock" && f.d != 0 && f.d < time.Hour {
+			// The clocks disagree from then on: a writer behind makes
+			// snapshots the others take for expired (docs/fleet.md,
+			// Clocks: the replicas' wall clocks must agree).
+			costly = append(costly, span{f.at, sc.duration})
+		}
+	}
 	for _, s := range healthyStretches(costly, sc.duration) {
 		n := 0
 		for _, a := range fleet.arrivals {
