@@ -292,9 +292,10 @@ var simScenarios = map[string]scenario{
 }
 
 // simRegressionSeeds are seeds that failed with today's newScenario before
-// their bug was fixed (see docs/fleet.md). A change to newScenario changes
-// what they draw: then make them named scenarios.
-var simRegressionSeeds = []uint64{}
+// their bug was fixed (docs/fleet.md, The simulator, says what each
+// found). A change to newScenario changes what they draw: then make them
+// named scenarios.
+var simRegressionSeeds = []uint64{92, 606, 716, 1467, 3343, 3555, 5706, 9447, 9636, 10678, 12753, 13961, 14934, 14949, 16386}
 
 func TestSimulate_RegressionSeeds(t *testing.T) {
 	warmOutsideBubbles(t)
