@@ -852,9 +852,11 @@ func requireMonotonic(t *testing.T, what string, f fleetFigures) {
 //     one lease term (1s) of the kill;
 //   - starts a replacement, which must serve its first page from Redis
 //     without asking the upstream (warm start);
-//   - makes one fetch far slower than a lease (3.5s): its leader renews
+//   - makes one fetch far slower than a lease (2.5s): its leader renews
 //     its lease, so nobody overtakes it (and fences its commit) and the
-//     fleet makes that one fetch. Redis must never hold a snapshot older
+//     fleet makes that one fetch. It stays below what the fleet calls late
+//     (twice the slowest recent fetch, 1.5s, plus two calls: about 3.2s),
+//     past which the leader would rightly race a second fetch of its own. Redis must never hold a snapshot older
 //     than one a client has been served.
 //
 // No request fails and no page is stale throughout.
@@ -865,7 +867,7 @@ func TestFleet_LeaderFaults(t *testing.T) {
 		upstreamTimeout = 4 * time.Second
 		leaseTerm       = time.Second // package fleet's: how long a dead leader's lock outlives it
 		latency         = 1500 * time.Millisecond
-		slowLatency     = 3500 * time.Millisecond // three leases, within the timeout
+		slowLatency     = 2500 * time.Millisecond // past two leases, not late (see above)
 		clients         = 4
 	)
 	rig := newFleetRig(t, true, "-ttl", ttl.String(), "-upstream-timeout", upstreamTimeout.String())
