@@ -30,6 +30,7 @@ import (
 
 	"github.com/andybalholm/brotli"
 	"github.com/chromedp/chromedp"
+	"github.com/dunglas/httpsfv"
 
 	"github.com/movies-dev/movies/pkg/ghibli/ghiblitest"
 )
@@ -131,6 +132,17 @@ http {
     client_body_temp_path %[2]s/client_body;
     proxy_temp_path %[2]s/proxy;
     proxy_cache_path %[2]s/cache keys_zone=movies:10m;
+    # Cache-Status (RFC 9211): nginx's own member after the origin's, as
+    # docs/caching.md suggests.
+    map $upstream_cache_status $cache_status {
+        HIT         "hit";
+        STALE       "hit";
+        UPDATING    "hit";
+        REVALIDATED "fwd=stale; fwd-status=304";
+        EXPIRED     "fwd=stale";
+        BYPASS      "fwd=bypass";
+        default     "fwd=miss";
+    }
     server {
         listen %[3]s;
         location / {
@@ -138,6 +150,7 @@ http {
             proxy_http_version 1.1;
             proxy_cache movies;
             proxy_cache_revalidate on;
+            add_header Cache-Status "nginx; $cache_status" always;
         }
     }
 }
@@ -398,6 +411,7 @@ func TestDownstream_Caches(t *testing.T) {
 			if hitRatio < 0.9 {
 				t.Errorf("%s: shared-cache hit ratio %.3f, want at least 0.9", cache.name, hitRatio)
 			}
+			checkCacheStatusThrough(t, cache.name, base)
 
 			// (b) idle gaps: the data keeps changing, nobody asks.
 			idle := &downstreamTally{}
@@ -707,5 +721,50 @@ func TestDownstream_VarnishDoesNotKeepProbes(t *testing.T) {
 				r.status, time.Since(signalled).Round(time.Millisecond), r.header.Get("Age"))
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkCacheStatusThrough checks Cache-Status (RFC 9211) as a client of the
+// cache at base sees it, twice (the second answer is the cache's hit): a
+// Structured Field list, parsed as one, that begins with the server's
+// member intact; nginx (configured as docs/caching.md suggests) appends
+// its own, "nginx; hit" on the second; Varnish's builtin VCL leaves ours
+// alone and adds none.
+func checkCacheStatusThrough(t *testing.T, name, base string) {
+	t.Helper()
+	client, tr := loopbackClient(1)
+	defer tr.CloseIdleConnections()
+	for i := range 2 {
+		resp, err := getDecoded(context.Background(), client, base+"/movies/", "", nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		values := resp.header.Values("Cache-Status")
+		list, err := httpsfv.UnmarshalList(values)
+		if err != nil || len(list) == 0 {
+			t.Errorf("%s: Cache-Status %q does not parse as a list: %v", name, values, err)
+			continue
+		}
+		first, ok := list[0].(httpsfv.Item)
+		if !ok || first.Value != httpsfv.Token("movies") {
+			t.Errorf("%s: Cache-Status %q does not begin with the server's member", name, values)
+			continue
+		}
+		if _, ok := first.Params.Get("ttl"); !ok {
+			t.Errorf("%s: the server's member lost its ttl: %q", name, values)
+		}
+		switch name {
+		case "nginx":
+			last, ok := list[len(list)-1].(httpsfv.Item)
+			hit, _ := last.Params.Get("hit")
+			if len(list) != 2 || !ok || last.Value != httpsfv.Token("nginx") || (i == 1 && hit != true) {
+				t.Errorf("nginx: Cache-Status %q, want the server's member then nginx's (a hit the second time)", values)
+			}
+		case "varnish":
+			if len(list) != 1 {
+				t.Errorf("varnish: Cache-Status %q, want the server's member alone", values)
+			}
+		}
+		t.Logf("%s: Cache-Status %q", name, values)
 	}
 }

@@ -103,7 +103,26 @@ type Snapshot[V any] struct {
 	// Stale is set when Get returns a value past its TTL because loading
 	// failed and Options.StaleIfError allowed it. Never set otherwise.
 	Stale bool
+	// Served says how Get came by the value: set on what Get returns.
+	Served Served
+	// Origin, set by a SharedLoader, says where the value came from, in
+	// words for people (a Cache-Status detail); the cache never reads it.
+	Origin string
 }
+
+// Served says how a Get came by its value.
+type Served uint8
+
+const (
+	// Hit: the value was fresh in the cache.
+	Hit Served = iota
+	// Missed: nothing fresh was cached, and the request waited for the
+	// load it started.
+	Missed
+	// Collapsed: nothing fresh was cached, and the request joined a load
+	// another started: one of the requests coalescing saves a fetch.
+	Collapsed
+)
 
 // Age is how old s is at now.
 func (s Snapshot[V]) Age(now time.Time) time.Duration { return now.Sub(s.Fetched) }
@@ -323,7 +342,12 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 		if s.Age(time.Now()) >= c.opts.TTL {
 			return c.staleOr(c.unavailable(ErrExpired))
 		}
-		return *s, nil
+		got := *s
+		got.Served = Missed
+		if !led {
+			got.Served = Collapsed
+		}
+		return got, nil
 	}
 }
 

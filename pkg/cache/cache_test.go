@@ -108,6 +108,7 @@ func TestCache_CoalescesConcurrentMisses(t *testing.T) {
 		const n = 64
 		var wg sync.WaitGroup
 		errs := make(chan error, n)
+		served := make(chan cache.Served, n)
 		for range n {
 			wg.Go(func() {
 				s, err := c.Get(context.Background())
@@ -115,12 +116,14 @@ func TestCache_CoalescesConcurrentMisses(t *testing.T) {
 					err = errors.New("wrong value " + s.Value)
 				}
 				errs <- err
+				served <- s.Served
 			})
 		}
 		synctest.Wait() // every caller is now blocked in Get
 		close(release)
 		wg.Wait()
 		close(errs)
+		close(served)
 		for err := range errs {
 			if err != nil {
 				t.Errorf("Get() error = %v", err)
@@ -132,6 +135,18 @@ func TestCache_CoalescesConcurrentMisses(t *testing.T) {
 		want := cache.Stats{Misses: n, Coalesced: n - 1, Loads: 1}
 		if got := c.Stats(); got != want {
 			t.Errorf("Stats() = %+v, want %+v", got, want)
+		}
+		// Each caller is told how it was served: one led the load, the
+		// others joined it; the next is a hit.
+		count := map[cache.Served]int{}
+		for s := range served {
+			count[s]++
+		}
+		if count[cache.Missed] != 1 || count[cache.Collapsed] != n-1 {
+			t.Errorf("served %v, want 1 Missed and %d Collapsed", count, n-1)
+		}
+		if s := mustGet(t, c); s.Served != cache.Hit {
+			t.Errorf("warm Get served %v, want Hit", s.Served)
 		}
 	})
 }

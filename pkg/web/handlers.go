@@ -99,7 +99,7 @@ func (s *Server) moviesPage(c echo.Context) error {
 		if err != nil {
 			return err
 		}
-		return writeStale(c, snap, b, "text/html; charset=utf-8")
+		return writeStale(c, snap, s.cfg.TTL, b, "text/html; charset=utf-8")
 	}
 	return s.write(c, snap, snap.Value.HTML)
 }
@@ -114,7 +114,7 @@ func (s *Server) moviesAPI(c echo.Context) error {
 		if err != nil {
 			return err
 		}
-		return writeStale(c, snap, b, "application/json")
+		return writeStale(c, snap, s.cfg.TTL, b, "application/json")
 	}
 	return s.write(c, snap, snap.Value.JSON)
 }
@@ -192,6 +192,7 @@ func (s *Server) write(c echo.Context, snap cache.Snapshot[*snapshot.Snapshot], 
 	h["Last-Modified"] = r.LastModified
 	h["Cache-Control"] = cacheControlValues[min(int(left), len(cacheControlValues)-1)]
 	h["X-Accel-Expires"] = s.accelExpiresFor(snap.Fetched)
+	h["Cache-Status"] = cacheStatusFor(snap.Served, snap.Origin, int(left))
 	if r.NotModified(req.Header, v) {
 		c.Response().WriteHeader(http.StatusNotModified)
 		return nil
@@ -208,12 +209,13 @@ func (s *Server) write(c echo.Context, snap cache.Snapshot[*snapshot.Snapshot], 
 
 // writeStale serves a snapshot past its TTL (-stale-if-error): rare and
 // degraded, so rendered on demand, uncompressed, and never to be cached.
-func writeStale(c echo.Context, snap cache.Snapshot[*snapshot.Snapshot], body []byte, contentType string) error {
+func writeStale(c echo.Context, snap cache.Snapshot[*snapshot.Snapshot], ttl time.Duration, body []byte, contentType string) error {
 	h := c.Response().Header()
 	h.Set(echo.HeaderContentType, contentType)
 	h.Set(echo.HeaderContentLength, strconv.Itoa(len(body)))
 	h.Set("Last-Modified", snap.Fetched.UTC().Format(http.TimeFormat))
 	h.Set("Cache-Control", "no-store")
+	h["Cache-Status"] = staleCacheStatus(snap.Origin, snap.Age(time.Now())-ttl)
 	c.Response().WriteHeader(http.StatusOK)
 	_, err := c.Response().Write(body)
 	return err

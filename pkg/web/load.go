@@ -108,7 +108,7 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	// Last-Modified or an age from it could lie.
 	fetched := e.Deadline.Add(-l.ttl)
 	s, err := l.prepare(ctx, e.Value, fetched)
-	return cache.Snapshot[*snapshot.Snapshot]{Value: s, Fetched: fetched, Version: e.Version, Newer: e.Newer}, err
+	return cache.Snapshot[*snapshot.Snapshot]{Value: s, Fetched: fetched, Version: e.Version, Newer: e.Newer, Origin: string(e.Source)}, err
 }
 
 // fetch asks the upstream and logs the outcome once.
