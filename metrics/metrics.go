@@ -26,6 +26,7 @@ type Metrics struct {
 	httpRequests     *prometheus.CounterVec
 	httpDuration     *prometheus.HistogramVec
 	redisDuration    *prometheus.HistogramVec
+	snapshotRequests *prometheus.HistogramVec
 }
 
 // New registers the server's request metrics, the Go runtime's and the
@@ -55,9 +56,14 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Latency of calls to Redis by the shared tier, by operation and result (ok or error).",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
 		}, []string{"op", "result"}),
+		snapshotRequests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "snapshot", Name: "requests",
+			Help:    "Catalogue requests this replica served from one snapshot (the misses that waited for its fetch, then the hits), observed when the next snapshot is served, by where the snapshot came from (local without -redis).",
+			Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000},
+		}, []string{"source"}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.upstreamRequests, m.upstreamDuration, m.httpRequests, m.httpDuration, m.redisDuration,
+		m.upstreamRequests, m.upstreamDuration, m.httpRequests, m.httpDuration, m.redisDuration, m.snapshotRequests,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
@@ -87,6 +93,15 @@ func (m *Metrics) ObserveRedis(op string, d time.Duration, err error) {
 		result = "error"
 	}
 	m.redisDuration.WithLabelValues(op, result).Observe(d.Seconds())
+}
+
+// ObserveSnapshot records how many requests one snapshot served, and where
+// it came from ("" for a replica without -redis: local).
+func (m *Metrics) ObserveSnapshot(source string, requests uint64) {
+	if source == "" {
+		source = "local"
+	}
+	m.snapshotRequests.WithLabelValues(source).Observe(float64(requests))
 }
 
 // ObserveUpstream records one request to the upstream.

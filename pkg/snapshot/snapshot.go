@@ -7,6 +7,7 @@ package snapshot
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/movies-dev/movies/pkg/render"
@@ -23,7 +24,15 @@ type Snapshot struct {
 	staleOnce sync.Once
 	staleHTML []byte
 	staleErr  error
+
+	requests atomic.Uint64 // served from this snapshot, see CountRequest
 }
+
+// CountRequest counts one request served from s, and returns how many have been.
+func (s *Snapshot) CountRequest() uint64 { return s.requests.Add(1) }
+
+// Requests is how many requests have been served from s.
+func (s *Snapshot) Requests() uint64 { return s.requests.Load() }
 
 // New renders view in every form it is served in. changed is when its data
 // last changed (the Last-Modified of every representation: a fresh

@@ -335,19 +335,22 @@ func mustMetrics(t *testing.T, base string) map[string]float64 {
 	out := map[string]float64{}
 	for name, f := range families {
 		for _, m := range f.GetMetric() {
-			key := name
+			labels := ""
 			if len(m.GetLabel()) > 0 {
 				var ls []string
 				for _, l := range m.GetLabel() {
 					ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
 				}
-				key += "{" + strings.Join(ls, ",") + "}"
+				labels = "{" + strings.Join(ls, ",") + "}"
 			}
 			switch {
 			case m.GetCounter() != nil:
-				out[key] = m.GetCounter().GetValue()
+				out[name+labels] = m.GetCounter().GetValue()
 			case m.GetGauge() != nil:
-				out[key] = m.GetGauge().GetValue()
+				out[name+labels] = m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				out[name+"_count"+labels] = float64(m.GetHistogram().GetSampleCount())
+				out[name+"_sum"+labels] = m.GetHistogram().GetSampleSum()
 			}
 		}
 	}
@@ -1038,5 +1041,37 @@ func TestServer_RevalidatesAcrossSnapshots(t *testing.T) {
 	// Over two seconds apart: the new data's second is its own.
 	if changed.header.Get("Last-Modified") == first.header.Get("Last-Modified") {
 		t.Errorf("changed data kept Last-Modified %s", first.header.Get("Last-Modified"))
+	}
+}
+
+// TestServer_CountsRequestsPerSnapshot: movies_snapshot_requests observes,
+// when the next snapshot is first served, how many requests the one
+// before served: here a cold burst of 8 that shared one fetch, and 4 hits.
+func TestServer_CountsRequestsPerSnapshot(t *testing.T) {
+	t.Parallel()
+	up := startFake(t)
+	up.SetBehavior("", ghiblitest.Behavior{Latency: 200 * time.Millisecond})
+	in := mustStart(t, Config{Upstream: up.URL, TTL: time.Second})
+	t.Cleanup(testClient.CloseIdleConnections)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { mustGet(t, in.URL+"/api/v1/movies") })
+	}
+	wg.Wait()
+	for range 4 {
+		mustGet(t, in.URL+"/movies/")
+	}
+	if m := mustMetrics(t, in.URL); m[`movies_snapshot_requests_count{source="local"}`] != 0 {
+		t.Fatalf("observed %v snapshots before the first was replaced", m[`movies_snapshot_requests_count{source="local"}`])
+	}
+	time.Sleep(1100 * time.Millisecond) // past the TTL, and any refresh-ahead
+	mustGet(t, in.URL+"/movies/")
+	m := mustMetrics(t, in.URL)
+	if m[`movies_snapshot_requests_count{source="local"}`] != 1 || m[`movies_snapshot_requests_sum{source="local"}`] != 12 {
+		t.Errorf("snapshot requests count=%v sum=%v, want 1 snapshot that served 12 requests",
+			m[`movies_snapshot_requests_count{source="local"}`], m[`movies_snapshot_requests_sum{source="local"}`])
+	}
+	if f := up.Requests(ghibli.EndpointFilms); f != 2 {
+		t.Errorf("%d fetches, want 2", f)
 	}
 }

@@ -238,6 +238,7 @@ type Server struct {
 	ready   atomic.Bool // false once shutdown has begun
 	ids     *idSource
 	accel   atomic.Pointer[accelExpires] // the current snapshot's, made once
+	serving atomic.Pointer[servedFrom]   // the snapshot last served, see countServed
 
 	handler        *echo.Echo // the main listener's routes
 	metricsHandler *echo.Echo // the metrics listener's: /metrics alone
