@@ -30,16 +30,16 @@ const cacheStatusName = "movies"
 // for a replica without -redis.
 var sources = []fleet.Source{"", fleet.FromFleet, fleet.FromLead, fleet.FromHedge, fleet.FromAlone}
 
-// hitStatus holds the Cache-Status value of a hit for each source and
+// hitStatus holds the Cache-Status value of a hit for each of sources and
 // whole second left (0 to MaxTTL), formatted once: a hit assigns it.
-var hitStatus = func() map[string][][]string {
-	m := make(map[string][][]string, len(sources))
-	for _, src := range sources {
+var hitStatus = func() [][][]string {
+	m := make([][][]string, len(sources))
+	for j, src := range sources {
 		t := make([][]string, int(MaxTTL/time.Second)+1)
 		for i := range t {
 			t[i] = []string{cacheStatus(cache.Hit, string(src), i)}
 		}
-		m[string(src)] = t
+		m[j] = t
 	}
 	return m
 }()
@@ -47,9 +47,11 @@ var hitStatus = func() map[string][][]string {
 // cacheStatusFor returns the Cache-Status value of a fresh snapshot with
 // left whole seconds to live.
 func cacheStatusFor(served cache.Served, origin string, left int) []string {
-	if served == cache.Hit {
-		if t, ok := hitStatus[origin]; ok && left >= 0 && left < len(t) {
-			return t[left]
+	if served == cache.Hit && left >= 0 && left <= int(MaxTTL/time.Second) {
+		for j, src := range sources {
+			if string(src) == origin {
+				return hitStatus[j][left]
+			}
 		}
 	}
 	return []string{cacheStatus(served, origin, left)}
