@@ -95,6 +95,19 @@ func (m *Metrics) ObserveRedis(op string, d time.Duration, err error) {
 	m.redisDuration.WithLabelValues(op, result).Observe(d.Seconds())
 }
 
+// ExpectSnapshotSources creates the movies_snapshot_requests series of
+// each source this replica can serve from, empty, so that the histogram
+// is exported (and a query over it finds it) before a snapshot is first
+// replaced.
+func (m *Metrics) ExpectSnapshotSources(sources ...string) {
+	for _, s := range sources {
+		if s == "" {
+			s = "local"
+		}
+		m.snapshotRequests.WithLabelValues(s)
+	}
+}
+
 // ObserveSnapshot records how many requests one snapshot served, and where
 // it came from ("" for a replica without -redis: local).
 func (m *Metrics) ObserveSnapshot(source string, requests uint64) {

@@ -261,6 +261,11 @@ func New(cfg Config) (*Server, error) {
 	if err := metrics.RegisterBuildInfo(reg, cfg.Build.Version, cfg.Build.Revision, cfg.Build.GoVersion); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	if cfg.Redis == "" {
+		m.ExpectSnapshotSources("")
+	} else {
+		m.ExpectSnapshotSources(string(fleet.FromLead), string(fleet.FromFleet), string(fleet.FromHedge), string(fleet.FromAlone))
+	}
 	client := &ghibli.Client{
 		BaseURL:    cfg.Upstream,
 		HTTPClient: ghibli.NewHTTPClient(cfg.UpstreamTimeout),
