@@ -197,8 +197,7 @@ func (t *Tier[V]) fail(ctx context.Context, token string, version uint64, f fetc
 	if retry > 0 {
 		px = retry
 	}
-	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), t.cause(f.err))
-	t.release(ctx, token, 'f', version, record, px.Milliseconds())
+	t.release(ctx, token, 'f', version, t.failureRecord(version, retry, f.err), px.Milliseconds())
 }
 
 // retryAfter is the wait the upstream asked for with err, capped.
@@ -282,8 +281,16 @@ func (t *Tier[V]) noteRetryAfter(ctx context.Context, version uint64, f fetched[
 	if retry <= 0 {
 		return
 	}
-	record := fmt.Sprintf("%d %d %s", version, retry.Milliseconds(), t.cause(f.err))
-	t.release(ctx, "", 'n', version, record, retry.Milliseconds())
+	t.release(ctx, "", 'n', version, t.failureRecord(version, retry, f.err), retry.Milliseconds())
+}
+
+// failureRecord is the failure record of version's fetch, which failed
+// with err asking the fleet to wait retry: "<version> <retry ms> <end ms>
+// <cause>", the end on this replica's wall clock, which the readers hold
+// against theirs (see luaBackoff): a record outliving its wait, because
+// Redis's clock stepped back or a call ran late, asks for no more of it.
+func (t *Tier[V]) failureRecord(version uint64, retry time.Duration, err error) string {
+	return fmt.Sprintf("%d %d %d %s", version, retry.Milliseconds(), t.opts.Now().Add(retry).UnixMilli(), t.cause(err))
 }
 
 // failure reads the failure record of version: ok false if Redis holds
@@ -296,13 +303,22 @@ func (t *Tier[V]) failure(ctx context.Context, version uint64) (*FailedError, bo
 		}
 		return nil, false, err
 	}
-	v, rest, _ := strings.Cut(rec, " ")
-	ms, cause, _ := strings.Cut(rest, " ")
-	retry, err := strconv.ParseInt(ms, 10, 64)
-	if v != strconv.FormatUint(version, 10) || err != nil || retry < 0 {
+	f := strings.SplitN(rec, " ", 4)
+	if len(f) != 4 || f[0] != strconv.FormatUint(version, 10) {
 		return nil, false, nil
 	}
-	return &FailedError{Cause: sanitize(cause), RetryAfter: t.capBackoff(time.Duration(retry) * time.Millisecond)}, true, nil
+	retry, err1 := strconv.ParseInt(f[1], 10, 64)
+	ends, err2 := strconv.ParseInt(f[2], 10, 64)
+	if err1 != nil || err2 != nil || retry < 0 {
+		return nil, false, nil
+	}
+	// The wait asked, but never past the end the writer recorded, on our
+	// clock (see luaBackoff).
+	wait := min(time.Duration(retry)*time.Millisecond, time.UnixMilli(ends).Sub(t.opts.Now()))
+	if retry == 0 || wait < 0 {
+		wait = 0
+	}
+	return &FailedError{Cause: sanitize(f[3]), RetryAfter: t.capBackoff(wait)}, true, nil
 }
 
 func lockValue(version uint64, token string) string {

@@ -122,12 +122,17 @@ end
 // luaBackoff reads the failure record: its cause and the ms left of the
 // wait it asks of the fleet, or nil if there is none (a failure without a
 // Retry-After asks for no wait; as for a snapshot, 0-1 ms left is none).
+// What is left is read from two clocks, and the earlier end wins, as for a
+// snapshot's deadline: the key's expiry on Redis's clock, which a step
+// back of that clock stretches, and the end the writer recorded on the
+// replicas' clock, which the caller's now_ms reads. The fleet never waits
+// longer than the replica that failed was asked to.
 const luaBackoff = `
 local function backoff()
   if redis.call('TYPE', failed).ok ~= 'string' then return nil end
-  local ms, cause = string.match(redis.call('GET', failed), '^%d+ (%d+) (%S*)$')
+  local ms, ends, cause = string.match(redis.call('GET', failed), '^%d+ (%d+) (%d+) (%S*)$')
   if not ms or tonumber(ms) <= 0 then return nil end
-  local left = redis.call('PTTL', failed)
+  local left = math.min(redis.call('PTTL', failed), tonumber(ends) - tonumber(now_ms))
   if left <= 1 then return nil end
   return cause, left
 end

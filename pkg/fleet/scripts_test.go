@@ -21,6 +21,12 @@ type scriptCase struct {
 	want         string
 }
 
+// failedRecord is a failure record of version 3 that asks for ms of wait
+// from conformanceNow, with a 503 as its cause.
+func failedRecord(ms int64) string {
+	return fmt.Sprintf("3 %d %d status_503", ms, conformanceNow.UnixMilli()+ms)
+}
+
 // conformanceNow is the clock the cases run at, so versions seeded from
 // it are the same on both servers.
 var conformanceNow = time.UnixMilli(1_000_000_000)
@@ -55,13 +61,13 @@ var scriptCases = []scriptCase{
 		},
 		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "error"},
 	{script: "begin", name: "a failure with a Retry-After: back off",
-		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 3000 status_503", 3*time.Second) },
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], failedRecord(3000), 3*time.Second) },
 		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "backoff status_503"},
 	{script: "begin", name: "a failure recorded for an hour: capped",
-		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 3600000 status_503", time.Hour) },
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], failedRecord(3600000), time.Hour) },
 		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "backoff status_503 capped"},
 	{script: "begin", name: "a failure without a Retry-After: the lock",
-		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 0 timeout", leaseTerm) },
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], fmt.Sprintf("3 0 %d timeout", conformanceNow.UnixMilli()), leaseTerm) },
 		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 1000000000"},
 	{script: "begin", name: "a counter ahead of the clock: above it",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyCounter], "5000000000000", 0) },
@@ -85,7 +91,7 @@ var scriptCases = []scriptCase{
 		},
 		run: func(t *Tier[string]) string { return beginString(t.ticket(bg(), 0)) }, want: "lock 1000000006"},
 	{script: "ticket", name: "none while the fleet backs off",
-		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 3000 status_503", 3*time.Second) },
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], failedRecord(3000), 3*time.Second) },
 		run:   func(t *Tier[string]) string { return beginString(t.ticket(bg(), 0)) }, want: "backoff status_503"},
 
 	{script: "renew", name: "ours",
@@ -169,7 +175,7 @@ var scriptCases = []scriptCase{
 	{script: "release", name: "failed: the record, and the lock freed",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm) },
 		run: func(t *Tier[string]) string {
-			return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'f', 7, "7 3000 status_503", 3000))
+			return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'f', 7, "7 3000 1000003000 status_503", 3000))
 		},
 		want: "release <nil>"},
 	{script: "release", name: "a lock of ours taken unknowingly",
