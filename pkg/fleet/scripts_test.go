@@ -67,8 +67,10 @@ var scriptCases = []scriptCase{
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], failedRecord(3600000), time.Hour) },
 		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "backoff status_503 capped"},
 	{script: "begin", name: "a failure without a Retry-After: the lock",
-		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], fmt.Sprintf("3 0 %d timeout", conformanceNow.UnixMilli()), leaseTerm) },
-		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 1000000000"},
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keyFailed], fmt.Sprintf("3 0 %d timeout", conformanceNow.UnixMilli()), leaseTerm)
+		},
+		run: func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 1000000000"},
 	{script: "begin", name: "a counter ahead of the clock: above it",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyCounter], "5000000000000", 0) },
 		run:   func(t *Tier[string]) string { return beginString(t.begin(bg(), 0, conformanceToken)) }, want: "lock 5000000000001"},
