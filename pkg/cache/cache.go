@@ -31,8 +31,8 @@ import (
 // value is dropped rather than served past the promise.
 var ErrExpired = errors.New("cache: loaded value expired before it could be served")
 
-// ErrNotNewer is what a SharedLoader returns for an adoption that found
-// nothing newer than what the cache holds. It is not a failure: no backoff
+// ErrNotNewer is what a SharedLoader returns for an adoption, or an early
+// refresh, that found nothing newer than what the cache holds. It is not a failure: no backoff
 // starts, and a Get that joined that load starts one of its own.
 var ErrNotNewer = errors.New("cache: nothing newer to adopt")
 

@@ -120,7 +120,10 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 			// whatever that second brings (see noteRetryAfter).
 			t.noteRetryAfter(ctx, l.version, f)
 		case <-late:
-			if running == 1 {
+			// Not if a fetch elsewhere in the fleet was asked meanwhile to
+			// wait: the upstream's word holds for every replica (see
+			// noteRetryAfter); alone, nobody could have told us.
+			if running == 1 && !(l.shared && l.version != 0 && t.waitAsked(ctx)) {
 				atomic.AddUint64(&t.stats.LateFetches, 1)
 				fetch()
 			}

@@ -303,22 +303,44 @@ func (t *Tier[V]) failure(ctx context.Context, version uint64) (*FailedError, bo
 		}
 		return nil, false, err
 	}
-	f := strings.SplitN(rec, " ", 4)
-	if len(f) != 4 || f[0] != strconv.FormatUint(version, 10) {
+	of, fe, ok := t.parseFailure(rec)
+	if !ok || of != version {
 		return nil, false, nil
 	}
+	return fe, true, nil
+}
+
+// waitAsked reports whether Redis holds a failure record, of any fetch,
+// that asks the fleet to wait now (the upstream's Retry-After). Redis
+// failing asks for nothing: a lone replica would not have known.
+func (t *Tier[V]) waitAsked(ctx context.Context) bool {
+	rec, err := t.peek(ctx, "failure", keyFailed, 128)
+	if err != nil {
+		return false
+	}
+	_, fe, ok := t.parseFailure(rec)
+	return ok && fe.RetryAfter > 0
+}
+
+// parseFailure reads a failure record (see failureRecord): the version
+// whose fetch failed, and the wait it asks of the fleet from now, never
+// past the end its writer recorded, on our clock (see luaBackoff).
+func (t *Tier[V]) parseFailure(rec string) (version uint64, fe *FailedError, ok bool) {
+	f := strings.SplitN(rec, " ", 4)
+	if len(f) != 4 {
+		return 0, nil, false
+	}
+	version, err0 := strconv.ParseUint(f[0], 10, 64)
 	retry, err1 := strconv.ParseInt(f[1], 10, 64)
 	ends, err2 := strconv.ParseInt(f[2], 10, 64)
-	if err1 != nil || err2 != nil || retry < 0 {
-		return nil, false, nil
+	if err0 != nil || err1 != nil || err2 != nil || retry < 0 {
+		return 0, nil, false
 	}
-	// The wait asked, but never past the end the writer recorded, on our
-	// clock (see luaBackoff).
 	wait := min(time.Duration(retry)*time.Millisecond, time.UnixMilli(ends).Sub(t.opts.Now()))
 	if retry == 0 || wait < 0 {
 		wait = 0
 	}
-	return &FailedError{Cause: sanitize(f[3]), RetryAfter: t.capBackoff(wait)}, true, nil
+	return version, &FailedError{Cause: sanitize(f[3]), RetryAfter: t.capBackoff(wait)}, true
 }
 
 func lockValue(version uint64, token string) string {

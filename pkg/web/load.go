@@ -100,13 +100,21 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	if err != nil {
 		return cache.Snapshot[*snapshot.Snapshot]{}, err
 	}
+	fetched := e.Deadline.Add(-l.ttl)
+	if e.Source == fleet.FromFleet && r.Have != nil && r.Have.Version == 0 && fetched.Before(r.Have.Fetched) && time.Since(r.Have.Fetched) < l.ttl {
+		// An early refresh while what is served was fetched alone, after
+		// what the fleet offers (its previous snapshot, before the
+		// switch): the cache would keep what it holds, so preparing the
+		// offer is work thrown away, again at every hit until the switch.
+		// Nothing newer: the next early refresh asks again.
+		return cache.Snapshot[*snapshot.Snapshot]{}, cache.ErrNotNewer
+	}
 	if e.Source == fleet.FromFleet {
 		l.log.DebugContext(ctx, "took the shared snapshot", "version", e.Version, "left", time.Until(e.Deadline).Round(time.Millisecond), "newer", e.Newer)
 	}
 	// Every time here is on this replica's clock, counted back from the
 	// deadline: a writer's clock may be ahead of ours, and a
 	// Last-Modified or an age from it could lie.
-	fetched := e.Deadline.Add(-l.ttl)
 	s, err := l.prepare(ctx, e.Value, fetched)
 	return cache.Snapshot[*snapshot.Snapshot]{Value: s, Fetched: fetched, Version: e.Version, Newer: e.Newer, Origin: string(e.Source)}, err
 }
