@@ -54,6 +54,9 @@ func (s *Server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		if route == "" || status == http.StatusNotFound {
 			route = otherRoute // unknown paths must not become label values
 		}
+		if s.traced {
+			nameSpan(c, route)
+		}
 		if m := s.routeMetrics[route]; m != nil {
 			m.Observe(status, time.Since(start))
 		} else {

@@ -26,6 +26,9 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/movies-dev/movies/metrics"
 	"github.com/movies-dev/movies/pkg/cache"
@@ -81,6 +84,11 @@ type Config struct {
 	// gauge; fields left empty are exported as "unknown" (the Go version
 	// as runtime.Version()).
 	Build Build
+
+	// Tracer, if set, traces requests, fetches and renders (package
+	// tracing builds it from the OTEL_* environment); nil adds no tracing
+	// code to any request.
+	Tracer trace.TracerProvider
 
 	// UpstreamName, if set, names the upstream in the fleet's namespace
 	// instead of Upstream: replicas share snapshots only when they name
@@ -240,8 +248,10 @@ type Server struct {
 	accel   atomic.Pointer[accelExpires] // the current snapshot's, made once
 	serving atomic.Pointer[servedFrom]   // the snapshot last served, see countServed
 
-	handler        *echo.Echo // the main listener's routes
-	metricsHandler *echo.Echo // the metrics listener's: /metrics alone
+	handler        *echo.Echo   // the main listener's routes
+	entry          http.Handler // handler, traced with Config.Tracer
+	traced         bool         // Config.Tracer is set
+	metricsHandler *echo.Echo   // the metrics listener's: /metrics alone
 	// routeMetrics records each route's requests, by route path (and
 	// otherRoute); built with the routes, read-only after.
 	routeMetrics map[string]*metrics.HTTPRoute
@@ -274,10 +284,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.upstreamTransport != nil {
 		client.HTTPClient.Transport = cfg.upstreamTransport
 	}
+	tracer := tracerOf(cfg.Tracer)
+	if cfg.Tracer != nil {
+		// A span per upstream request, the retry included, each a child
+		// of the fetch's span.
+		client.HTTPClient.Transport = otelhttp.NewTransport(client.HTTPClient.Transport,
+			otelhttp.WithTracerProvider(cfg.Tracer), otelhttp.WithPropagators(propagation.TraceContext{}))
+	}
 	if cfg.jitter != nil {
 		client.Jitter = cfg.jitter
 	}
-	l := &loader{client: client, log: cfg.Log, ttl: cfg.TTL, newSnapshot: cfg.newSnapshot}
+	l := &loader{client: client, log: cfg.Log, ttl: cfg.TTL, newSnapshot: cfg.newSnapshot, tracer: tracer}
 	if l.newSnapshot == nil {
 		l.newSnapshot = snapshot.New
 	}
@@ -344,6 +361,15 @@ func New(cfg Config) (*Server, error) {
 	s.handler, s.metricsHandler = s.routes(noStoreHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
 	})))
+	s.entry = s.handler
+	if cfg.Tracer != nil {
+		// A span per request on the main listener, continuing the W3C
+		// traceparent a load balancer sends; the middleware names it by
+		// its route once routed. Scrapes of -metrics-addr are not traced.
+		s.traced = true
+		s.entry = otelhttp.NewHandler(s.handler, "request",
+			otelhttp.WithTracerProvider(cfg.Tracer), otelhttp.WithPropagators(propagation.TraceContext{}))
+	}
 	return s, nil
 }
 
@@ -360,7 +386,7 @@ func noStoreHandler(h http.Handler) http.Handler {
 
 // Handler is the server's HTTP handler: the catalogue, health and, unless
 // Config.SeparateMetrics, /metrics.
-func (s *Server) Handler() http.Handler { return s.handler }
+func (s *Server) Handler() http.Handler { return s.entry }
 
 // MetricsHandler serves the Prometheus exposition at /metrics, and 404 on
 // any other path: the handler of the metrics listener. It answers as
@@ -395,7 +421,7 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 		ln net.Listener
 		h  http.Handler
 	}
-	endpoints := []endpoint{{ln, s.handler}}
+	endpoints := []endpoint{{ln, s.entry}}
 	if metricsLn != nil {
 		endpoints = append(endpoints, endpoint{metricsLn, s.metricsHandler})
 	}

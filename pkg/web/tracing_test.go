@@ -1,0 +1,146 @@
+package web
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/movies-dev/movies/pkg/ghibli/ghiblitest"
+)
+
+// spanAttr returns a span's string attribute.
+func spanAttr(s sdktrace.ReadOnlySpan, key string) string {
+	for _, kv := range s.Attributes() {
+		if string(kv.Key) == key {
+			return kv.Value.Emit()
+		}
+	}
+	return ""
+}
+
+// TestServer_TracesLinkEveryWaiterToItsFetch: traced, a cold burst makes
+// one fetch span, a child of the request that led it, with a child per
+// upstream request; every request that waited on it links to it; the
+// render is traced; the fetch's log line carries its trace and span ids.
+func TestServer_TracesLinkEveryWaiterToItsFetch(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	t.Cleanup(func() { tp.Shutdown(t.Context()) })
+	up := startFake(t)
+	up.SetBehavior("", ghiblitest.Behavior{Latency: 300 * time.Millisecond})
+	in := mustStart(t, Config{Upstream: up.URL, Tracer: tp})
+	t.Cleanup(testClient.CloseIdleConnections)
+
+	const n = 16
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			resp, err := testClient.Get(in.URL + "/movies/")
+			if err != nil {
+				t.Errorf("GET: %v", err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		})
+	}
+	wg.Wait()
+
+	var fetches, requests, renders, upstream []sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		switch {
+		case s.Name() == "fetch":
+			fetches = append(fetches, s)
+		case s.Name() == "render":
+			renders = append(renders, s)
+		case s.Name() == "GET /movies/":
+			requests = append(requests, s)
+		case s.SpanKind() == trace.SpanKindClient:
+			upstream = append(upstream, s)
+		}
+	}
+	if len(fetches) != 1 || len(renders) != 1 || len(requests) != n {
+		t.Fatalf("spans: %d fetch, %d render, %d requests; want 1, 1, %d", len(fetches), len(renders), len(requests), n)
+	}
+	fetch := fetches[0].SpanContext()
+	if len(upstream) != 2 {
+		t.Errorf("%d upstream request spans, want 2 (/films and /people)", len(upstream))
+	}
+	for _, u := range upstream {
+		if u.Parent().SpanID() != fetch.SpanID() {
+			t.Errorf("upstream span %q is not a child of the fetch", u.Name())
+		}
+	}
+	if renders[0].Parent().SpanID() != fetches[0].Parent().SpanID() {
+		t.Errorf("the render is not beside the fetch, in the leader's request")
+	}
+	kinds := map[string]int{}
+	for _, r := range requests {
+		served := spanAttr(r, "movies.served")
+		kinds[served]++
+		linked := false
+		for _, l := range r.Links() {
+			linked = linked || l.SpanContext.Equal(fetch)
+		}
+		if waited := served == "miss" || served == "collapsed"; linked != waited {
+			t.Errorf("request span served %q: linked to the fetch %v, want %v", served, linked, waited)
+		}
+		if served == "miss" && r.SpanContext().SpanID() != fetches[0].Parent().SpanID() {
+			t.Errorf("the request that led the fetch is not the fetch's parent")
+		}
+		if spanAttr(r, "http.route") != "/movies/" || spanAttr(r, "request.id") == "" {
+			t.Errorf("request span without its route or request id: %v", r.Attributes())
+		}
+	}
+	if kinds["miss"] != 1 || kinds["collapsed"] == 0 {
+		t.Errorf("request spans served %v, want one miss and some collapsed", kinds)
+	}
+
+	line := ""
+	for _, l := range strings.Split(in.log.String(), "\n") {
+		if strings.Contains(l, `"msg":"upstream fetch"`) {
+			line = l
+		}
+	}
+	if !strings.Contains(line, `"trace_id":"`+fetch.TraceID().String()+`"`) || !strings.Contains(line, `"span_id":"`+fetch.SpanID().String()+`"`) {
+		t.Errorf("fetch log line %s lacks the fetch span's trace_id and span_id", line)
+	}
+}
+
+// TestServer_TracesContinueTheCallersTrace: a request with a W3C
+// traceparent (from a load balancer) is served in that trace, as a child
+// of the caller's span.
+func TestServer_TracesContinueTheCallersTrace(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(t.Context()) })
+	in := mustStart(t, Config{Upstream: startFake(t).URL, Tracer: tp})
+	t.Cleanup(testClient.CloseIdleConnections)
+	const traceID, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	req, _ := http.NewRequest(http.MethodGet, in.URL+"/api/v1/movies", nil)
+	req.Header.Set("Traceparent", "00-"+traceID+"-"+parent+"-01")
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	for _, s := range rec.Ended() {
+		if s.Name() == "GET /api/v1/movies" {
+			if s.SpanContext().TraceID().String() != traceID || s.Parent().SpanID().String() != parent || !s.Parent().IsRemote() {
+				t.Errorf("request span in trace %s under %s, want trace %s under the caller's %s", s.SpanContext().TraceID(), s.Parent().SpanID(), traceID, parent)
+			}
+			return
+		}
+	}
+	t.Errorf("no request span among %d", len(rec.Ended()))
+}
