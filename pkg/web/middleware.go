@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/movies-dev/movies/metrics"
 )
 
 // securityHeaders are set on every response, built once. A slice, not a
@@ -55,7 +57,10 @@ func (s *Server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 			route = otherRoute // unknown paths must not become label values
 		}
 		if s.traced {
-			nameSpan(c, route)
+			if sc := nameSpan(c, route); sc.IsSampled() {
+				s.routeMetric(route).ObserveTraced(status, time.Since(start), sc.TraceID().String())
+				return nil
+			}
 		}
 		if m := s.routeMetrics[route]; m != nil {
 			m.Observe(status, time.Since(start))
@@ -64,6 +69,15 @@ func (s *Server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		return nil
 	}
+}
+
+// routeMetric is route's recorder (every route has one; otherRoute's
+// stands in for any other).
+func (s *Server) routeMetric(route string) *metrics.HTTPRoute {
+	if m := s.routeMetrics[route]; m != nil {
+		return m
+	}
+	return s.routeMetrics[otherRoute]
 }
 
 // serve runs next, answering 405 to any method but GET and HEAD on a

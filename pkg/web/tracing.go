@@ -27,16 +27,18 @@ func tracerOf(tp trace.TracerProvider) trace.Tracer {
 // nameSpan names the request's span by its route, once routed (otelhttp
 // starts it before echo knows the route), and gives it the request id,
 // so a trace and a log line find each other both ways.
-func nameSpan(c echo.Context, route string) {
+// It returns the span's context, for the request's exemplar.
+func nameSpan(c echo.Context, route string) trace.SpanContext {
 	span := trace.SpanFromContext(c.Request().Context())
 	if !span.IsRecording() {
-		return
+		return span.SpanContext()
 	}
 	span.SetName(c.Request().Method + " " + route)
 	span.SetAttributes(attribute.String("http.route", route))
 	if id := c.Response().Header()[requestIDHeaderKey]; len(id) > 0 {
 		span.SetAttributes(attribute.String("request.id", id[0]))
 	}
+	return span.SpanContext()
 }
 
 // linkFetch links the span of a request that waited on a fetch to that

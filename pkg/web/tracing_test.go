@@ -3,6 +3,7 @@ package web
 import (
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -143,4 +144,54 @@ func TestServer_TracesContinueTheCallersTrace(t *testing.T) {
 		}
 	}
 	t.Errorf("no request span among %d", len(rec.Ended()))
+}
+
+// TestServer_ExemplarsNameSampledTraces: traced, the request-duration
+// histogram carries the trace id of sampled requests as an exemplar in
+// the OpenMetrics exposition (what Prometheus asks for), and only there.
+func TestServer_ExemplarsNameSampledTraces(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(t.Context()) })
+	in := mustStart(t, Config{Upstream: startFake(t).URL, Tracer: tp})
+	t.Cleanup(testClient.CloseIdleConnections)
+	mustGet(t, in.URL+"/movies/")
+	traced := map[string]bool{}
+	for _, s := range rec.Ended() {
+		traced[s.SpanContext().TraceID().String()] = true
+	}
+
+	req, _ := http.NewRequest(http.MethodGet, in.URL+"/metrics", nil)
+	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/openmetrics-text") {
+		t.Fatalf("Content-Type %q, want OpenMetrics", ct)
+	}
+	re := regexp.MustCompile(`(?m)^movies_http_request_duration_seconds_bucket\{handler="/movies/",le="[^"]+"\} \d+ # \{trace_id="([0-9a-f]{32})"\} [0-9.e+-]+`)
+	m := re.FindStringSubmatch(string(b))
+	if m == nil {
+		t.Fatalf("no exemplar on /movies/'s duration buckets:\n%s", grepLines(string(b), "movies_http_request_duration_seconds_bucket"))
+	}
+	if !traced[m[1]] {
+		t.Errorf("exemplar trace_id %s is no trace the server recorded", m[1])
+	}
+	if plain := mustGet(t, in.URL+"/metrics"); strings.Contains(plain.body, "trace_id") {
+		t.Errorf("the text exposition carries exemplars")
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

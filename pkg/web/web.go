@@ -360,6 +360,9 @@ func New(cfg Config) (*Server, error) {
 	s.ready.Store(true)
 	s.handler, s.metricsHandler = s.routes(noStoreHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
+		// OpenMetrics to a scraper that asks for it (Prometheus does):
+		// the only exposition that carries exemplars.
+		EnableOpenMetrics: true,
 	})))
 	s.entry = s.handler
 	if cfg.Tracer != nil {
