@@ -88,6 +88,11 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 			fetched.Lock()
 			fetched.span = span
 			fetched.Unlock()
+			// In a fleet, the span travels with the snapshot, so the
+			// requests other replicas serve from it link to it too.
+			if span.IsValid() {
+				fleet.ShareTrace(ctx, traceparent(span))
+			}
 		}
 		return movies, err
 	}
@@ -127,7 +132,9 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	// Last-Modified or an age from it could lie.
 	start := e.Deadline.Add(-l.ttl)
 	var span trace.SpanContext
-	if e.Source != fleet.FromFleet {
+	if e.Source == fleet.FromFleet {
+		span = spanOf(e.Trace) // another replica's fetch
+	} else {
 		fetched.Lock()
 		span = fetched.span
 		fetched.Unlock()

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/movies-dev/movies/pkg/fleet/fleettest"
 	"github.com/movies-dev/movies/pkg/ghibli/ghiblitest"
 )
 
@@ -194,4 +195,56 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestFleet_TracesLinkToTheFetchAcrossReplicas: in a fleet, the fetch's
+// span context travels with the snapshot in Redis, so a request on
+// replica b, served what replica a fetched, links to a's fetch span: one
+// trace view shows the fleet's refresh.
+func TestFleet_TracesLinkToTheFetchAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	r := fleettest.Start(t)
+	up := startFake(t)
+	recA, recB := tracetest.NewSpanRecorder(), tracetest.NewSpanRecorder()
+	tpA := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(recA))
+	tpB := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(recB))
+	t.Cleanup(func() { tpA.Shutdown(t.Context()); tpB.Shutdown(t.Context()) })
+	cfgA, cfgB := fleetConfig(up, r), fleetConfig(up, r)
+	cfgA.Tracer, cfgB.Tracer = tpA, tpB
+	a := mustStart(t, cfgA)
+	mustGet(t, a.URL+"/api/v1/movies")
+	b := mustStart(t, cfgB) // starts after a's commit: its first request misses and reads it
+	mustGet(t, b.URL+"/api/v1/movies")
+	if got := up.Requests(""); got != 2 {
+		t.Fatalf("upstream saw %d requests, want one fetch (2)", got)
+	}
+
+	var fetch trace.SpanContext
+	for _, s := range recA.Ended() {
+		if s.Name() == "fetch" {
+			fetch = s.SpanContext()
+		}
+	}
+	if !fetch.IsValid() {
+		t.Fatal("replica a recorded no fetch span")
+	}
+	for _, s := range recB.Ended() {
+		if s.Name() == "fetch" {
+			t.Errorf("replica b fetched")
+		}
+		if s.Name() != "GET /api/v1/movies" {
+			continue
+		}
+		if spanAttr(s, "movies.source") != "fleet" {
+			t.Errorf("b's request source %q, want fleet", spanAttr(s, "movies.source"))
+		}
+		for _, l := range s.Links() {
+			if l.SpanContext.TraceID() == fetch.TraceID() && l.SpanContext.SpanID() == fetch.SpanID() {
+				return
+			}
+		}
+		t.Errorf("b's request links to %v, want a's fetch span %s/%s", s.Links(), fetch.TraceID(), fetch.SpanID())
+		return
+	}
+	t.Error("replica b recorded no request span")
 }

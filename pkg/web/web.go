@@ -121,7 +121,7 @@ type Build struct {
 // sharedFormat is the version of what replicas share in Redis: a change
 // to the envelope or the catalogue's shape changes it, so replicas of two
 // versions never read each other's snapshots.
-const sharedFormat = "movies/3"
+const sharedFormat = "movies/4"
 
 // namespace is the fleet's key prefix: replicas share snapshots only if
 // they are interchangeable (the same format, upstream and TTL), so two
