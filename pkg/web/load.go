@@ -40,6 +40,9 @@ type loader struct {
 	ttl    time.Duration
 	tier   *fleet.Tier[[]ghibli.Movie] // nil without -redis
 	tracer trace.Tracer                // records nothing without Config.Tracer
+	// waiting is how many requests wait on a load now (the cache's), told
+	// to the fetch's span when it ends: the requests it answers.
+	waiting func() int
 	// newSnapshot is snapshot.New (the simulator's replicas use NewQuick).
 	newSnapshot func(render.View, time.Time, time.Time) (*snapshot.Snapshot, error)
 
@@ -156,6 +159,9 @@ func (l *loader) fetch(ctx context.Context, started time.Time) ([]ghibli.Movie, 
 		return nil, span.SpanContext(), err
 	}
 	span.SetAttributes(attribute.Int("movies.films", len(movies)), attribute.Int("movies.links", countPeople(movies)))
+	if l.waiting != nil {
+		span.SetAttributes(attribute.Int("movies.requests_waiting", l.waiting()))
+	}
 	l.log.InfoContext(ctx, "upstream fetch", append(attrs, "films", len(movies), "links", countPeople(movies))...)
 	endSpan(span, nil)
 	return movies, span.SpanContext(), nil

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -73,6 +74,7 @@ func TestServer_TracesLinkEveryWaiterToItsFetch(t *testing.T) {
 		t.Fatalf("spans: %d fetch, %d render, %d requests; want 1, 1, %d", len(fetches), len(renders), len(requests), n)
 	}
 	fetch := fetches[0].SpanContext()
+	waiting, _ := strconv.Atoi(spanAttr(fetches[0], "movies.requests_waiting"))
 	if len(upstream) != 2 {
 		t.Errorf("%d upstream request spans, want 2 (/films and /people)", len(upstream))
 	}
@@ -104,6 +106,11 @@ func TestServer_TracesLinkEveryWaiterToItsFetch(t *testing.T) {
 	}
 	if kinds["miss"] != 1 || kinds["collapsed"] == 0 {
 		t.Errorf("request spans served %v, want one miss and some collapsed", kinds)
+	}
+	// Those that came while the fetch ran (a request may join during the
+	// render, after it).
+	if waited := kinds["miss"] + kinds["collapsed"]; waiting < 1 || waiting > waited {
+		t.Errorf("the fetch span says %d requests waited on it, want 1 to the %d that did", waiting, waited)
 	}
 
 	line := ""

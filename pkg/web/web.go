@@ -313,6 +313,7 @@ func New(cfg Config) (*Server, error) {
 		RetryAfter:   retryAfter,
 		Rand:         cfg.jitter,
 	})
+	l.waiting = c.Waiting
 	age := func() (time.Duration, bool) {
 		s, ok := c.Peek()
 		return s.Age(time.Now()), ok
