@@ -82,6 +82,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	var tracer trace.TracerProvider
+	var traceStats func() tracing.Stats
 	if traced {
 		tp, err := tracing.Start(ctx, build.Version)
 		if err != nil {
@@ -96,7 +97,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 				log.Warn("traces not all sent at exit", "err", err)
 			}
 		}()
-		tracer = tp
+		tracer, traceStats = tp, tp.Stats
 	}
 
 	upstream, upstreamName := cfg.upstream, ""
@@ -126,6 +127,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Log:             log,
 		Build:           build,
 		Tracer:          tracer,
+		TraceStats:      traceStats,
 	})
 	if err != nil {
 		return err

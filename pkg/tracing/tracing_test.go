@@ -83,3 +83,46 @@ func TestStart_ExportsToTheConfiguredEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestStart_ABackendThatHangsCostsNoRequestAndBoundedMemory: with the OTLP
+// endpoint hung, ending spans never waits on it; past the queue's size
+// (OTEL_BSP_MAX_QUEUE_SIZE) each span ended is dropped and counted, so
+// what is held stays bounded; once the backend answers, the queue drains.
+func TestStart_ABackendThatHangsCostsNoRequestAndBoundedMemory(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		<-release
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	}))
+	defer srv.Close()
+	defer unblock()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", srv.URL)
+	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60000")
+	t.Setenv("OTEL_BSP_MAX_QUEUE_SIZE", "10")
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tp, err := Start(ctx, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every End returns while the backend hangs: were one to wait on it,
+	// this loop would never end.
+	for range 100 {
+		_, span := tp.Tracer("test").Start(ctx, "s")
+		span.End()
+	}
+	if s := tp.Stats(); s.Dropped != 90 || s.Exported != 0 {
+		t.Errorf("with the backend hung: %+v, want 90 dropped (10 held) and none exported", s)
+	}
+	unblock()
+	if err := tp.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := tp.Stats(); s.Exported != 10 || s.Dropped != 90 || s.Failed != 0 {
+		t.Errorf("after the backend answered: %+v, want the 10 held exported", s)
+	}
+}

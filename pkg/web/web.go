@@ -36,6 +36,7 @@ import (
 	"github.com/movies-dev/movies/pkg/ghibli"
 	"github.com/movies-dev/movies/pkg/render"
 	"github.com/movies-dev/movies/pkg/snapshot"
+	"github.com/movies-dev/movies/pkg/tracing"
 )
 
 // MaxTTL is the product's promise: no page shows data older than a minute.
@@ -89,6 +90,9 @@ type Config struct {
 	// tracing builds it from the OTEL_* environment); nil adds no tracing
 	// code to any request.
 	Tracer trace.TracerProvider
+	// TraceStats, if set, counts what became of the spans ended
+	// (movies_trace_spans_total, zero without it).
+	TraceStats func() tracing.Stats
 
 	// UpstreamName, if set, names the upstream in the fleet's namespace
 	// instead of Upstream: replicas share snapshots only when they name
@@ -322,6 +326,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if err := metrics.RegisterCounters(reg, l.Stats); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	traceStats := cfg.TraceStats
+	if traceStats == nil {
+		traceStats = func() tracing.Stats { return tracing.Stats{} }
+	}
+	if err := metrics.RegisterCounters(reg, traceStats); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if cfg.Redis != "" {
