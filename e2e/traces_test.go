@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,6 +176,10 @@ func TestTraces_InJaeger(t *testing.T) {
 				_, u := startMovies(t, fmt.Sprintf("%s-%d", service, i), args...)
 				urls = append(urls, u)
 			}
+			var prom *promAPI
+			if c.replicas == 1 {
+				prom = startExemplarPrometheus(t, strings.TrimPrefix(urls[0], "http://"))
+			}
 
 			const n = 64
 			client, tr := loopbackClient(n)
@@ -243,6 +248,70 @@ func TestTraces_InJaeger(t *testing.T) {
 			if c.replicas > 1 && served["miss/fleet"]+served["collapsed/fleet"] == 0 {
 				t.Errorf("no request was served from the fleet: %v", served)
 			}
+			if prom != nil {
+				traced := map[string]bool{}
+				for _, r := range requests {
+					traced[r.TraceID] = true
+				}
+				checkExemplars(t, prom, traced)
+			}
 		})
 	}
+}
+
+// startExemplarPrometheus runs a real Prometheus that stores exemplars,
+// scraping target every second.
+func startExemplarPrometheus(t *testing.T, target string) *promAPI {
+	t.Helper()
+	bin := mustLookPath(t, "prometheus")
+	dir := t.TempDir()
+	conf := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: movies\n    static_configs:\n      - targets: [%q]\n", target)
+	path := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	startProcess(t, "prometheus", bin, "--config.file="+path, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--enable-feature=exemplar-storage", "--log.level=warn")
+	prom := &promAPI{base: "http://" + addr}
+	waitFor(t, 30*time.Second, "prometheus scraping", func() error {
+		res, err := prom.query(`up{job="movies"} == 1`)
+		if err == nil && len(res) == 0 {
+			err = fmt.Errorf("target not up yet")
+		}
+		return err
+	})
+	return prom
+}
+
+// checkExemplars requires Prometheus's exemplar API to return, for the
+// request-duration histogram, an exemplar whose trace id Jaeger holds.
+func checkExemplars(t *testing.T, prom *promAPI, traced map[string]bool) {
+	t.Helper()
+	var found string
+	waitFor(t, 20*time.Second, "an exemplar with a trace id Jaeger holds", func() error {
+		var data []struct {
+			Exemplars []struct {
+				Labels map[string]string `json:"labels"`
+			} `json:"exemplars"`
+		}
+		now := time.Now()
+		q := url.Values{"query": {`movies_http_request_duration_seconds_bucket{handler="/movies/"}`},
+			"start": {fmt.Sprint(now.Add(-10 * time.Minute).Unix())}, "end": {fmt.Sprint(now.Add(time.Minute).Unix())}}
+		if err := prom.get("/api/v1/query_exemplars?"+q.Encode(), &data); err != nil {
+			return err
+		}
+		n := 0
+		for _, series := range data {
+			for _, e := range series.Exemplars {
+				n++
+				if traced[e.Labels["trace_id"]] {
+					found = e.Labels["trace_id"]
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("%d exemplars, none with a trace id Jaeger holds", n)
+	})
+	t.Logf("Prometheus holds an exemplar of trace %s, which Jaeger holds", found)
 }
