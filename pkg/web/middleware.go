@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/movies-dev/movies/metrics"
 )
@@ -49,6 +50,10 @@ func (s *Server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		for _, f := range securityHeaders {
 			h[f.key] = f.value
 		}
+		var span trace.Span
+		if s.traced {
+			span = s.startSpan(c)
+		}
 		if err := s.serve(next, c); err != nil {
 			c.Error(err) // run the error handler now so the status is final
 		}
@@ -56,8 +61,8 @@ func (s *Server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		if route == "" || status == http.StatusNotFound {
 			route = otherRoute // unknown paths must not become label values
 		}
-		if s.traced {
-			if sc := nameSpan(c, route); sc.IsSampled() {
+		if span != nil {
+			if sc := endRequestSpan(span, c, route, status); sc.IsSampled() {
 				s.routeMetric(route).ObserveTraced(status, time.Since(start), sc.TraceID().String())
 				return nil
 			}

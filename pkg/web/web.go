@@ -253,8 +253,8 @@ type Server struct {
 	serving atomic.Pointer[servedFrom]   // the snapshot last served, see countServed
 
 	handler        *echo.Echo   // the main listener's routes
-	entry          http.Handler // handler, traced with Config.Tracer
 	traced         bool         // Config.Tracer is set
+	tracer         trace.Tracer // Config.Tracer's
 	metricsHandler *echo.Echo   // the metrics listener's: /metrics alone
 	// routeMetrics records each route's requests, by route path (and
 	// otherRoute); built with the routes, read-only after.
@@ -376,15 +376,9 @@ func New(cfg Config) (*Server, error) {
 		// the only exposition that carries exemplars.
 		EnableOpenMetrics: true,
 	})))
-	s.entry = s.handler
-	if cfg.Tracer != nil {
-		// A span per request on the main listener, continuing the W3C
-		// traceparent a load balancer sends; the middleware names it by
-		// its route once routed. Scrapes of -metrics-addr are not traced.
-		s.traced = true
-		s.entry = otelhttp.NewHandler(s.handler, "request",
-			otelhttp.WithTracerProvider(cfg.Tracer), otelhttp.WithPropagators(propagation.TraceContext{}))
-	}
+	// With a tracer, the main listener's middleware traces each request
+	// (see startSpan); scrapes of -metrics-addr are not traced.
+	s.traced, s.tracer = cfg.Tracer != nil, tracer
 	return s, nil
 }
 
@@ -401,7 +395,7 @@ func noStoreHandler(h http.Handler) http.Handler {
 
 // Handler is the server's HTTP handler: the catalogue, health and, unless
 // Config.SeparateMetrics, /metrics.
-func (s *Server) Handler() http.Handler { return s.entry }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 // MetricsHandler serves the Prometheus exposition at /metrics, and 404 on
 // any other path: the handler of the metrics listener. It answers as
@@ -436,7 +430,7 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 		ln net.Listener
 		h  http.Handler
 	}
-	endpoints := []endpoint{{ln, s.entry}}
+	endpoints := []endpoint{{ln, s.handler}}
 	if metricsLn != nil {
 		endpoints = append(endpoints, endpoint{metricsLn, s.metricsHandler})
 	}
