@@ -176,6 +176,23 @@ func (r *HTTPRoute) Observe(code int, d time.Duration) {
 	(*o).Observe(d.Seconds())
 }
 
+// ObserveTraced is Observe for a request traced as traceID: its duration
+// carries the trace id as an exemplar (OpenMetrics), so a dashboard can
+// jump from a slow bucket to the trace of a request in it.
+func (r *HTTPRoute) ObserveTraced(code int, d time.Duration, traceID string) {
+	if code < 0 || code >= len(r.requests) {
+		r.m.ObserveHTTP(r.handler, code, d)
+		return
+	}
+	r.m.httpRequests.WithLabelValues(r.handler, statusCodes[code]).Inc()
+	o := r.m.httpDuration.WithLabelValues(r.handler)
+	if eo, ok := o.(prometheus.ExemplarObserver); ok {
+		eo.ObserveWithExemplar(d.Seconds(), prometheus.Labels{"trace_id": traceID})
+		return
+	}
+	o.Observe(d.Seconds())
+}
+
 // statusCodes are the label values of every status code, formatted once:
 // ObserveHTTP runs on every request and should not allocate.
 var statusCodes = func() (t [600]string) {

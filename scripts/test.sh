@@ -32,6 +32,15 @@ echo "== deploy/check (Kubernetes manifests, shared numbers, NetworkPolicy, docs
 echo "== e2e dependencies (Prometheus, HAProxy, Chromium, Redis, nginx, Varnish, Java from Debian; axe-core, vnu-jar from npm)"
 bash scripts/install-e2e-deps.sh
 
+# Jaeger, the trace backend the trace e2e sends to, is a Go program: built
+# from tools/jaeger, a module of its own (its dependencies stay out of the
+# product's go.mod), by go tool, which keeps the binary in the build cache:
+# built once per machine, found again after.
+echo "== Jaeger (tools/jaeger, built once and cached by go tool)"
+MOVIES_E2E_JAEGER=$(cd tools/jaeger && go tool -n jaeger)
+export MOVIES_E2E_JAEGER
+echo "jaeger: $MOVIES_E2E_JAEGER"
+
 echo "== go test -race (unit and in-process end-to-end)"
 go test -race -count=1 $(go list ./... | grep -v '/e2e$')
 
@@ -62,6 +71,6 @@ for target in FuzzClientAndJoin:./pkg/ghibli FuzzJoin:./pkg/ghibli FuzzPage:./pk
   rm -f "$out"
 done
 
-echo "== e2e against real Prometheus, HAProxy, Redis, nginx, Varnish and Chromium (alone: it loads the machine)"
+echo "== e2e against real Prometheus, HAProxy, Redis, nginx, Varnish, Chromium and Jaeger (alone: it loads the machine)"
 # Over ten minutes with the Redis deployments: past go test's default bound.
 go test -race -count=1 -timeout 30m -skip '^TestSoak$' ./e2e/...

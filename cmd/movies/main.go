@@ -21,8 +21,12 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/movies-dev/movies/pkg/ghibli/builtin"
+	"github.com/movies-dev/movies/pkg/tracing"
 	"github.com/movies-dev/movies/pkg/web"
 )
 
@@ -40,6 +44,10 @@ func main() {
 		os.Exit(exitCode(err))
 	}
 }
+
+// tracingFlushTimeout bounds how long the exit waits to send the spans
+// still queued.
+const tracingFlushTimeout = 5 * time.Second
 
 // errUnhealthy marks a failed -healthcheck probe.
 var errUnhealthy = errors.New("healthcheck")
@@ -69,6 +77,28 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return probe(ctx, cfg.addr)
 	}
 	log := newLogger(cfg, stdout)
+	traced, err := tracing.Enabled(getenv)
+	if err != nil {
+		return err
+	}
+	var tracer trace.TracerProvider
+	var traceStats func() tracing.Stats
+	if traced {
+		tp, err := tracing.Start(ctx, build.Version)
+		if err != nil {
+			return err
+		}
+		// Spans still queued go out at exit, within a bound: a trace
+		// backend that is down must not hold the shutdown.
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tracingFlushTimeout)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				log.Warn("traces not all sent at exit", "err", err)
+			}
+		}()
+		tracer, traceStats = tp, tp.Stats
+	}
 
 	upstream, upstreamName := cfg.upstream, ""
 	if cfg.upstream == builtinUpstream {
@@ -96,6 +126,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		RedisKey:        cfg.redis.KeyFile,
 		Log:             log,
 		Build:           build,
+		Tracer:          tracer,
+		TraceStats:      traceStats,
 	})
 	if err != nil {
 		return err
@@ -130,7 +162,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if cfg.redis.URL != "" {
 		attrs = append(attrs, "redis", cfg.redis.Redacted(), "redis_mode", cfg.redis.Mode)
 	}
-	attrs = append(attrs, "version", build.Version, "revision", build.Revision, "go", build.GoVersion)
+	attrs = append(attrs, "version", build.Version, "revision", build.Revision, "go", build.GoVersion, "tracing", traced)
 	log.Info("listening", attrs...)
 	if err := srv.Serve(ctx, ln, metricsLn); err != nil {
 		return err

@@ -239,6 +239,7 @@ type Cache[V any] struct {
 
 	lastLoad   atomic.Int64   // duration of the last successful load, ns
 	refreshing atomic.Bool    // an early refresh goroutine is running
+	waiting    atomic.Int64   // Get calls waiting on a load (Waiting)
 	background sync.WaitGroup // refreshes, adoptions and running loads
 
 	adoptMu    sync.Mutex
@@ -312,6 +313,8 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 		return c.staleOr(err)
 	}
 	atomic.AddUint64(&c.stats.Misses, 1)
+	c.waiting.Add(1)
+	defer c.waiting.Add(-1)
 
 	// At most twice: a flight joined may have been an adoption that found
 	// nothing, which is no answer for a miss; the second flight is ours.
@@ -350,6 +353,10 @@ func (c *Cache[V]) Get(ctx context.Context) (Snapshot[V], error) {
 		return got, nil
 	}
 }
+
+// Waiting is how many Get calls are waiting on a load now: a load's
+// caller can tell how many requests its result will answer.
+func (c *Cache[V]) Waiting() int { return int(c.waiting.Load()) }
 
 // refreshWindow is how long before expiry RefreshAhead starts a load.
 func (c *Cache[V]) refreshWindow() time.Duration {

@@ -18,6 +18,7 @@ type fetched[V any] struct {
 	err   error
 	took  time.Duration // from its own start: a second fetch's, not the late one's
 	at    time.Time     // when it returned: a Retry-After counts from then
+	trace string        // its span's traceparent, if it told ShareTrace
 }
 
 // hedgeFetch fetches beside the leader (or after it, if it failed), with a
@@ -76,8 +77,9 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 		running++
 		go func() {
 			start := time.Now()
-			v, data, err := l.fetch(fctx)
-			results <- fetched[V]{v, data, err, time.Since(start), time.Now()}
+			var trace string
+			v, data, err := l.fetch(context.WithValue(fctx, traceKey{}, &trace))
+			results <- fetched[V]{v, data, err, time.Since(start), time.Now(), trace}
 		}()
 	}
 	// Whatever returns, the fetches still running end now.
@@ -233,7 +235,7 @@ func (t *Tier[V]) share(ctx context.Context, version, have uint64, token string,
 	if token != "" {
 		lock = lockValue(version, token)
 	}
-	e := Entry[V]{Value: f.value, Version: version, Deadline: start.Add(t.opts.TTL), Source: src}
+	e := Entry[V]{Value: f.value, Version: version, Deadline: start.Add(t.opts.TTL), Source: src, Trace: f.trace}
 	px := time.Until(e.Deadline).Milliseconds()
 	if px < 2 {
 		if lock != "" {
@@ -241,7 +243,7 @@ func (t *Tier[V]) share(ctx context.Context, version, have uint64, token string,
 		}
 		return e
 	}
-	value := append(header(version, wall, took), f.data...)
+	value := append(header(version, wall, took, f.trace), f.data...)
 	c, err := t.commit(ctx, version, have, value, px, lock)
 	switch {
 	case err != nil:

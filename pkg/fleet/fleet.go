@@ -150,10 +150,28 @@ type Entry[V any] struct {
 	// deadline): a replica that had nothing gets what the others serve
 	// now, and adopts the newer to serve from the switch, as they do.
 	Newer uint64
+	// Trace is the W3C traceparent of the span of the fetch that made it,
+	// as the fetching replica told ShareTrace; "" if it did not.
+	Trace string
 }
 
 // A Fetch fetches the value, and the bytes to share it as.
 type Fetch[V any] func(context.Context) (V, []byte, error)
+
+// traceKey's context value is where a Fetch's trace goes (*string).
+type traceKey struct{}
+
+// ShareTrace tells the fleet the W3C traceparent of the span of the fetch
+// running under ctx (a Fetch's): the fleet writes it with the snapshot,
+// so the replicas that serve what this one fetched can link their
+// requests to that span (Entry.Trace). Outside a Fetch, or with anything
+// but a traceparent, it does nothing: a trace is for people, never for
+// the protocol.
+func ShareTrace(ctx context.Context, traceparent string) {
+	if p, ok := ctx.Value(traceKey{}).(*string); ok && validTraceparent(traceparent) {
+		*p = traceparent
+	}
+}
 
 // FailedError is returned to a replica that waited for a fetch that
 // failed with a Retry-After, or that asked while the fleet backs off: the

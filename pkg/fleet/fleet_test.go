@@ -96,7 +96,7 @@ func bg() context.Context { return context.Background() }
 // fetched startedAgo on this clock, expiring in pttl (0: never).
 func putSnapshot(t testing.TB, c *redis.Client, key string, version uint64, startedAgo, pttl time.Duration, data string) {
 	t.Helper()
-	v := string(header(version, time.Now().Add(-startedAgo), 10*time.Millisecond)) + data
+	v := string(header(version, time.Now().Add(-startedAgo), 10*time.Millisecond, "")) + data
 	if err := c.Set(bg(), key, v, pttl).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +421,7 @@ func TestTier_NothingInRedisIsTrusted(t *testing.T) {
 	ctx := bg()
 	huge := strings.Repeat("x", 300<<10)
 	env := func(data string) string {
-		return string(header(9, time.Now(), 0)) + data
+		return string(header(9, time.Now(), 0, "")) + data
 	}
 	tests := []struct {
 		name string

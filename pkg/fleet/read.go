@@ -38,31 +38,64 @@ func (t *Tier[V]) Read(ctx context.Context, have uint64) (Entry[V], bool, error)
 
 // header is what precedes a snapshot's data in Redis: its version, its
 // fetch's start on the writer's wall clock and how long the fetch took,
-// in ms. The scripts read the version from it without the data.
-func header(version uint64, start time.Time, took time.Duration) []byte {
+// in ms, and the W3C traceparent of the fetch's span when it was traced
+// (see ShareTrace). The scripts read the version from it without the data.
+func header(version uint64, start time.Time, took time.Duration, trace string) []byte {
+	if validTraceparent(trace) {
+		return fmt.Appendf(nil, "%d %d %d %s\n", version, start.UnixMilli(), took.Milliseconds(), trace)
+	}
 	return fmt.Appendf(nil, "%d %d %d\n", version, start.UnixMilli(), took.Milliseconds())
 }
 
+// storedHeader is a stored snapshot's header, parsed.
+type storedHeader struct {
+	version         uint64
+	startMS, tookMS int64
+	trace           string // "" if the writer's fetch was not traced
+}
+
 // parseHeader splits a stored snapshot into its header's fields and data.
-func parseHeader(v string) (version uint64, startMS, tookMS int64, data []byte, err error) {
-	h, rest, ok := bytes.Cut([]byte(v), []byte("\n"))
-	if !ok || len(h) >= headerMax {
-		return 0, 0, 0, nil, errors.New("a snapshot without its header")
+func parseHeader(v string) (h storedHeader, data []byte, err error) {
+	line, rest, ok := bytes.Cut([]byte(v), []byte("\n"))
+	if !ok || len(line) >= headerMax {
+		return h, nil, errors.New("a snapshot without its header")
 	}
-	f := bytes.Fields(h)
-	if len(f) != 3 {
-		return 0, 0, 0, nil, fmt.Errorf("a header %.64q not ours", h)
+	f := bytes.Fields(line)
+	if len(f) != 3 && (len(f) != 4 || !validTraceparent(string(f[3]))) {
+		return h, nil, fmt.Errorf("a header %.64q not ours", line)
 	}
-	version, err1 := strconv.ParseUint(string(f[0]), 10, 64)
-	startMS, err2 := strconv.ParseInt(string(f[1]), 10, 64)
-	tookMS, err3 := strconv.ParseInt(string(f[2]), 10, 64)
-	if err := errors.Join(err1, err2, err3); err != nil || version == 0 || version >= maxVersion || tookMS < 0 {
-		return 0, 0, 0, nil, fmt.Errorf("a header %.64q not ours", h)
+	var err1, err2, err3 error
+	h.version, err1 = strconv.ParseUint(string(f[0]), 10, 64)
+	h.startMS, err2 = strconv.ParseInt(string(f[1]), 10, 64)
+	h.tookMS, err3 = strconv.ParseInt(string(f[2]), 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil || h.version == 0 || h.version >= maxVersion || h.tookMS < 0 {
+		return storedHeader{}, nil, fmt.Errorf("a header %.64q not ours", line)
+	}
+	if len(f) == 4 {
+		h.trace = string(f[3])
 	}
 	if len(rest) == 0 {
-		return 0, 0, 0, nil, errors.New("a snapshot without data")
+		return storedHeader{}, nil, errors.New("a snapshot without data")
 	}
-	return version, startMS, tookMS, rest, nil
+	return h, rest, nil
+}
+
+// validTraceparent reports whether s has a W3C traceparent's shape
+// (version 00): "00-" 32 hex "-" 16 hex "-" 2 hex, lower case. What it
+// names is for people (a link between spans), never for the protocol.
+func validTraceparent(s string) bool {
+	if len(s) != 55 || s[:3] != "00-" || s[35] != '-' || s[52] != '-' {
+		return false
+	}
+	for i, c := range []byte(s) {
+		if i == 2 || i == 35 || i == 52 {
+			continue
+		}
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // decode checks what read returned: ok false, no error, for no snapshot,
@@ -90,7 +123,8 @@ func (t *Tier[V]) decode(status int, snap, prev stored, asked, wall time.Time, h
 
 // decodeOne checks one stored snapshot.
 func (t *Tier[V]) decodeOne(s stored, asked, wall time.Time, have uint64) (e Entry[V], ok bool, err error) {
-	version, startMS, tookMS, data, err := parseHeader(s.value)
+	h, data, err := parseHeader(s.value)
+	version, startMS, tookMS := h.version, h.startMS, h.tookMS
 	switch {
 	case err != nil:
 		return e, false, err
@@ -124,5 +158,5 @@ func (t *Tier[V]) decodeOne(s stored, asked, wall time.Time, have uint64) (e Ent
 	// How long the writer's fetch took: what this replica judges a late
 	// leader by (a value past FetchTimeout is no fetch that happened).
 	t.fetches.add(min(time.Duration(tookMS)*time.Millisecond, t.opts.FetchTimeout))
-	return Entry[V]{Value: v, Version: version, Deadline: deadline, Source: FromFleet}, true, nil
+	return Entry[V]{Value: v, Version: version, Deadline: deadline, Source: FromFleet, Trace: h.trace}, true, nil
 }

@@ -73,8 +73,9 @@ const (
 	lockMissing = -1 // nobody's: our lease lapsed, or Redis lost the key
 )
 
-// headerMax bounds a snapshot's header: "<version> <start ms> <took ms>\n".
-const headerMax = 64
+// headerMax bounds a snapshot's header: "<version> <start ms> <took ms>",
+// then " <traceparent>" (55 bytes) when the fetch was traced, and "\n".
+const headerMax = 128
 
 // constants fills the protocol's constants into the Lua: one definition,
 // in Go, for both sides.
@@ -96,7 +97,7 @@ var constants = strings.NewReplacer(
 const luaHead = `
 local function head(k)
   if redis.call('TYPE', k).ok ~= 'string' then return nil end
-  local v, start = string.match(redis.call('GETRANGE', k, 0, {{HEADER_MAX}}), '^(%d+) (%d+) %d+\n')
+  local v, start = string.match(redis.call('GETRANGE', k, 0, {{HEADER_MAX}}), '^(%d+) (%d+) %d+[ \n]')
   v = tonumber(v)
   if not v or v <= 0 or v >= {{MAX_VERSION}} then return nil end
   return v, tonumber(start)

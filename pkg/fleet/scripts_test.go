@@ -31,10 +31,15 @@ func failedRecord(ms int64) string {
 // it are the same on both servers.
 var conformanceNow = time.UnixMilli(1_000_000_000)
 
+// conformanceTrace is the traceparent the stored snapshots carry: every
+// script reads a header with one, as a traced fleet writes it (the
+// simulator's, untraced, read headers without).
+const conformanceTrace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 // stored writes a snapshot as commit would, fetched startedAgo before
 // conformanceNow.
 func storedSnapshot(version uint64, startedAgo time.Duration, data string) string {
-	return string(header(version, conformanceNow.Add(-startedAgo), 5*time.Millisecond)) + data
+	return string(header(version, conformanceNow.Add(-startedAgo), 5*time.Millisecond, conformanceTrace)) + data
 }
 
 var scriptCases = []scriptCase{
@@ -259,11 +264,11 @@ func readString(have uint64) func(t *Tier[string]) string {
 		}
 		s := fmt.Sprintf("read %d", status)
 		if snap.ok {
-			_, _, _, data, _ := parseHeader(snap.value)
+			_, data, _ := parseHeader(snap.value)
 			s += " " + string(data)
 		}
 		if prev.ok {
-			_, _, _, data, _ := parseHeader(prev.value)
+			_, data, _ := parseHeader(prev.value)
 			s += " with previous " + string(data)
 		}
 		return s + "|"

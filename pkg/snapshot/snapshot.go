@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/movies-dev/movies/pkg/render"
 )
 
@@ -20,6 +22,10 @@ type Snapshot struct {
 	// View is the data the representations were rendered from, kept for
 	// the rare renderings that depend on the request (a stale one).
 	View render.View
+	// Fetch is the span of the fetch whose data this is, for the requests
+	// that waited on it to link to; invalid when untraced or fetched by
+	// another replica.
+	Fetch trace.SpanContext
 
 	staleOnce sync.Once
 	staleHTML []byte

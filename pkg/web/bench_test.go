@@ -8,6 +8,9 @@ import (
 	"testing"
 
 	"github.com/labstack/echo/v4"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/movies-dev/movies/pkg/fleet/fleettest"
 	"github.com/movies-dev/movies/pkg/ghibli/ghiblitest"
@@ -30,13 +33,13 @@ var benchEncodings = []struct{ name, acceptEncoding string }{
 
 // mustWarmServer is the real server, built as main builds it, over the
 // bundled data, after one Get so that every benchmarked request is a hit.
-func mustWarmServer(tb testing.TB, redisURL ...string) *Server {
+func mustWarmServer(tb testing.TB, options ...func(*Config)) *Server {
 	tb.Helper()
 	up := ghiblitest.NewServer(ghiblitest.Bundled())
 	tb.Cleanup(up.Close)
 	cfg := Config{Upstream: up.URL}
-	if len(redisURL) > 0 {
-		cfg.Redis = redisURL[0]
+	for _, o := range options {
+		o(&cfg)
 	}
 	srv, err := New(cfg)
 	if err != nil {
@@ -77,10 +80,28 @@ func BenchmarkHit(b *testing.B) {
 	}
 }
 
+// BenchmarkHitTraced is BenchmarkHit traced, through the SDK's batch
+// processor into an exporter that drops what it gets: the cost of tracing
+// on the hit path, with 1 % of requests sampled and with all of them.
+func BenchmarkHitTraced(b *testing.B) {
+	for _, c := range []struct {
+		name    string
+		sampler sdktrace.Sampler
+	}{{"sampled-1pct", sdktrace.TraceIDRatioBased(0.01)}, {"sampled-all", sdktrace.AlwaysSample()}} {
+		b.Run(c.name, func(b *testing.B) {
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(c.sampler), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+			b.Cleanup(func() { tp.Shutdown(context.Background()) })
+			h := mustWarmServer(b, tracedWith(tp)).Handler()
+			benchHandler(b, h, "gzip")
+		})
+	}
+}
+
 // BenchmarkHitSharedTier is BenchmarkHit with -redis on: a hit must stay
 // a local read, whatever the shared tier does.
 func BenchmarkHitSharedTier(b *testing.B) {
-	h := mustWarmServer(b, fleettest.Start(b).URL).Handler()
+	url := fleettest.Start(b).URL
+	h := mustWarmServer(b, func(c *Config) { c.Redis = url }).Handler()
 	for _, enc := range benchEncodings {
 		b.Run(enc.name, func(b *testing.B) { benchHandler(b, h, enc.acceptEncoding) })
 	}
@@ -120,4 +141,9 @@ func BenchmarkEchoBaseline(b *testing.B) {
 		})
 		b.Run(enc.name, func(b *testing.B) { benchHandler(b, e, enc.acceptEncoding) })
 	}
+}
+
+// tracedWith configures a server traced by tp.
+func tracedWith(tp trace.TracerProvider) func(*Config) {
+	return func(c *Config) { c.Tracer = tp }
 }

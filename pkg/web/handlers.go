@@ -90,9 +90,13 @@ func asset(contentType string, body []byte) echo.HandlerFunc {
 }
 
 func (s *Server) moviesPage(c echo.Context) error {
-	snap, err := s.cache.Get(requestContext(c))
+	ctx := requestContext(c)
+	snap, err := s.cache.Get(ctx)
 	if err != nil {
 		return err
+	}
+	if s.traced {
+		linkFetch(ctx, snap)
 	}
 	if snap.Stale {
 		b, err := snap.Value.StalePage()
@@ -106,9 +110,13 @@ func (s *Server) moviesPage(c echo.Context) error {
 }
 
 func (s *Server) moviesAPI(c echo.Context) error {
-	snap, err := s.cache.Get(requestContext(c))
+	ctx := requestContext(c)
+	snap, err := s.cache.Get(ctx)
 	if err != nil {
 		return err
+	}
+	if s.traced {
+		linkFetch(ctx, snap)
 	}
 	if snap.Stale {
 		b, err := snap.Value.StaleJSON(time.Now())

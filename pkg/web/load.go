@@ -14,6 +14,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/movies-dev/movies/pkg/cache"
 	"github.com/movies-dev/movies/pkg/fleet"
 	"github.com/movies-dev/movies/pkg/ghibli"
@@ -36,6 +39,10 @@ type loader struct {
 	log    *slog.Logger
 	ttl    time.Duration
 	tier   *fleet.Tier[[]ghibli.Movie] // nil without -redis
+	tracer trace.Tracer                // records nothing without Config.Tracer
+	// waiting is how many requests wait on a load now (the cache's), told
+	// to the fetch's span when it ends: the requests it answers.
+	waiting func() int
 	// newSnapshot is snapshot.New (the simulator's replicas use NewQuick).
 	newSnapshot func(render.View, time.Time, time.Time) (*snapshot.Snapshot, error)
 
@@ -72,11 +79,31 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	}
 	var e fleet.Entry[[]ghibli.Movie]
 	var err error
+	// The span of this load's fetch that succeeded (of the two, when a
+	// late fetch raced a second), for the waiters to link to.
+	var fetched struct {
+		sync.Mutex
+		span trace.SpanContext
+	}
+	fetch := func(ctx context.Context) ([]ghibli.Movie, error) {
+		movies, span, err := l.fetch(ctx, time.Now())
+		if err == nil {
+			fetched.Lock()
+			fetched.span = span
+			fetched.Unlock()
+			// In a fleet, the span travels with the snapshot, so the
+			// requests other replicas serve from it link to it too.
+			if span.IsValid() {
+				fleet.ShareTrace(ctx, traceparent(span))
+			}
+		}
+		return movies, err
+	}
 	switch {
 	case l.tier == nil && r.Adopt != 0:
 		return cache.Snapshot[*snapshot.Snapshot]{}, cache.ErrNotNewer
 	case l.tier == nil:
-		e.Value, err = l.fetch(ctx, r.Started)
+		e.Value, err = fetch(ctx)
 		e.Deadline = r.Started.Add(l.ttl)
 	case r.Adopt != 0 && r.Have != nil && r.Have.Version == 0 && time.Since(r.Have.Fetched) < l.ttl:
 		// What is served was fetched alone (Redis failed): it has no
@@ -89,7 +116,7 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 		}
 	default:
 		e, err = l.tier.Load(ctx, have, func(ctx context.Context) ([]ghibli.Movie, []byte, error) {
-			movies, err := l.fetch(ctx, time.Now())
+			movies, err := fetch(ctx)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -100,8 +127,8 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	if err != nil {
 		return cache.Snapshot[*snapshot.Snapshot]{}, err
 	}
-	fetched := e.Deadline.Add(-l.ttl)
-	if e.Source == fleet.FromFleet && r.Have != nil && r.Have.Version == 0 && fetched.Before(r.Have.Fetched) && time.Since(r.Have.Fetched) < l.ttl {
+	start := e.Deadline.Add(-l.ttl)
+	if e.Source == fleet.FromFleet && r.Have != nil && r.Have.Version == 0 && start.Before(r.Have.Fetched) && time.Since(r.Have.Fetched) < l.ttl {
 		// An early refresh while what is served was fetched alone, after
 		// what the fleet offers (its previous snapshot, before the
 		// switch): the cache would keep what it holds, so preparing the
@@ -115,27 +142,46 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 	// Every time here is on this replica's clock, counted back from the
 	// deadline: a writer's clock may be ahead of ours, and a
 	// Last-Modified or an age from it could lie.
-	s, err := l.prepare(ctx, e.Value, fetched)
-	return cache.Snapshot[*snapshot.Snapshot]{Value: s, Fetched: fetched, Version: e.Version, Newer: e.Newer, Origin: string(e.Source)}, err
+	var span trace.SpanContext
+	if e.Source == fleet.FromFleet {
+		span = spanOf(e.Trace) // another replica's fetch
+	} else {
+		fetched.Lock()
+		span = fetched.span
+		fetched.Unlock()
+	}
+	s, err := l.prepare(ctx, e.Value, start, span)
+	return cache.Snapshot[*snapshot.Snapshot]{Value: s, Fetched: start, Version: e.Version, Newer: e.Newer, Origin: string(e.Source)}, err
 }
 
-// fetch asks the upstream and logs the outcome once.
-func (l *loader) fetch(ctx context.Context, started time.Time) ([]ghibli.Movie, error) {
+// fetch asks the upstream, in a span of its own, and logs the outcome once.
+func (l *loader) fetch(ctx context.Context, started time.Time) ([]ghibli.Movie, trace.SpanContext, error) {
+	ctx, span := l.tracer.Start(ctx, "fetch")
 	movies, err := l.client.Movies(ctx)
-	attrs := []any{"duration", time.Since(started).Round(time.Millisecond), "outcome", ghibli.Cause(err)}
+	cause := ghibli.Cause(err)
+	span.SetAttributes(attribute.String("movies.outcome", cause))
+	attrs := []any{"duration", time.Since(started).Round(time.Millisecond), "outcome", cause}
 	if err != nil {
 		l.log.ErrorContext(ctx, "upstream fetch failed", append(attrs, "err", err)...)
-		return nil, err
+		endSpan(span, err)
+		return nil, span.SpanContext(), err
+	}
+	span.SetAttributes(attribute.Int("movies.films", len(movies)), attribute.Int("movies.links", countPeople(movies)))
+	if l.waiting != nil {
+		span.SetAttributes(attribute.Int("movies.requests_waiting", l.waiting()))
 	}
 	l.log.InfoContext(ctx, "upstream fetch", append(attrs, "films", len(movies), "links", countPeople(movies))...)
-	return movies, nil
+	endSpan(span, nil)
+	return movies, span.SpanContext(), nil
 }
 
 // prepare renders a snapshot of movies fetched at fetched. Unchanged data
 // keeps its Last-Modified, and with it its bytes and validators, so
 // clients and caches revalidate with a 304; changed data is dated when it
 // was fetched, as this replica reckons it.
-func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, fetched time.Time) (*snapshot.Snapshot, error) {
+func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, fetched time.Time, fetch trace.SpanContext) (s *snapshot.Snapshot, err error) {
+	ctx, span := l.tracer.Start(ctx, "render")
+	defer func() { endSpan(span, err) }()
 	canonical, err := json.Marshal(movies)
 	if err != nil {
 		return nil, fmt.Errorf("render: %w", err)
@@ -149,12 +195,13 @@ func (l *loader) prepare(ctx context.Context, movies []ghibli.Movie, fetched tim
 	if data != l.dates.data {
 		changed, prevChanged = fetched, l.dates.changed
 	}
-	s, err := l.newSnapshot(view, changed, prevChanged)
+	s, err = l.newSnapshot(view, changed, prevChanged)
 	atomic.AddUint64(&l.stats.Renders, 1)
 	if err != nil {
 		l.log.ErrorContext(ctx, "render failed", "err", err)
 		return nil, fmt.Errorf("render: %w", err)
 	}
+	s.Fetch = fetch
 	l.dates.data, l.dates.changed, l.dates.prevChanged = data, changed, prevChanged
 	return s, nil
 }

@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/movies-dev/movies/metrics"
 )
 
 // securityHeaders are set on every response, built once. A slice, not a
@@ -47,12 +50,22 @@ func (s *Server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		for _, f := range securityHeaders {
 			h[f.key] = f.value
 		}
+		var span trace.Span
+		if s.traced {
+			span = s.startSpan(c)
+		}
 		if err := s.serve(next, c); err != nil {
 			c.Error(err) // run the error handler now so the status is final
 		}
 		route, status := c.Path(), c.Response().Status
 		if route == "" || status == http.StatusNotFound {
 			route = otherRoute // unknown paths must not become label values
+		}
+		if span != nil {
+			if sc := endRequestSpan(span, c, route, status); sc.IsSampled() {
+				s.routeMetric(route).ObserveTraced(status, time.Since(start), sc.TraceID().String())
+				return nil
+			}
 		}
 		if m := s.routeMetrics[route]; m != nil {
 			m.Observe(status, time.Since(start))
@@ -61,6 +74,15 @@ func (s *Server) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		return nil
 	}
+}
+
+// routeMetric is route's recorder (every route has one; otherRoute's
+// stands in for any other).
+func (s *Server) routeMetric(route string) *metrics.HTTPRoute {
+	if m := s.routeMetrics[route]; m != nil {
+		return m
+	}
+	return s.routeMetrics[otherRoute]
 }
 
 // serve runs next, answering 405 to any method but GET and HEAD on a

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // requestIDKey's context value is a *string, pointing at the id in the
@@ -78,7 +79,8 @@ func (s *idSource) next() []string {
 }
 
 // NewLogHandler wraps h so each record logged with a request's context
-// (while serving it, and by the fetch it led) carries its request_id.
+// (while serving it, and by the fetch it led) carries its request_id, and
+// when traced its trace_id and span_id.
 func NewLogHandler(h slog.Handler) slog.Handler { return requestIDHandler{h} }
 
 // requestIDHandler adds the request id found in a record's context.
@@ -87,6 +89,9 @@ type requestIDHandler struct{ slog.Handler }
 func (h requestIDHandler) Handle(ctx context.Context, r slog.Record) error {
 	if id, ok := ctx.Value(requestIDKey{}).(*string); ok {
 		r.AddAttrs(slog.String("request_id", *id))
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
 	}
 	return h.Handler.Handle(ctx, r)
 }

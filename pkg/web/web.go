@@ -26,6 +26,9 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/movies-dev/movies/metrics"
 	"github.com/movies-dev/movies/pkg/cache"
@@ -33,6 +36,7 @@ import (
 	"github.com/movies-dev/movies/pkg/ghibli"
 	"github.com/movies-dev/movies/pkg/render"
 	"github.com/movies-dev/movies/pkg/snapshot"
+	"github.com/movies-dev/movies/pkg/tracing"
 )
 
 // MaxTTL is the product's promise: no page shows data older than a minute.
@@ -82,6 +86,14 @@ type Config struct {
 	// as runtime.Version()).
 	Build Build
 
+	// Tracer, if set, traces requests, fetches and renders (package
+	// tracing builds it from the OTEL_* environment); nil adds no tracing
+	// code to any request.
+	Tracer trace.TracerProvider
+	// TraceStats, if set, counts what became of the spans ended
+	// (movies_trace_spans_total, zero without it).
+	TraceStats func() tracing.Stats
+
 	// UpstreamName, if set, names the upstream in the fleet's namespace
 	// instead of Upstream: replicas share snapshots only when they name
 	// the same upstream (cmd/movies says "builtin" for the bundled one,
@@ -113,7 +125,7 @@ type Build struct {
 // sharedFormat is the version of what replicas share in Redis: a change
 // to the envelope or the catalogue's shape changes it, so replicas of two
 // versions never read each other's snapshots.
-const sharedFormat = "movies/3"
+const sharedFormat = "movies/4"
 
 // namespace is the fleet's key prefix: replicas share snapshots only if
 // they are interchangeable (the same format, upstream and TTL), so two
@@ -240,8 +252,10 @@ type Server struct {
 	accel   atomic.Pointer[accelExpires] // the current snapshot's, made once
 	serving atomic.Pointer[servedFrom]   // the snapshot last served, see countServed
 
-	handler        *echo.Echo // the main listener's routes
-	metricsHandler *echo.Echo // the metrics listener's: /metrics alone
+	handler        *echo.Echo   // the main listener's routes
+	traced         bool         // Config.Tracer is set
+	tracer         trace.Tracer // Config.Tracer's
+	metricsHandler *echo.Echo   // the metrics listener's: /metrics alone
 	// routeMetrics records each route's requests, by route path (and
 	// otherRoute); built with the routes, read-only after.
 	routeMetrics map[string]*metrics.HTTPRoute
@@ -274,10 +288,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.upstreamTransport != nil {
 		client.HTTPClient.Transport = cfg.upstreamTransport
 	}
+	tracer := tracerOf(cfg.Tracer)
+	if cfg.Tracer != nil {
+		// A span per upstream request, the retry included, each a child
+		// of the fetch's span.
+		client.HTTPClient.Transport = otelhttp.NewTransport(client.HTTPClient.Transport,
+			otelhttp.WithTracerProvider(cfg.Tracer), otelhttp.WithPropagators(propagation.TraceContext{}))
+	}
 	if cfg.jitter != nil {
 		client.Jitter = cfg.jitter
 	}
-	l := &loader{client: client, log: cfg.Log, ttl: cfg.TTL, newSnapshot: cfg.newSnapshot}
+	l := &loader{client: client, log: cfg.Log, ttl: cfg.TTL, newSnapshot: cfg.newSnapshot, tracer: tracer}
 	if l.newSnapshot == nil {
 		l.newSnapshot = snapshot.New
 	}
@@ -296,6 +317,7 @@ func New(cfg Config) (*Server, error) {
 		RetryAfter:   retryAfter,
 		Rand:         cfg.jitter,
 	})
+	l.waiting = c.Waiting
 	age := func() (time.Duration, bool) {
 		s, ok := c.Peek()
 		return s.Age(time.Now()), ok
@@ -304,6 +326,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if err := metrics.RegisterCounters(reg, l.Stats); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	traceStats := cfg.TraceStats
+	if traceStats == nil {
+		traceStats = func() tracing.Stats { return tracing.Stats{} }
+	}
+	if err := metrics.RegisterCounters(reg, traceStats); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if cfg.Redis != "" {
@@ -343,7 +372,13 @@ func New(cfg Config) (*Server, error) {
 	s.ready.Store(true)
 	s.handler, s.metricsHandler = s.routes(noStoreHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelError),
+		// OpenMetrics to a scraper that asks for it (Prometheus does):
+		// the only exposition that carries exemplars.
+		EnableOpenMetrics: true,
 	})))
+	// With a tracer, the main listener's middleware traces each request
+	// (see startSpan); scrapes of -metrics-addr are not traced.
+	s.traced, s.tracer = cfg.Tracer != nil, tracer
 	return s, nil
 }
 
