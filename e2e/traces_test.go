@@ -30,8 +30,9 @@ func jaegerBinary(t *testing.T) string {
 }
 
 // startJaeger runs Jaeger with an in-memory store, receiving OTLP over
-// HTTP, and returns the OTLP endpoint and the query API's base URL.
-func startJaeger(t *testing.T) (otlp, query string) {
+// HTTP, and returns the OTLP endpoint, the query API's base URL and the
+// process.
+func startJaeger(t *testing.T) (otlp, query string, p *process) {
 	t.Helper()
 	bin := jaegerBinary(t)
 	otlpAddr, queryAddr, grpcAddr := freeAddr(t), freeAddr(t), freeAddr(t)
@@ -72,7 +73,7 @@ exporters:
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := startProcess(t, "jaeger", bin, "--config", path)
+	p = startProcess(t, "jaeger", bin, "--config", path)
 	query = "http://" + queryAddr
 	waitFor(t, 60*time.Second, "jaeger serving", func() error {
 		if p.exited() {
@@ -80,7 +81,7 @@ exporters:
 		}
 		return wantStatus(query+"/api/services", http.StatusOK)
 	})
-	return "http://" + otlpAddr, query
+	return "http://" + otlpAddr, query, p
 }
 
 // jaegerSpan is a span as Jaeger's query API returns it.
@@ -154,7 +155,7 @@ func jaegerSpans(query, service string) ([]jaegerSpan, error) {
 // fetch (the leader as its parent and by a link, the others by a link),
 // across replicas in the fleet case.
 func TestTraces_InJaeger(t *testing.T) {
-	otlp, query := startJaeger(t)
+	otlp, query, _ := startJaeger(t)
 	for _, c := range []struct {
 		name     string
 		replicas int
