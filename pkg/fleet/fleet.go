@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // The protocol's timings and bounds. Each is pinned by a test that fails
@@ -111,6 +112,9 @@ type Options[V any] struct {
 	// Observe, if set, is told of every Redis call's operation, time, error.
 	Observe func(op string, d time.Duration, err error)
 	Log     *slog.Logger // the tier's logs and go-redis's own; nil discards them
+	// Tracer, if set, makes each Redis command a request or a fetch sends
+	// a span in its trace.
+	Tracer trace.TracerProvider
 	// Dialer, if set, replaces the network dial (a synctest bubble's Redis).
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Now, if set, replaces the wall clock for what crosses processes
@@ -280,6 +284,12 @@ func New[V any](opts Options[V]) (*Tier[V], error) {
 		dials:       dials,
 		resubscribe: make(chan struct{}, 1),
 		lastWarn:    map[string]time.Time{},
+	}
+	if opts.Tracer != nil {
+		if err := traceCommands(t.client, opts.Tracer); err != nil {
+			t.client.Close()
+			return nil, err
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.alive, t.stop = ctx, cancel

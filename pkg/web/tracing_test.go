@@ -255,3 +255,52 @@ func TestFleet_TracesLinkToTheFetchAcrossReplicas(t *testing.T) {
 	}
 	t.Error("replica b recorded no request span")
 }
+
+// TestFleet_TracesRedisCommandsInsideTheirRequest: each Redis command a
+// traced request or fetch sends is a span in that trace (redisotel),
+// without the command's arguments (a commit's are the catalogue); the
+// tier's background calls (its subscription) start no trace of their own.
+func TestFleet_TracesRedisCommandsInsideTheirRequest(t *testing.T) {
+	t.Parallel()
+	r := fleettest.Start(t)
+	up := startFake(t)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(t.Context()) })
+	cfg := fleetConfig(up, r)
+	cfg.Tracer = tp
+	s := mustStart(t, cfg)
+	mustGet(t, s.URL+"/api/v1/movies")
+
+	var request trace.SpanContext
+	var commands []sdktrace.ReadOnlySpan
+	for _, sp := range rec.Ended() {
+		if sp.Name() == "GET /api/v1/movies" {
+			request = sp.SpanContext()
+		}
+		for _, a := range sp.Attributes() {
+			if a.Key == "db.system" || a.Key == "db.system.name" {
+				commands = append(commands, sp)
+				break
+			}
+		}
+	}
+	if !request.IsValid() || len(commands) == 0 {
+		t.Fatalf("request span %v, %d Redis command spans: want both", request, len(commands))
+	}
+	for _, c := range commands {
+		if !c.Parent().IsValid() || c.SpanContext().TraceID() != request.TraceID() {
+			t.Errorf("Redis span %q is in trace %s (parent %v), want the request's %s", c.Name(), c.SpanContext().TraceID(), c.Parent().SpanID(), request.TraceID())
+		}
+		for _, a := range c.Attributes() {
+			if a.Key == "db.statement" || a.Key == "db.query.text" {
+				t.Errorf("Redis span %q carries its statement (%.60s)", c.Name(), a.Value.Emit())
+			}
+		}
+	}
+	names := map[string]int{}
+	for _, c := range commands {
+		names[c.Name()]++
+	}
+	t.Logf("%d Redis command spans in the request's trace: %v", len(commands), names)
+}

@@ -357,6 +357,7 @@ func New(cfg Config) (*Server, error) {
 			Log:     cfg.Log,
 			Dialer:  cfg.redisDialer,
 			Now:     cfg.wallClock,
+			Tracer:  cfg.Tracer,
 		})
 		if err != nil {
 			return nil, err
