@@ -125,7 +125,10 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 			// Not if a fetch elsewhere in the fleet was asked meanwhile to
 			// wait: the upstream's word holds for every replica (see
 			// noteRetryAfter); alone, nobody could have told us.
-			if running == 1 && !(l.shared && l.version != 0 && t.waitAsked(ctx)) {
+			// Nor if the fetch has answered meanwhile (a process woken
+			// from a pause finds both ready, and select picks either;
+			// asked after Redis, which gives its goroutine the time).
+			if running == 1 && !(l.shared && l.version != 0 && t.waitAsked(ctx)) && len(results) == 0 {
 				atomic.AddUint64(&t.stats.LateFetches, 1)
 				fetch()
 			}

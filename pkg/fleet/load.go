@@ -59,6 +59,7 @@ type load[V any] struct {
 	seen    uint64 // the news read so far
 	holder  began  // stepWait: the lock's holder
 	rereads int    // reads that found nothing where begin saw a snapshot
+	starved bool   // begin was asked again after this process starved
 	cause   error  // stepAlone: why Redis could not be used
 
 	entry Entry[V] // stepDone
@@ -91,6 +92,13 @@ func (l *load[V]) begin(ctx context.Context) step {
 	if err != nil {
 		if !errors.Is(err, errOpen) && !errors.Is(err, ErrInvalid) && !reply(err) {
 			t.releaseUnknown(token)
+		}
+		if errors.Is(err, errStarved) && !l.starved {
+			// This process was slow, not Redis (a pause it just woke
+			// from): ask again, once, before fetching alone, which
+			// would not know of a Retry-After the fleet was given.
+			l.starved = true
+			return stepBegin
 		}
 		return l.failed(err)
 	}
@@ -315,6 +323,11 @@ func (t *Tier[V]) failure(ctx context.Context, version uint64) (*FailedError, bo
 // failing asks for nothing: a lone replica would not have known.
 func (t *Tier[V]) waitAsked(ctx context.Context) bool {
 	rec, err := t.peek(ctx, "failure", keyFailed, 128)
+	if errors.Is(err, errStarved) {
+		// This process was slow, not Redis (a pause it just woke from,
+		// which is also when a late timer fires): ask again.
+		rec, err = t.peek(ctx, "failure", keyFailed, 128)
+	}
 	if err != nil {
 		return false
 	}
