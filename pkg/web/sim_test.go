@@ -295,7 +295,7 @@ var simScenarios = map[string]scenario{
 // their bug was fixed (docs/fleet.md, The simulator, says what each
 // found). A change to newScenario changes what they draw: then make them
 // named scenarios.
-var simRegressionSeeds = []uint64{92, 606, 716, 1467, 3343, 3555, 5706, 9447, 9636, 10678, 12753, 13961, 14934, 14949, 16386, 24201, 26642, 27848, 30454, 34940, 41652, 42199, 48811, 49131, 51776, 53535, 56789, 57040}
+var simRegressionSeeds = []uint64{92, 606, 716, 1467, 3343, 3555, 5706, 9447, 9636, 10678, 12753, 13961, 14934, 14949, 16386, 24201, 26642, 27848, 30454, 34940, 41652, 42199, 48811, 49131, 51776, 53535, 56789, 57040, 70152}
 
 func TestSimulate_RegressionSeeds(t *testing.T) {
 	warmOutsideBubbles(t)
@@ -401,7 +401,8 @@ type sim struct {
 
 type simArrival struct {
 	at         time.Duration // when the request came (the data is read then)
-	done       time.Duration // when it was answered, or given up
+	sent       time.Duration // when the upstream answered (0 if it did not)
+	done       time.Duration // when the answer was read, or given up
 	marker     int
 	status     int
 	retryAfter time.Duration // set once the response is delivered

@@ -112,6 +112,11 @@ func (tr simTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		answered()
 		return nil, req.Context().Err()
 	}
+	if marker != 0 {
+		s.mu.Lock()
+		s.arrivals[marker-1].sent = s.now()
+		s.mu.Unlock()
+	}
 	s.waitResumed(r) // nor reads a response
 	answered()
 	if err := req.Context().Err(); err != nil {
