@@ -22,6 +22,18 @@ fi
 echo "== go vet"
 go vet ./...
 
+# Jaeger, the trace backend the trace e2e sends to, is a Go program: built
+# from tools/jaeger, a module of its own (its dependencies stay out of the
+# product's go.mod), by go tool, which keeps the binary in the build cache:
+# built once per machine, found again after. The first build takes minutes
+# of CPU: it runs beside the steps that do not measure time (the static
+# checks, the downloads, the simulator's virtual time), and is waited for
+# before the first that does (the unit tests have timeouts and timings).
+echo "== Jaeger (tools/jaeger, built once and cached by go tool), in the background"
+jaeger_path=$(mktemp)
+(cd tools/jaeger && go tool -n jaeger >"$jaeger_path") &
+jaeger_build=$!
+
 # deploy/check is a module of its own (the Kubernetes API types stay out of
 # the product's go.mod): the manifests decoded strictly, the numbers that
 # compose, HAProxy, Kubernetes and the binary share, the NetworkPolicy
@@ -29,27 +41,12 @@ go vet ./...
 echo "== deploy/check (Kubernetes manifests, shared numbers, NetworkPolicy, docs links and names)"
 (cd deploy/check && go vet ./... && go test -race -count=1 ./...)
 
-# Jaeger, the trace backend the trace e2e sends to, is a Go program: built
-# from tools/jaeger, a module of its own (its dependencies stay out of the
-# product's go.mod), by go tool, which keeps the binary in the build cache:
-# built once per machine, found again after. The first build takes minutes
-# of CPU: it runs beside the downloads and the unit tests (which mostly
-# wait on timers and sockets), and is waited for before the steps that
-# measure the server.
-echo "== Jaeger (tools/jaeger, built once and cached by go tool), in the background"
-jaeger_path=$(mktemp)
-(cd tools/jaeger && go tool -n jaeger >"$jaeger_path") &
-jaeger_build=$!
-
 echo "== e2e dependencies (Prometheus, HAProxy, Chromium, Redis, nginx, Varnish, Java from Debian; axe-core, vnu-jar from npm)"
 bash scripts/install-e2e-deps.sh
 
-echo "== go test -race (unit and in-process end-to-end)"
-go test -race -count=1 $(go list ./... | grep -v '/e2e$')
-
 # The fleet simulator: replicas' real cache, loader and fleet code in
 # virtual time on miniredis, under seeded faults. Without -race, so it can
-# explore its seeds (the race step above ran a few under the detector).
+# explore its seeds (the race step below runs a few under the detector).
 echo "== fleet simulator, $simseeds seeds, each as a fleet and as lone replicas"
 go test -count=1 -run '^TestSimulate' ./pkg/web -sim.seeds="$simseeds" -timeout 10m
 
@@ -59,6 +56,9 @@ MOVIES_E2E_JAEGER=$(cat "$jaeger_path")
 rm -f "$jaeger_path"
 export MOVIES_E2E_JAEGER
 echo "jaeger: $MOVIES_E2E_JAEGER"
+
+echo "== go test -race (unit and in-process end-to-end)"
+go test -race -count=1 $(go list ./... | grep -v '/e2e$')
 
 echo "== soak against the real binary for $soak (no -race: it measures the server)"
 go test -v -count=1 -run '^TestSoak$' ./e2e -soak="$soak"
