@@ -1013,11 +1013,7 @@ func TestServer_ConstantAssets(t *testing.T) {
 func TestServer_RevalidatesAcrossSnapshots(t *testing.T) {
 	t.Parallel()
 	up := startFake(t)
-	// A TTL long enough that the requests below end before its refresh
-	// window opens (at half of it), even on a machine busy enough to
-	// stretch them past half a second; then the early refresh would be
-	// a third fetch.
-	in := mustStart(t, Config{Upstream: up.URL, TTL: 3 * time.Second})
+	in := mustStart(t, Config{Upstream: up.URL, TTL: time.Second})
 	t.Cleanup(testClient.CloseIdleConnections)
 	first := doWith(t, in.URL+"/movies/", map[string]string{"Accept-Encoding": "br"})
 	time.Sleep(1100 * time.Millisecond) // the next request starts a new snapshot
@@ -1055,7 +1051,11 @@ func TestServer_CountsRequestsPerSnapshot(t *testing.T) {
 	t.Parallel()
 	up := startFake(t)
 	up.SetBehavior("", ghiblitest.Behavior{Latency: 200 * time.Millisecond})
-	in := mustStart(t, Config{Upstream: up.URL, TTL: time.Second})
+	// A TTL long enough that the requests below end before its refresh
+	// window opens (at half of it), even on a machine busy enough to
+	// stretch them past half a second; then the early refresh would be
+	// a third fetch.
+	in := mustStart(t, Config{Upstream: up.URL, TTL: 3 * time.Second})
 	t.Cleanup(testClient.CloseIdleConnections)
 	var wg sync.WaitGroup
 	for range 8 {
