@@ -206,19 +206,21 @@ func TestTraces_InJaeger(t *testing.T) {
 			}
 
 			var spans []jaegerSpan
-			var fetches, requests, upstream []jaegerSpan
+			var fetches, requests, upstream, redisSpans []jaegerSpan
 			waitFor(t, 30*time.Second, "every span in Jaeger", func() error {
 				var err error
 				if spans, err = jaegerSpans(query, service); err != nil {
 					return err
 				}
-				fetches, requests, upstream = nil, nil, nil
+				fetches, requests, upstream, redisSpans = nil, nil, nil, nil
 				for _, s := range spans {
 					switch {
 					case s.OperationName == "fetch":
 						fetches = append(fetches, s)
 					case s.OperationName == "GET /movies/":
 						requests = append(requests, s)
+					case s.tag("db.system") != "" || s.tag("db.system.name") != "":
+						redisSpans = append(redisSpans, s) // redisotel's, checked below
 					case s.tag("span.kind") == "client":
 						upstream = append(upstream, s)
 					}
@@ -244,8 +246,18 @@ func TestTraces_InJaeger(t *testing.T) {
 					t.Errorf("request span %s (served %s) does not refer to the fetch %s/%s: %+v", r.SpanID, r.tag("movies.served"), f.TraceID, f.SpanID, r.References)
 				}
 			}
-			t.Logf("%s: 1 fetch span (trace %s, %s requests waiting), %d request spans all referring to it, served %v",
-				c.name, f.TraceID, f.tag("movies.requests_waiting"), len(requests), served)
+			t.Logf("%s: 1 fetch span (trace %s, %s requests waiting), %d request spans all referring to it, served %v; %d Redis command spans",
+				c.name, f.TraceID, f.tag("movies.requests_waiting"), len(requests), served, len(redisSpans))
+			// In the fleet, each Redis command a traced request or fetch
+			// sent is a span of its trace, never a trace of its own.
+			if c.replicas > 1 && len(redisSpans) == 0 {
+				t.Errorf("no Redis command spans in Jaeger")
+			}
+			for _, r := range redisSpans {
+				if len(r.References) == 0 {
+					t.Errorf("Redis span %s is a trace of its own", r.OperationName)
+				}
+			}
 			if c.replicas > 1 && served["miss/fleet"]+served["collapsed/fleet"] == 0 {
 				t.Errorf("no request was served from the fleet: %v", served)
 			}
