@@ -351,7 +351,7 @@ func (t *Tier[V]) commit(ctx context.Context, version, have uint64, value []byte
 
 var releaseScript = newScript("release",
 	[]key{keyLock, keyNews, keyFailed},
-	[]string{"token", "kind", "version", "record", "px"},
+	[]string{"token", "kind", "version", "record", "px", "now_ms"},
 	[]need{needs("type", keyLock), needs("get", keyLock), needs("del", keyLock),
 		needs("type", keyFailed), needs("get", keyFailed), needs("pttl", keyFailed), needs("set", keyFailed), needs("publish", keyNews)},
 	checkOwn, luaBackoff+`
@@ -387,7 +387,7 @@ func (t *Tier[V]) release(ctx context.Context, token string, kind byte, version 
 
 // releaseCall is release without the breaker.
 func (t *Tier[V]) releaseCall(ctx context.Context, token string, kind byte, version uint64, record string, px int64) error {
-	return releaseScript.lua.Run(ctx, t.client, t.k.of(releaseScript), token, string(kind), version, record, px).Err()
+	return releaseScript.lua.Run(ctx, t.client, t.k.of(releaseScript), token, string(kind), version, record, px, t.opts.Now().UnixMilli()).Err()
 }
 
 // ---- read ------------------------------------------------------------------
