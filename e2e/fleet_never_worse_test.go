@@ -390,11 +390,22 @@ func leaderOfAMissShutsDown() *twinCase {
 // fork, a slow command, a stalled disk) each time the fleet fetches, at
 // most every 700ms, so its commits run late, after their callers gave up.
 // No failure, no stale page, no more fetches than lone replicas; monotonic
-// reads a TTL after the stalls stop.
+// reads once the fleet shares again: a TTL after the stalls stop and after
+// the last fetch a replica made alone. A replica whose calls timed out
+// fetches alone until its breaker lets a call through again, which may be
+// a cooldown (1 s, doubled by each probe a stall failed) after the stalls
+// stop; what it fetched alone is served until it expires, on its own
+// deadline, not switched with the fleet's (docs/fleet.md, "The promises").
+// TestFleet_RedisFaults settles the same way.
 func redisStallsExecution() *twinCase {
 	const (
 		stall = 300 * time.Millisecond
 		every = 700 * time.Millisecond
+		// after is how long both runs go on once the stalls stop: a TTL
+		// for what was fetched during them to expire, the longest
+		// cooldown six seconds of stalls can leave a breaker in (4 s),
+		// and a second judged after both.
+		after = 3*time.Second + 4*time.Second + time.Second
 	)
 	return &twinCase{
 		name: "Redis stalls execution",
@@ -408,15 +419,28 @@ func redisStallsExecution() *twinCase {
 			r.startLoad()
 			time.Sleep(r.c.ttl)
 			start := time.Now()
-			if r.fleet {
-				stop := stallOnEachFetch(r.t, r.rig, stall, every)
+			if !r.fleet {
 				time.Sleep(2 * r.c.ttl)
-				r.note("stalls=%d", stop())
-			} else {
-				time.Sleep(2 * r.c.ttl)
+				r.fault("redis-stalls", start, time.Now())
+				time.Sleep(after)
+				return
 			}
-			r.fault("redis-stalls", start, time.Now())
-			time.Sleep(r.c.ttl + time.Second)
+			alone := r.rig.watchFallbacks()
+			stop := stallOnEachFetch(r.t, r.rig, stall, every)
+			time.Sleep(2 * r.c.ttl)
+			r.note("stalls=%d", stop())
+			end := time.Now()
+			r.fault("redis-stalls", start, end)
+			time.Sleep(after)
+			alone.stop()
+			if last := alone.last(); last.After(end) {
+				// Fetched alone after the stalls: not yet sharing.
+				r.fault("fetching-alone", end, last)
+				r.note("fetched_alone_until=+%v", last.Sub(end).Round(time.Millisecond))
+				if judged := end.Add(after).Sub(last.Add(r.c.ttl)); judged < time.Second/2 {
+					r.t.Errorf("a replica still fetched alone %v after the stalls stopped: sharing did not resume", last.Sub(end).Round(time.Millisecond))
+				}
+			}
 		},
 	}
 }

@@ -736,7 +736,7 @@ func TestFleet_RedisFaults(t *testing.T) {
 }
 
 // fallbackWatch records when replicas fetched alone, from their own count
-// (movies_fleet_fallbacks_total, every cause), sampled every
+// of snapshots they serve unshared (scrapeUnshared), sampled every
 // fallbackSample. Monotonic reads are promised while the replicas share;
 // the count only places the stretches where they do, and the pages in them
 // are still judged against the fake's timeline.
@@ -757,7 +757,7 @@ func (rig *fleetRig) watchFallbacks() *fallbackWatch {
 	w := &fallbackWatch{cancel: cancel, done: make(chan struct{})}
 	counts := map[string]float64{}
 	for _, r := range rig.all {
-		v, err := scrapeCounterSum(r.url, "movies_fleet_fallbacks_total")
+		v, err := scrapeUnshared(r.url)
 		if err != nil {
 			rig.t.Fatalf("the test reads each replica's count of fetches alone to know when the fleet shares: %v", err)
 		}
@@ -780,7 +780,7 @@ func (rig *fleetRig) watchFallbacks() *fallbackWatch {
 				if r.p.exited() {
 					continue
 				}
-				v, err := scrapeCounterSum(r.url, "movies_fleet_fallbacks_total")
+				v, err := scrapeUnshared(r.url)
 				if err == nil && v > counts[r.name] {
 					counts[r.name] = v
 					w.mu.Lock()
@@ -1105,6 +1105,20 @@ func snapshotMarker(v []byte) (version, marker int, err error) {
 		}
 	}
 	return 0, 0, fmt.Errorf("no marker in the snapshot of version %d", version)
+}
+
+// scrapeUnshared reads how many snapshots a replica fetched and served
+// without the fleet: its fetches alone (movies_fleet_fallbacks_total, every
+// cause) and its fetches for the fleet that Redis did not take
+// (movies_fleet_commits_total{result="error"}: a commit that timed out is
+// served by its replica alone, on its own deadline, as a fetch alone is).
+func scrapeUnshared(base string) (float64, error) {
+	alone, err := scrapeCounterSum(base, "movies_fleet_fallbacks_total")
+	if err != nil {
+		return 0, err
+	}
+	unwritten, err := scrapeCounter(base, "movies_fleet_commits_total", "result", "error")
+	return alone + unwritten, err
 }
 
 // scrapeCounterSum reads the sum of the counter name over all its labels
