@@ -84,6 +84,12 @@ type Request[V any] struct {
 	// loader should take that value or a newer one without fetching, and
 	// return ErrNotNewer if there is none.
 	Adopt uint64
+	// Hold, if nonzero, is when the wait a source asked of this process
+	// (its Retry-After, capped) ends: until then the loader may take a
+	// value newer than Have that another process made, but must not
+	// fetch, and returns ErrNotNewer if there is none. A lone process is
+	// never asked: its own backoff keeps every load back until then.
+	Hold time.Time
 }
 
 // Snapshot is a value, the instant its age counts from, and its version.
@@ -166,7 +172,9 @@ type Options struct {
 	LoadTimeout time.Duration
 	// RetryAfter, if set, extracts from a load error a wait the source asked
 	// for (an HTTP Retry-After); the backoff after that failure is then
-	// that, capped at MaxRetryAfter, instead of the cache's own.
+	// that, capped at MaxRetryAfter, instead of the cache's own. A value
+	// another process made (a SharedLoader's) may be served meanwhile, but
+	// no load of this process fetches before the wait ends (Request.Hold).
 	RetryAfter func(error) time.Duration
 	// StaleIfError, if positive, lets Get return the last value up to this
 	// long past its TTL, marked Stale, when it cannot load a fresh one.
@@ -236,6 +244,12 @@ type Cache[V any] struct {
 	failures int        // consecutive failed loads
 	retryAt  time.Time  // no load starts before this
 	lastErr  error
+	// holdUntil is when the last Retry-After a source gave ends, and
+	// holdErr the failure that carried it. A value another process made
+	// ends the backoff (it is served), not the hold: the source asked
+	// this process to wait, and a lone process would have (Request.Hold).
+	holdUntil time.Time
+	holdErr   error
 
 	lastLoad   atomic.Int64   // duration of the last successful load, ns
 	refreshing atomic.Bool    // an early refresh goroutine is running
@@ -534,6 +548,7 @@ func (c *Cache[V]) track() bool {
 // for an adoption of that version.
 func (c *Cache[V]) load(ctx context.Context, early bool, adopt uint64) (*Snapshot[V], error) {
 	start := time.Now()
+	hold := c.held(start)
 	// Re-check: between our miss and this flight starting, another flight
 	// may have finished and stored a fresh value, or failed and started a
 	// backoff; loading anyway would double the upstream traffic, and in an
@@ -567,7 +582,12 @@ func (c *Cache[V]) load(ctx context.Context, early bool, adopt uint64) (*Snapsho
 	if adopt == 0 {
 		atomic.AddUint64(&c.stats.Loads, 1)
 	}
-	s, err := c.safeLoad(ctx, Request[V]{Started: start, Have: cur, Adopt: adopt})
+	s, err := c.safeLoad(ctx, Request[V]{Started: start, Have: cur, Adopt: adopt, Hold: hold})
+	if err != nil && adopt == 0 && !hold.IsZero() {
+		// Nothing another process made, and no fetch of our own
+		// before the source's wait ends: back off until then.
+		return nil, c.holdOff()
+	}
 	if errors.Is(err, ErrNotNewer) {
 		return nil, ErrNotNewer
 	}
@@ -581,7 +601,8 @@ func (c *Cache[V]) load(ctx context.Context, early bool, adopt uint64) (*Snapsho
 		atomic.AddUint64(&c.stats.LoadErrors, 1)
 		return nil, c.fail(err)
 	}
-	// A fresh value ends an outage's backoff, whoever fetched it.
+	// A fresh value ends an outage's backoff, whoever fetched it; a
+	// source's Retry-After holds for this process's fetches (held).
 	c.mu.Lock()
 	c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
 	c.mu.Unlock()
@@ -625,11 +646,32 @@ func (c *Cache[V]) fail(err error) error {
 		// own count of failures.
 		if ra := min(c.opts.RetryAfter(err), MaxRetryAfter); ra > 0 {
 			wait = ra
+			c.holdUntil, c.holdErr = time.Now().Add(wait), err
 		}
 	}
 	c.retryAt = time.Now().Add(wait)
 	c.lastErr = err
 	return &UnavailableError{Err: err, RetryAt: c.retryAt}
+}
+
+// held returns when the source's wait ends if it has not at now, else the
+// zero time.
+func (c *Cache[V]) held(now time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.Before(c.holdUntil) {
+		return c.holdUntil
+	}
+	return time.Time{}
+}
+
+// holdOff backs off until the source's wait ends, with the failure that
+// asked for it: a load found nothing it may take without fetching.
+func (c *Cache[V]) holdOff() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.retryAt, c.lastErr = c.holdUntil, c.holdErr
+	return &UnavailableError{Err: c.holdErr, RetryAt: c.holdUntil, Backoff: true}
 }
 
 // backoff returns an error if a load may not start at now.

@@ -855,6 +855,85 @@ func TestCache_AdoptionEndsABackoff(t *testing.T) {
 	})
 }
 
+// TestCache_AnAdoptionLeavesTheRetryAfterToFetches: a value another
+// process made is served during a Retry-After, but once it expires this
+// process still fetches nothing before the source's wait ends: its loads
+// are asked only to take what others made (Request.Hold), and when there is
+// nothing, Get answers with the source's failure and its end, as a lone
+// process would have (seed 87943: a replica fetched 7 s into the 30 s the
+// upstream had asked of it, once another replica's snapshot had ended its
+// backoff). After the wait it fetches again.
+func TestCache_AnAdoptionLeavesTheRetryAfterToFetches(t *testing.T) {
+	const ttl = 4 * time.Second // shorter than the wait
+	synctest.Test(t, func(t *testing.T) {
+		var (
+			mu      sync.Mutex
+			shared  int64 // what another process made, 0 for nothing
+			fetches int
+			holds   []time.Time
+		)
+		errSlowDown := errors.New("503, Retry-After: 10")
+		fail := true
+		c := cache.New[int64](sharedVersions(func(r cache.Request[int64]) (cache.Snapshot[int64], error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if r.Adopt != 0 || !r.Hold.IsZero() {
+				holds = append(holds, r.Hold)
+				if shared == 0 || (r.Have != nil && r.Have.Version >= uint64(shared)) {
+					return cache.Snapshot[int64]{}, cache.ErrNotNewer
+				}
+				return cache.Snapshot[int64]{Value: shared, Version: uint64(shared), Fetched: time.Now()}, nil
+			}
+			fetches++
+			if fail {
+				return cache.Snapshot[int64]{}, errSlowDown
+			}
+			return cache.Snapshot[int64]{Value: 100, Version: 100}, nil
+		}), cache.Options{TTL: ttl, RetryAfter: func(err error) time.Duration {
+			if errors.Is(err, errSlowDown) {
+				return 10 * time.Second
+			}
+			return 0
+		}})
+		defer c.Close()
+		asked := time.Now()
+		if _, err := c.Get(context.Background()); !errors.Is(err, errSlowDown) {
+			t.Fatalf("Get() = %v, want the source's Retry-After", err)
+		}
+		mu.Lock()
+		shared, fail = 3, false
+		mu.Unlock()
+		c.Adopt(3)
+		synctest.Wait()
+		if s, err := c.Get(context.Background()); err != nil || s.Value != 3 {
+			t.Fatalf("Get() after the adoption = %+v, %v; want what the other process made", s, err)
+		}
+		time.Sleep(ttl) // it expires, 10 s not yet over
+		_, err := c.Get(context.Background())
+		var ue *cache.UnavailableError
+		if !errors.As(err, &ue) || !errors.Is(err, errSlowDown) || !ue.RetryAt.Equal(asked.Add(10*time.Second)) {
+			t.Fatalf("Get() after it expired = %v; want the source's failure until %v", err, asked.Add(10*time.Second))
+		}
+		mu.Lock()
+		if fetches != 1 || len(holds) < 2 || !holds[len(holds)-1].Equal(asked.Add(10*time.Second)) {
+			t.Errorf("fetches %d, holds %v: want the one fetch that met the Retry-After, and a load told to hold until %v", fetches, holds, asked.Add(10*time.Second))
+		}
+		mu.Unlock()
+		time.Sleep(time.Until(asked.Add(10 * time.Second)))
+		if s, err := c.Get(context.Background()); err != nil || s.Value != 100 {
+			t.Fatalf("Get() once the wait ended = %+v, %v; want a fetch of its own", s, err)
+		}
+	})
+}
+
+// sharedVersions is a SharedLoader of int64 from a func.
+type sharedVersions func(cache.Request[int64]) (cache.Snapshot[int64], error)
+
+func (f sharedVersions) Load(context.Context, time.Time) (int64, error) { panic("not a Loader") }
+func (f sharedVersions) LoadShared(_ context.Context, r cache.Request[int64]) (cache.Snapshot[int64], error) {
+	return f(r)
+}
+
 type failingVersions struct {
 	*versions
 	fail *bool

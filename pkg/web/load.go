@@ -100,7 +100,7 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 		return movies, err
 	}
 	switch {
-	case l.tier == nil && r.Adopt != 0:
+	case l.tier == nil && (r.Adopt != 0 || !r.Hold.IsZero()):
 		return cache.Snapshot[*snapshot.Snapshot]{}, cache.ErrNotNewer
 	case l.tier == nil:
 		e.Value, err = fetch(ctx)
@@ -109,7 +109,10 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 		// What is served was fetched alone (Redis failed): it has no
 		// place in the fleet's order, and is kept until it expires.
 		return cache.Snapshot[*snapshot.Snapshot]{}, cache.ErrNotNewer
-	case r.Adopt != 0:
+	case r.Adopt != 0 || !r.Hold.IsZero():
+		// News to adopt, or a wait the upstream asked of this replica
+		// (its Retry-After): take what another replica fetched, if it
+		// is newer, and fetch nothing.
 		var found bool
 		if e, found, err = l.tier.Read(ctx, have); err == nil && !found {
 			err = cache.ErrNotNewer

@@ -244,9 +244,26 @@ func judge(sc scenario, fleet, twin runResult) []string {
 		}
 		return d
 	}
+	// A fetch begun before a Retry-After came goes on, its client's one
+	// retry after a 5xx included (within 150 ms: pkg/ghibli's retryWait
+	// and jitter).
+	retryOfEarlier := func(b simArrival, from time.Duration) bool {
+		return slices.ContainsFunc(fleet.arrivals, func(p simArrival) bool {
+			return p.by == b.by && p.at < from && p.status >= 500 && p.retryAfter == 0 && b.at >= p.done && b.at <= p.done+150*time.Millisecond
+		})
+	}
 	for _, a := range fleet.arrivals {
 		if a.retryAfter <= 0 {
 			continue
+		}
+		// The replica it was given to fetches nothing until it ends,
+		// whatever Redis and the other replicas did: it needs neither
+		// to remember it, and a snapshot another replica fetched ends
+		// its backoff, not the wait (seed 87943).
+		for _, b := range fleet.arrivals {
+			if b.by == a.by && b.at > a.done && b.at < a.done+min(a.retryAfter, cache.MaxRetryAfter)-time.Millisecond && !retryOfEarlier(b, a.done) {
+				add("economical: /films #%d from r%d at %v, within the Retry-After %v r%d was given with #%d at %v", b.marker, b.by, b.at, a.retryAfter, a.by, a.marker, a.done)
+			}
 		}
 		// Read late (its replica was paused) after the upstream had
 		// served a fetch sent since: that 200 is the upstream's word
@@ -257,17 +274,10 @@ func judge(sc scenario, fleet, twin runResult) []string {
 		}) {
 			continue
 		}
-		// From when it is recorded: a Redis call after its delivery. A
-		// fetch begun before that goes on, its client's one retry after a
-		// 5xx included (within 150 ms: pkg/ghibli's retryWait and jitter).
+		// From when it is recorded: a Redis call after its delivery.
 		from, until := a.done+sc.callTimeout, a.done+min(a.retryAfter, cache.MaxRetryAfter)-time.Millisecond
-		retryOfEarlier := func(b simArrival) bool {
-			return slices.ContainsFunc(fleet.arrivals, func(p simArrival) bool {
-				return p.by == b.by && p.at < from && p.status >= 500 && p.retryAfter == 0 && b.at >= p.done && b.at <= p.done+150*time.Millisecond
-			})
-		}
 		for _, b := range fleet.arrivals {
-			if b.at < until-skew(b.at) && b.at > from && !retryOfEarlier(b) && !anyHolds(redisTrouble, a.done) && !anyHolds(redisTrouble, b.at) {
+			if b.by != a.by && b.at < until-skew(b.at) && b.at > from && !retryOfEarlier(b, from) && !anyHolds(redisTrouble, a.done) && !anyHolds(redisTrouble, b.at) {
 				add("economical: /films #%d from r%d at %v, within the Retry-After %v of #%d, delivered at %v", b.marker, b.by, b.at, a.retryAfter, a.marker, a.done)
 			}
 		}
