@@ -28,6 +28,7 @@ func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context
 	if t.opts.Observe != nil {
 		t.opts.Observe(op, time.Since(start), err)
 	}
+	t.checkScript(parent, op, err)
 	if err != nil && parent.Err() != nil {
 		// The caller gave up (its request ended): that says nothing
 		// about Redis, so it must not open the breaker.
@@ -51,6 +52,29 @@ func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context
 		t.opts.Log.Info("circuit breaker open: Redis keeps failing", "redis", t.redacted, "err", err)
 	}
 	return err
+}
+
+// checkScript says so when one of the protocol's scripts failed as it
+// ran (a Lua error, not a refusal the script returns): that is a bug in
+// this version, never Redis's state or the operator's, and the call's
+// caller falls back as for any error, so without this line it would pass
+// for a Redis in trouble.
+func (t *Tier[V]) checkScript(ctx context.Context, op string, err error) {
+	if scriptFailed(err) {
+		t.warnOnce(ctx, "script", "fleet script failed: a bug in this version's protocol, please report it", "op", op, "redis", t.redacted, "err", err)
+	}
+}
+
+// scriptFailed reports whether err is Redis saying a script raised an
+// error as it ran: "user_script" in Redis 7 and later, "Error running
+// script" before, "Error compiling script" from miniredis, which runs
+// scripts with another Lua.
+func scriptFailed(err error) bool {
+	if !reply(err) {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "user_script") || strings.Contains(msg, "Error running script") || strings.Contains(msg, "Error compiling script")
 }
 
 // reply reports whether err is Redis answering with an error: Redis is

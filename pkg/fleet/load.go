@@ -264,6 +264,7 @@ func (t *Tier[V]) releaseUnknown(token string) {
 			ctx, cancel := context.WithTimeout(t.alive, t.opts.CallTimeout)
 			err := t.releaseCall(ctx, token, 'r', 0, "", 0)
 			cancel()
+			t.checkScript(t.alive, "release", err)
 			if err == nil || reply(err) {
 				return
 			}

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -397,5 +398,37 @@ func TestScripts_EveryConstantIsFilledIn(t *testing.T) {
 				t.Errorf("script %s does not bind key %s", s.name, keyNames[k])
 			}
 		}
+	}
+}
+
+// TestScripts_AFailingScriptIsSaid: a script that raises an error as it
+// runs (a bug, as release calling backoff without its clock was) is told
+// from a refusal a script returns (NOPERM) on both servers, and said in
+// the tier's log, so neither an operator nor the simulator in package web
+// takes it for a Redis in trouble.
+func TestScripts_AFailingScriptIsSaid(t *testing.T) {
+	t.Parallel()
+	servers := map[string]string{"redis-server": startRedis(t).URL, "miniredis": "redis://" + miniredis.RunT(t).Addr()}
+	for name, url := range servers {
+		t.Run(name, func(t *testing.T) {
+			var logs lockedBuffer
+			tier := newTier(t, url, func(o *Options[string]) {
+				o.Log = slog.New(slog.NewTextHandler(&logs, nil))
+			})
+			run := func(src string) error {
+				return tier.call(bg(), "test", func(ctx context.Context) error {
+					return redis.NewScript(src).Run(ctx, tier.client, []string{tier.k[keySnapshot]}).Err()
+				})
+			}
+			if err := run("return redis.error_reply('NOPERM not this one')"); err == nil || scriptFailed(err) {
+				t.Errorf("a refusal the script returns: %v, taken for a failing script: %v", err, scriptFailed(err))
+			}
+			if err := run("local x = nil; return x + 1"); !scriptFailed(err) {
+				t.Errorf("a script raising an error: %v, not taken for one", err)
+			}
+			if !strings.Contains(logs.String(), "fleet script failed") {
+				t.Errorf("nothing said of the failing script; the log:\n%s", logs.String())
+			}
+		})
 	}
 }

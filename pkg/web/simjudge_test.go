@@ -203,6 +203,12 @@ func judge(sc scenario, fleet, twin runResult) []string {
 		}
 	}
 
+	// Every script runs to its end: a Lua error is a bug in the protocol,
+	// whatever Redis or the replicas did.
+	for _, line := range fleet.scripts {
+		add("a fleet script failed: %s", line)
+	}
+
 	// Economical: while nothing excuses it, one fetch per TTL for the
 	// fleet and the early refresh (fetches are at least TTL/2 apart: the
 	// refresh window is at most half the TTL), and an upstream's
