@@ -7,6 +7,7 @@ package web
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
 	"testing"
@@ -28,6 +29,31 @@ func anyHolds(spans []span, t time.Duration) bool {
 // again: every snapshot made during the fault has expired (a TTL), and a
 // load has had time to run (a fetch, twice: a wait and its own).
 func (sc scenario) settle() time.Duration { return sc.ttl + 2*sc.timeout }
+
+// clockStep is a stretch in which one replica's wall clock disagrees with
+// the others', and by how much.
+type clockStep struct {
+	span
+	by   time.Duration // how far off, either way
+	hour bool          // an hour or more: set right at its fault's end
+}
+
+// clockSteps are the replica-clock faults as stretches: a step of an hour
+// or more is set right at its fault's end, and settles; any other stays,
+// past the run's end too. Every verdict that depends on the clocks
+// agreeing reads them from here.
+func (sc scenario) clockSteps(faults []fault) (out []clockStep) {
+	for _, f := range faults {
+		switch {
+		case f.kind != "replica-clock" || f.d == 0:
+		case f.d >= time.Hour:
+			out = append(out, clockStep{span{f.at, f.until + sc.settle()}, f.d, true})
+		default:
+			out = append(out, clockStep{span{f.at, math.MaxInt64}, max(f.d, -f.d), false})
+		}
+	}
+	return out
+}
 
 // excused returns the stretches, each fault's plus settle, of the faults
 // for which keep reports true.
@@ -175,13 +201,9 @@ func judge(sc scenario, fleet, twin runResult) []string {
 	noOrder := sc.excused(slices.Concat(faults, fleet.pauses), func(f fault) bool {
 		return isRedisFault(f) || f.kind == "pubsub-drop" || f.kind == "pubsub-delay" || f.kind == "pause"
 	})
-	for _, f := range faults {
-		switch {
-		case f.kind == "replica-clock" && f.d >= time.Hour:
-			noOrder = append(noOrder, span{f.at, f.until + sc.settle()}) // set right at until
-		case f.kind == "replica-clock" && f.d != 0:
-			noOrder = append(noOrder, span{f.at, sc.duration}) // it stays stepped
-		}
+	steps := sc.clockSteps(faults)
+	for _, c := range steps {
+		noOrder = append(noOrder, c.span)
 	}
 	grace := sc.redisLatency + time.Millisecond
 	byReader := map[int][]simPage{}
@@ -214,12 +236,12 @@ func judge(sc scenario, fleet, twin runResult) []string {
 	// refresh window is at most half the TTL), and an upstream's
 	// Retry-After holds for the whole fleet while Redis is healthy.
 	costly := sc.excused(slices.Concat(faults, fleet.fired), func(f fault) bool { return f.kind != "pubsub-forge" && f.kind != "none" })
-	for _, f := range faults {
-		if f.kind == "replica-clock" && f.d != 0 && f.d < time.Hour {
+	for _, c := range steps {
+		if !c.hour {
 			// The clocks disagree from then on: a writer behind makes
 			// snapshots the others take for expired (docs/fleet.md,
 			// Clocks: the replicas' wall clocks must agree).
-			costly = append(costly, span{f.at, sc.duration})
+			costly = append(costly, c.span)
 		}
 	}
 	for _, s := range healthyStretches(costly, sc.duration) {
@@ -240,12 +262,9 @@ func judge(sc scenario, fleet, twin runResult) []string {
 	// twin, never told of it, would not have waited at all (seeds 42199,
 	// 48811, 49131, 53535, 56789). skew is the most they can disagree by.
 	skew := func(t time.Duration) (d time.Duration) {
-		for _, f := range faults {
-			switch {
-			case f.kind == "replica-clock" && f.d >= time.Hour && (span{f.at, f.until + sc.settle()}).holds(t):
-				d += f.d
-			case f.kind == "replica-clock" && f.d != 0 && f.d < time.Hour && t >= f.at:
-				d += max(f.d, -f.d)
+		for _, c := range steps {
+			if c.holds(t) {
+				d += c.by
 			}
 		}
 		return d
