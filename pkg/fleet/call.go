@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -66,16 +67,27 @@ func (t *Tier[V]) checkScript(ctx context.Context, op string, err error) {
 }
 
 // scriptFailed reports whether err is Redis saying a script raised an
-// error as it ran: "user_script" in Redis 7 and later, "Error running
-// script" before, "Error compiling script" from miniredis, which runs
-// scripts with another Lua.
+// error of its own as it ran (Lua's, or a compile error), not that a
+// command the script ran was refused. Redis 7 and later say
+// "ERR user_script:<line>: <Lua's words>" for the first and give a
+// command's refusal its own code (OOM, NOPERM...). Redis 6 ("ERR Error
+// running script") and miniredis ("ERR Error compiling script", which
+// the simulator runs) wrap both alike, a refusal going on with its code
+// after the line: "...:<line>: OOM ...".
 func scriptFailed(err error) bool {
 	if !reply(err) {
 		return false
 	}
 	msg := err.Error()
-	return strings.Contains(msg, "user_script") || strings.Contains(msg, "Error running script") || strings.Contains(msg, "Error compiling script")
+	if !strings.HasPrefix(msg, "ERR user_script:") && !strings.HasPrefix(msg, "ERR Error running script") && !strings.HasPrefix(msg, "ERR Error compiling script") {
+		return false
+	}
+	return !refusedInScript.MatchString(msg)
 }
+
+// refusedInScript is a command's refusal raised inside a script: its
+// error code after the script's line.
+var refusedInScript = regexp.MustCompile(`:\d+: [A-Z][A-Z_]+ `)
 
 // reply reports whether err is Redis answering with an error: Redis is
 // there and quick, so the breaker must not take it for a sick Redis.

@@ -423,6 +423,10 @@ func TestScripts_AFailingScriptIsSaid(t *testing.T) {
 			if err := run("return redis.error_reply('NOPERM not this one')"); err == nil || scriptFailed(err) {
 				t.Errorf("a refusal the script returns: %v, taken for a failing script: %v", err, scriptFailed(err))
 			}
+			// A command the script runs, refused (as OOM is).
+			if err := run("redis.call('SET', KEYS[1], 'x'); return redis.call('LPUSH', KEYS[1], 'a')"); err == nil || scriptFailed(err) {
+				t.Errorf("a command refused inside the script: %v, taken for a failing script: %v", err, scriptFailed(err))
+			}
 			if err := run("local x = nil; return x + 1"); !scriptFailed(err) {
 				t.Errorf("a script raising an error: %v, not taken for one", err)
 			}
@@ -432,3 +436,30 @@ func TestScripts_AFailingScriptIsSaid(t *testing.T) {
 		})
 	}
 }
+
+// TestScriptFailed_TellsLuaFromARefusal: the messages each server gives a
+// script's own error and a command's refusal inside one (Redis 6's from
+// its source: it is not what the tests run on).
+func TestScriptFailed_TellsLuaFromARefusal(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"ERR user_script:1: attempt to perform arithmetic on local 'x' (a nil value) script: 104a, on @user_script:1.": true,
+		"OOM command not allowed when used memory > 'maxmemory'. script: 116d, on @user_script:43.":                    false,
+		"ERR Wrong number of args calling Redis command from script script: 7227, on @user_script:1.":                  false,
+		"ERR Error running script (call to f_104a): @user_script:1: user_script:1: attempt to compare nil with number": true,
+		"ERR Error running script (call to f_116d): @user_script:43: OOM command not allowed when used memory":         false,
+		"ERR Error compiling script (new function): :22: cannot perform sub operation between number and nil":          true,
+		"ERR Error compiling script (new function): :1: WRONGTYPE Operation against a key holding the wrong kind":      false,
+		"ERR Error compiling script (new function): user_script at EOF:   parse error ":                                true,
+		"NOPERM the fleet needs SET on movies:lock":                                                                    false,
+	} {
+		if got := scriptFailed(replyError(msg)); got != want {
+			t.Errorf("scriptFailed(%q) = %v, want %v", msg, got, want)
+		}
+	}
+}
+
+// replyError is an error reply as go-redis gives it (a redis.Error).
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+func (replyError) RedisError()     {}
