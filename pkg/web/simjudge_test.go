@@ -295,8 +295,9 @@ func judge(sc scenario, fleet, twin runResult) []string {
 		}
 		// Read late (its replica was paused) after the upstream had
 		// served a fetch sent since: that 200 is the upstream's word
-		// after the Retry-After, and a snapshot ends a backoff, a lone
-		// replica's too (seed 70152).
+		// after the Retry-After, and the other replicas, whom the fleet
+		// holds to it, need not wait on an answer it has overtaken
+		// (seed 70152).
 		if slices.ContainsFunc(fleet.arrivals, func(b simArrival) bool {
 			return b.status == http.StatusOK && b.at > a.sent && b.at < a.done
 		}) {
