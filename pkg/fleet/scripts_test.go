@@ -186,28 +186,8 @@ var scriptCases = []scriptCase{
 			return fmt.Sprint("release ", t.release(bg(), conformanceToken, 'f', 7, "7 3000 1000003000 status_503", 3000))
 		},
 		want: "release <nil>"},
-	{script: "release", name: "failed while the fleet waits longer: that record is kept",
-		setup: func(c *redis.Client, k *keys) {
-			c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm)
-			c.Set(bg(), k[keyFailed], failedRecord(3600000), time.Hour)
-		},
-		run: func(t *Tier[string]) string {
-			err := t.release(bg(), conformanceToken, 'f', 7, "7 3000 1000003000 status_503", 3000)
-			rec, _ := t.peek(bg(), "failure", keyFailed, 128)
-			return fmt.Sprint("release ", err, " ", rec)
-		},
-		want: "release <nil> " + failedRecord(3600000)},
-	{script: "release", name: "failed while the fleet waits less: the new record",
-		setup: func(c *redis.Client, k *keys) {
-			c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm)
-			c.Set(bg(), k[keyFailed], failedRecord(1000), time.Second)
-		},
-		run: func(t *Tier[string]) string {
-			err := t.release(bg(), conformanceToken, 'f', 7, "7 3000 1000003000 status_503", 3000)
-			rec, _ := t.peek(bg(), "failure", keyFailed, 128)
-			return fmt.Sprint("release ", err, " ", rec)
-		},
-		want: "release <nil> 7 3000 1000003000 status_503"},
+	releaseOverRecord("failed while the fleet waits longer: that record is kept", 3600000, time.Hour, failedRecord(3600000)),
+	releaseOverRecord("failed while the fleet waits less: the new record", 1000, time.Second, "7 3000 1000003000 status_503"),
 	{script: "release", name: "a lock of ours taken unknowingly",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm) },
 		run: func(t *Tier[string]) string {
@@ -463,3 +443,20 @@ type replyError string
 
 func (e replyError) Error() string { return string(e) }
 func (replyError) RedisError()     {}
+
+// releaseOverRecord is a release case: version 7's fetch fails, asking for
+// 3 s, over a record asking for recordMS that expires after ttl; want is
+// the record left.
+func releaseOverRecord(name string, recordMS int64, ttl time.Duration, want string) scriptCase {
+	return scriptCase{script: "release", name: name,
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm)
+			c.Set(bg(), k[keyFailed], failedRecord(recordMS), ttl)
+		},
+		run: func(t *Tier[string]) string {
+			err := t.release(bg(), conformanceToken, 'f', 7, "7 3000 1000003000 status_503", 3000)
+			rec, _ := t.peek(bg(), "failure", keyFailed, 128)
+			return fmt.Sprint("release ", err, " ", rec)
+		},
+		want: "release <nil> " + want}
+}
