@@ -232,7 +232,7 @@ func calibrateRead(ctx context.Context, r *benchRedis, cat []byte, budget time.D
 		return c, err
 	}
 	defer t.Close()
-	if _, err := t.Load(ctx, 0, func(context.Context) (emuValue, []byte, error) { return emuValue{n: len(cat)}, cat, nil }); err != nil {
+	if _, err := t.Load(ctx, fleet.Entry[emuValue]{}, func(context.Context) (emuValue, []byte, error) { return emuValue{n: len(cat)}, cat, nil }); err != nil {
 		return c, err
 	}
 	before, err := r.sample(ctx)
@@ -403,7 +403,7 @@ func emulateOnce(ctx context.Context, e *env, f *emulateFlags, r *benchRedis, ca
 						}
 					}
 				case <-timer.C:
-					en, err := rep.tier.Load(loadCtx, have, fetch)
+					en, err := rep.tier.Load(loadCtx, fleet.Entry[emuValue]{Version: have, Deadline: deadline}, fetch)
 					if err != nil {
 						if loadCtx.Err() != nil {
 							return

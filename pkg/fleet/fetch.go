@@ -53,7 +53,7 @@ func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
 	}
 	atomic.AddUint64(&t.stats.HedgeWon, 1)
 	t.fetches.add(f.took)
-	return t.share(context.WithoutCancel(ctx), version, l.have, "", f, start, wall, f.took, FromHedge), nil
+	return t.share(context.WithoutCancel(ctx), version, l.have, l.held, "", f, start, wall, f.took, FromHedge), nil
 }
 
 // race fetches with a budget of its own while it listens for the fleet's
@@ -181,7 +181,7 @@ func (l *load[V]) lead(ctx context.Context, version uint64, token string) (Entry
 		return Entry[V]{}, t.failedAs(f)
 	}
 	t.fetches.add(f.took)
-	e := t.share(out, version, l.have, token, f, start, wall, f.took, FromLead)
+	e := t.share(out, version, l.have, l.held, token, f, start, wall, f.took, FromLead)
 	if leaseLost {
 		t.leaseLost(ctx, version)
 	}
@@ -231,9 +231,10 @@ func (t *Tier[V]) leaseLost(ctx context.Context, version uint64) {
 }
 
 // share commits what this replica fetched (under version; token is its
-// lock's, "" for a hedge, which holds none) and returns what to serve:
-// its own fetch, or the newer snapshot that fenced it.
-func (t *Tier[V]) share(ctx context.Context, version, have uint64, token string, f fetched[V], start, wall time.Time, took time.Duration, src Source) Entry[V] {
+// lock's, "" for a hedge, which holds none; have and held are what its
+// load began from, see Load) and returns what to serve: its own fetch, or
+// the newer snapshot that fenced it.
+func (t *Tier[V]) share(ctx context.Context, version, have uint64, held time.Time, token string, f fetched[V], start, wall time.Time, took time.Duration, src Source) Entry[V] {
 	lock := ""
 	if token != "" {
 		lock = lockValue(version, token)
@@ -247,7 +248,7 @@ func (t *Tier[V]) share(ctx context.Context, version, have uint64, token string,
 		return e
 	}
 	value := append(header(version, wall, took, f.trace), f.data...)
-	c, err := t.commit(ctx, version, have, value, px, lock)
+	c, err := t.commit(ctx, version, have, t.heldFor(held), value, px, lock)
 	switch {
 	case err != nil:
 		atomic.AddUint64(&t.stats.CommitErrors, 1)
@@ -270,6 +271,21 @@ func (t *Tier[V]) share(ctx context.Context, version, have uint64, token string,
 		}
 	default:
 		atomic.AddUint64(&t.stats.CommitOK, 1)
+		e.Version = c.version // above a snapshot no newer than have's, if one was there
 	}
 	return e
+}
+
+// heldFor is how long what a load began from still has to run, in ms, as
+// the commit script compares it with the stored snapshot's PTTL: 0 for
+// nothing held, else what is left of it plus a call's time (CallTimeout),
+// since the deadline was reckoned on this replica's clock from a read that
+// took up to a call (see decodeOne, which errs early). A stored snapshot
+// that ends within that carries nothing newer than what the load holds.
+func (t *Tier[V]) heldFor(held time.Time) int64 {
+	left := time.Until(held)
+	if held.IsZero() || left <= 0 {
+		return 0
+	}
+	return (left + t.opts.CallTimeout).Milliseconds()
 }

@@ -117,7 +117,7 @@ func TestTier_OneFetchForTheWholeFleet(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e, err := tier.Load(bg(), 0, f.fetch)
+			e, err := tier.Load(bg(), Entry[string]{}, f.fetch)
 			if err != nil {
 				t.Error(err)
 				return
@@ -152,7 +152,7 @@ func TestTier_ALiveLeaderIsNeverOvertaken(t *testing.T) {
 	leader, waiter := newTier(t, r.URL, patient), newTier(t, r.URL, patient)
 	done := make(chan Entry[string])
 	go func() {
-		e, err := leader.Load(bg(), 0, f.fetch)
+		e, err := leader.Load(bg(), Entry[string]{}, f.fetch)
 		if err != nil {
 			t.Error(err)
 		}
@@ -161,7 +161,7 @@ func TestTier_ALiveLeaderIsNeverOvertaken(t *testing.T) {
 	waitFor(t, func() bool { return f.n.Load() == 1 })
 	ctx, cancel := context.WithTimeout(bg(), 5*leaseTerm)
 	defer cancel()
-	e, err := waiter.Load(ctx, 0, f.fetch)
+	e, err := waiter.Load(ctx, Entry[string]{}, f.fetch)
 	<-done
 	if err != nil || e.Source != FromFleet || f.n.Load() != 1 {
 		t.Errorf("waiter's Load() = %+v, %v after %d fetches; want the leader's snapshot, one fetch", e, err, f.n.Load())
@@ -177,7 +177,7 @@ func TestTier_ADeadLeaderIsReplacedWithinALease(t *testing.T) {
 	c.Set(bg(), "test:lock", "7 deadbeef", leaseTerm)
 	f := &fetcher{}
 	start := time.Now()
-	e, err := newTier(t, r.URL, func(o *Options[string]) { o.FetchTimeout = 10 * leaseTerm }).Load(bg(), 0, f.fetch)
+	e, err := newTier(t, r.URL, func(o *Options[string]) { o.FetchTimeout = 10 * leaseTerm }).Load(bg(), Entry[string]{}, f.fetch)
 	if err != nil || e.Source != FromLead || f.n.Load() != 1 {
 		t.Fatalf("Load() = %+v, %v; want a takeover", e, err)
 	}
@@ -198,7 +198,7 @@ func TestTier_AReleasedLockIsTakenAtOnce(t *testing.T) {
 	slow := &fetcher{delay: time.Hour}
 	leader, waiter := newTier(t, r.URL), newTier(t, r.URL)
 	ctx, cancel := context.WithCancel(bg())
-	go leader.Load(ctx, 0, slow.fetch)
+	go leader.Load(ctx, Entry[string]{}, slow.fetch)
 	waitFor(t, func() bool { return slow.n.Load() == 1 })
 	type result struct {
 		e   Entry[string]
@@ -207,7 +207,7 @@ func TestTier_AReleasedLockIsTakenAtOnce(t *testing.T) {
 	got := make(chan result)
 	f := &fetcher{}
 	go func() {
-		e, err := waiter.Load(bg(), 0, f.fetch)
+		e, err := waiter.Load(bg(), Entry[string]{}, f.fetch)
 		got <- result{e, err}
 	}()
 	waitFor(t, func() bool { return waiter.Stats().LockLost == 1 })
@@ -233,16 +233,16 @@ func TestTier_AFailureHoldsForTheFleet(t *testing.T) {
 	r := startRedis(t)
 	f := &fetcher{delay: 300 * time.Millisecond, err: retryAfterError(3 * time.Second)}
 	leader, waiter, late := newTier(t, r.URL), newTier(t, r.URL), newTier(t, r.URL)
-	go leader.Load(bg(), 0, f.fetch)
+	go leader.Load(bg(), Entry[string]{}, f.fetch)
 	waitFor(t, func() bool { return f.n.Load() == 1 })
 	start := time.Now()
-	_, err := waiter.Load(bg(), 0, f.fetch)
+	_, err := waiter.Load(bg(), Entry[string]{}, f.fetch)
 	var fe *FailedError
 	// What is left of the 3s, counted from the leader's failure.
 	if !errors.As(err, &fe) || fe.RetryAfter > 3*time.Second || fe.RetryAfter < 2*time.Second || time.Since(start) > time.Second {
 		t.Fatalf("waiter's Load() = %v after %v, want the leader's failure with what is left of its 3s, at once", err, time.Since(start))
 	}
-	_, err = late.Load(bg(), 0, f.fetch)
+	_, err = late.Load(bg(), Entry[string]{}, f.fetch)
 	if !errors.As(err, &fe) || fe.RetryAfter <= time.Second || fe.RetryAfter > 3*time.Second || f.n.Load() != 1 {
 		t.Errorf("late Load() = %v after %d fetches, want the fleet's backoff and no fetch", err, f.n.Load())
 	}
@@ -256,11 +256,11 @@ func TestTier_AMessageCostsAtMostARead(t *testing.T) {
 	c := client(t, r)
 	f := &fetcher{delay: 600 * time.Millisecond}
 	leader, waiter := newTier(t, r.URL), newTier(t, r.URL)
-	go leader.Load(bg(), 0, f.fetch)
+	go leader.Load(bg(), Entry[string]{}, f.fetch)
 	waitFor(t, func() bool { return f.n.Load() == 1 })
 	got := make(chan error)
 	go func() {
-		e, err := waiter.Load(bg(), 0, f.fetch)
+		e, err := waiter.Load(bg(), Entry[string]{}, f.fetch)
 		if err == nil && e.Source != FromFleet {
 			err = fmt.Errorf("source %s", e.Source)
 		}
@@ -290,7 +290,7 @@ func TestTier_FencedCommitFreesTheLockAndAnnouncesTheNewer(t *testing.T) {
 	var version uint64
 	done := make(chan Entry[string])
 	go func() {
-		e, err := slow.Load(bg(), 0, func(ctx context.Context) (string, []byte, error) {
+		e, err := slow.Load(bg(), Entry[string]{}, func(ctx context.Context) (string, []byte, error) {
 			<-release
 			return "old", []byte(`"old"`), nil
 		})
@@ -340,7 +340,7 @@ func TestTier_AVersionFarAheadHeals(t *testing.T) {
 	putSnapshot(t, c, "test:snapshot", ahead, 10*testTTL, 0, `"ahead"`) // expired by its writer's clock
 	c.Set(bg(), "test:counter", 1, 0)
 	tier := newTier(t, r.URL)
-	e, err := tier.Load(bg(), 0, (&fetcher{}).fetch)
+	e, err := tier.Load(bg(), Entry[string]{}, (&fetcher{}).fetch)
 	if err != nil || e.Version <= ahead || tier.Stats().CommitOK != 1 {
 		t.Errorf("Load() = %+v, %v, stats %+v; want a commit above version %d", e, err, tier.Stats(), ahead)
 	}
@@ -349,14 +349,14 @@ func TestTier_AVersionFarAheadHeals(t *testing.T) {
 	}
 	c.FlushDB(bg()) // Redis restarted empty; the caller still holds e
 	held := e.Version + 1000
-	e, err = tier.Load(bg(), held, (&fetcher{}).fetch)
+	e, err = tier.Load(bg(), Entry[string]{Version: held}, (&fetcher{}).fetch)
 	if err != nil || e.Version <= held {
 		t.Errorf("Load() holding %d over an empty Redis = %+v, %v; want a version above what the caller holds", held, e, err)
 	}
 	// One past 2^52, where Lua's numbers lose integers, is not ours: it
 	// is overwritten by the next commit, not obeyed.
 	putSnapshot(t, c, "test:snapshot", 1<<60, 0, testTTL, `"x"`)
-	e, err = tier.Load(bg(), e.Version, (&fetcher{}).fetch)
+	e, err = tier.Load(bg(), e, (&fetcher{}).fetch)
 	if err != nil || e.Source != FromLead || e.Version >= maxVersion || tier.Stats().CommitOK != 3 {
 		t.Errorf("Load() over a generation past 2^52 = %+v, %v, stats %+v; want a commit of our own", e, err, tier.Stats())
 	}
@@ -401,7 +401,7 @@ func TestTier_TheLastMillisecondIsAMiss(t *testing.T) {
 	c := client(t, r)
 	tier := newTier(t, r.URL)
 	putSnapshot(t, c, "test:snapshot", 5, 0, time.Millisecond, `"x"`)
-	e, err := tier.Load(bg(), 0, (&fetcher{}).fetch)
+	e, err := tier.Load(bg(), Entry[string]{}, (&fetcher{}).fetch)
 	if err != nil || e.Source != FromLead {
 		t.Errorf("Load() = %+v, %v; want a fetch led for the fleet", e, err)
 	}
@@ -446,7 +446,7 @@ func TestTier_NothingInRedisIsTrusted(t *testing.T) {
 			}
 			tier := newTier(t, r.URL)
 			f := &fetcher{}
-			e, err := tier.Load(ctx, 0, f.fetch)
+			e, err := tier.Load(ctx, Entry[string]{}, f.fetch)
 			if err != nil || e.Source != tt.want || f.n.Load() != 1 || e.Value != "fetch 1" {
 				t.Errorf("Load() = %+v, %v; want our own fetch, as %s", e, err, tt.want)
 			}
@@ -475,7 +475,7 @@ func TestTier_RedisDownIsNoReasonToFail(t *testing.T) {
 	f := &fetcher{}
 	for i := range 10 {
 		start := time.Now()
-		e, err := tier.Load(bg(), 0, f.fetch)
+		e, err := tier.Load(bg(), Entry[string]{}, f.fetch)
 		if err != nil || e.Source != FromAlone {
 			t.Fatalf("load %d = %+v, %v; want a local fetch", i, e, err)
 		}
@@ -516,7 +516,7 @@ func TestTier_NewsReachesOtherReplicas(t *testing.T) {
 	writer := newTier(t, r.URL)
 	time.Sleep(100 * time.Millisecond) // let the subscription settle
 	start := time.Now()
-	if _, err := writer.Load(bg(), 0, (&fetcher{}).fetch); err != nil {
+	if _, err := writer.Load(bg(), Entry[string]{}, (&fetcher{}).fetch); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -682,11 +682,11 @@ func TestTier_ANewReplicaServesWhatTheFleetServes(t *testing.T) {
 			opt := func(o *Options[string]) { o.SwitchBefore = switchBefore }
 			leader := newTier(t, url, opt)
 			f := &fetcher{}
-			first, err := leader.Load(bg(), 0, f.fetch)
+			first, err := leader.Load(bg(), Entry[string]{}, f.fetch)
 			if err != nil {
 				t.Fatal(err)
 			}
-			second, err := leader.Load(bg(), first.Version, f.fetch) // fetched ahead
+			second, err := leader.Load(bg(), first, f.fetch) // fetched ahead
 			if err != nil || second.Version <= first.Version {
 				t.Fatalf("second load = %+v, %v", second, err)
 			}

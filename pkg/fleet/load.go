@@ -10,16 +10,17 @@ import (
 	"time"
 )
 
-// Load returns a snapshot newer than version have (what the caller holds,
-// 0 for nothing shared): one another replica committed, one this replica
-// fetches for the fleet with fetch, one it fetched beside a late leader,
-// or, whenever Redis fails, one it fetches alone, as a lone replica does.
-// ctx bounds the whole load: give it twice FetchTimeout (one wait for a
-// leader, then one fetch of its own).
-func (t *Tier[V]) Load(ctx context.Context, have uint64, fetch Fetch[V]) (Entry[V], error) {
+// Load returns a snapshot newer than have, what the caller holds (its
+// Version, 0 for nothing shared, and its Deadline; the zero Entry for
+// nothing): one another replica committed, one this replica fetches for
+// the fleet with fetch, one it fetched beside a late leader, or, whenever
+// Redis fails, one it fetches alone, as a lone replica does. ctx bounds
+// the whole load: give it twice FetchTimeout (one wait for a leader, then
+// one fetch of its own).
+func (t *Tier[V]) Load(ctx context.Context, have Entry[V], fetch Fetch[V]) (Entry[V], error) {
 	hedge := time.NewTimer(t.waitHedgeAfter())
 	defer hedge.Stop()
-	l := &load[V]{t: t, have: have, fetch: fetch, hedge: hedge.C, shared: true}
+	l := &load[V]{t: t, have: have.Version, held: have.Deadline, fetch: fetch, hedge: hedge.C, shared: true}
 	for step := stepBegin; ; {
 		switch step {
 		case stepBegin:
@@ -50,7 +51,8 @@ const (
 // load is one Load's state.
 type load[V any] struct {
 	t     *Tier[V]
-	have  uint64
+	have  uint64    // the version the caller holds
+	held  time.Time // when what the caller holds ends (zero: nothing)
 	fetch Fetch[V]
 	hedge <-chan time.Time // fires when the leader is late (waitHedgeAfter)
 

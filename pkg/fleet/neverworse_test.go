@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // The tests of this file pin what makes the fleet never worse than lone
@@ -40,7 +42,7 @@ func TestTier_ALateLeaderIsHedged(t *testing.T) {
 	var hung atomic.Int64
 	ctx, cancel := context.WithCancel(bg())
 	leaderDone := make(chan struct{})
-	go func() { leader.Load(ctx, 0, hangingFetch(&hung)); close(leaderDone) }()
+	go func() { leader.Load(ctx, Entry[string]{}, hangingFetch(&hung)); close(leaderDone) }()
 	defer func() { cancel(); <-leaderDone }()
 	waitFor(t, func() bool { return hung.Load() == 1 })
 	waiter.fetches.add(50 * time.Millisecond)
@@ -49,7 +51,7 @@ func TestTier_ALateLeaderIsHedged(t *testing.T) {
 	}
 	f := &fetcher{delay: 50 * time.Millisecond}
 	start := time.Now()
-	e, err := waiter.Load(bg(), 0, f.fetch)
+	e, err := waiter.Load(bg(), Entry[string]{}, f.fetch)
 	took := time.Since(start)
 	if err != nil || e.Source != FromHedge || f.n.Load() != 1 {
 		t.Fatalf("waiter's Load() = %+v, %v; want its own fetch, hedged", e, err)
@@ -91,7 +93,7 @@ func TestTier_ALateFetchGetsASecond(t *testing.T) {
 				return "second", []byte(`"second"`), nil
 			}
 			start := time.Now()
-			e, err := tier.Load(bg(), 0, fetch)
+			e, err := tier.Load(bg(), Entry[string]{}, fetch)
 			if err != nil || e.Value != "second" || e.Source != tc.want || n.Load() != 2 {
 				t.Fatalf("Load() = %+v, %v after %d fetches; want the second fetch's answer", e, err, n.Load())
 			}
@@ -114,11 +116,11 @@ func TestTier_AHedgeYieldsToTheLeadersCommit(t *testing.T) {
 	budget := func(o *Options[string]) { o.FetchTimeout = 3 * time.Second; o.CallTimeout = 100 * time.Millisecond }
 	leader, waiter := newTier(t, r.URL, budget), newTier(t, r.URL, budget)
 	slow := &fetcher{delay: 600 * time.Millisecond}
-	go leader.Load(bg(), 0, slow.fetch)
+	go leader.Load(bg(), Entry[string]{}, slow.fetch)
 	waitFor(t, func() bool { return slow.n.Load() == 1 })
 	waiter.fetches.add(10 * time.Millisecond) // hedges after 440ms
 	slower := &fetcher{delay: 2 * time.Second}
-	e, err := waiter.Load(bg(), 0, slower.fetch)
+	e, err := waiter.Load(bg(), Entry[string]{}, slower.fetch)
 	if err != nil || e.Source != FromFleet || e.Value != "fetch 1" {
 		t.Fatalf("waiter's Load() = %+v, %v; want the leader's snapshot", e, err)
 	}
@@ -136,10 +138,10 @@ func TestTier_AFailureWithoutRetryAfterIsNotInherited(t *testing.T) {
 	r := startRedis(t)
 	leader, waiter := newTier(t, r.URL), newTier(t, r.URL)
 	broken := &fetcher{delay: 200 * time.Millisecond, err: errors.New("connection reset by peer")}
-	go leader.Load(bg(), 0, broken.fetch)
+	go leader.Load(bg(), Entry[string]{}, broken.fetch)
 	waitFor(t, func() bool { return broken.n.Load() == 1 })
 	f := &fetcher{}
-	e, err := waiter.Load(bg(), 0, f.fetch)
+	e, err := waiter.Load(bg(), Entry[string]{}, f.fetch)
 	if err != nil || f.n.Load() != 1 || e.Value != "fetch 1" {
 		t.Fatalf("waiter's Load() = %+v, %v; want its own fetch after the leader failed", e, err)
 	}
@@ -159,9 +161,9 @@ func TestTier_TheFleetsBackoffIsCappedAsALoneReplicasIs(t *testing.T) {
 	capped := func(o *Options[string]) { o.MaxBackoff = cap }
 	leader, waiter, late := newTier(t, r.URL, capped), newTier(t, r.URL, capped), newTier(t, r.URL, capped)
 	f := &fetcher{delay: 300 * time.Millisecond, err: retryAfterError(time.Hour)}
-	go leader.Load(bg(), 0, f.fetch)
+	go leader.Load(bg(), Entry[string]{}, f.fetch)
 	waitFor(t, func() bool { return f.n.Load() == 1 })
-	_, err := waiter.Load(bg(), 0, f.fetch)
+	_, err := waiter.Load(bg(), Entry[string]{}, f.fetch)
 	var fe *FailedError
 	if !errors.As(err, &fe) || fe.RetryAfter > cap || fe.RetryAfter < cap-500*time.Millisecond {
 		t.Fatalf("waiter's Load() = %v, want the leader's failure with what is left of its Retry-After capped at %v", err, cap)
@@ -169,12 +171,12 @@ func TestTier_TheFleetsBackoffIsCappedAsALoneReplicasIs(t *testing.T) {
 	if pttl, _ := client(t, r).PTTL(bg(), "test:failed").Result(); pttl > cap {
 		t.Errorf("the failure record expires in %v, want at most %v", pttl, cap)
 	}
-	if _, err := late.Load(bg(), 0, f.fetch); !errors.As(err, &fe) || fe.RetryAfter > cap {
+	if _, err := late.Load(bg(), Entry[string]{}, f.fetch); !errors.As(err, &fe) || fe.RetryAfter > cap {
 		t.Errorf("late Load() = %v, want the fleet's backoff, at most %v", err, cap)
 	}
 	time.Sleep(cap)
 	ok := &fetcher{}
-	if e, err := late.Load(bg(), 0, ok.fetch); err != nil || ok.n.Load() != 1 || e.Source != FromLead {
+	if e, err := late.Load(bg(), Entry[string]{}, ok.fetch); err != nil || ok.n.Load() != 1 || e.Source != FromLead {
 		t.Errorf("Load() after the capped backoff = %+v, %v; want a fetch", e, err)
 	}
 }
@@ -198,9 +200,9 @@ func TestTier_AForgedMessageIsOnlyAHint(t *testing.T) {
 	}
 	for round := range 3 {
 		slow := &fetcher{delay: 300 * time.Millisecond}
-		var have uint64
+		var have Entry[string]
 		if e, found, _ := waiter.Read(bg(), 0); found {
-			have = e.Version
+			have = e
 		}
 		go leader.Load(bg(), have, slow.fetch)
 		waitFor(t, func() bool { return slow.n.Load() == 1 })
@@ -238,7 +240,7 @@ func TestTier_ALostLeaseIsSaid(t *testing.T) {
 		waitFor(t, func() bool { return f.n.Load() == 1 })
 		c.Del(bg(), "test:lock")
 	}()
-	e, err := leader.Load(bg(), 0, f.fetch)
+	e, err := leader.Load(bg(), Entry[string]{}, f.fetch)
 	if err != nil || e.Source != FromLead {
 		t.Fatalf("Load() = %+v, %v", e, err)
 	}
@@ -247,6 +249,50 @@ func TestTier_ALostLeaseIsSaid(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), "lock lost") {
 		t.Errorf("log = %s, want a WARN about the lost lock", log.String())
+	}
+}
+
+// TestTier_AVersionFarAheadOnOldDataFencesNothing: while a replica
+// fetches, the snapshot it holds is set far ahead in version (by hand, by
+// a fleet whose counter ran ahead). That snapshot carries nothing newer
+// than what the replica holds, so it fences nothing: the fetch commits
+// above it and the replica serves its own fetch, as a lone replica would,
+// not the old data, which ends sooner and would cost a fetch early.
+func TestTier_AVersionFarAheadOnOldDataFencesNothing(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	c := client(t, r)
+	tier := newTier(t, r.URL)
+	held, err := tier.Load(bg(), Entry[string]{}, (&fetcher{}).fetch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead := held.Version * 1000
+	f := &fetcher{delay: 200 * time.Millisecond}
+	go func() {
+		waitFor(t, func() bool { return f.n.Load() == 1 })
+		v, _ := c.Get(bg(), "test:snapshot").Result()
+		_, rest, _ := strings.Cut(v, " ")
+		c.Set(bg(), "test:snapshot", strconv.FormatUint(ahead, 10)+" "+rest, redis.KeepTTL)
+	}()
+	e, err := tier.Load(bg(), held, f.fetch)
+	if err != nil || e.Source != FromLead || e.Version != ahead+1 || !e.Deadline.After(held.Deadline) {
+		t.Fatalf("Load() = %+v, %v; want its own fetch, committed as version %d, above the old data at %d", e, err, ahead+1, ahead)
+	}
+	got, found, err := tier.Read(bg(), held.Version)
+	if err != nil || !found || got.Version != ahead+1 || got.Value != e.Value {
+		t.Errorf("Read() = %+v, %v, %v; want the fetch just committed", got, found, err)
+	}
+	// One far ahead that ends later than what the load holds is newer
+	// data, committed during the fetch: it fences as ever.
+	f = &fetcher{delay: 200 * time.Millisecond}
+	go func() {
+		waitFor(t, func() bool { return f.n.Load() == 1 })
+		putSnapshot(t, c, "test:snapshot", ahead+10, 0, testTTL+time.Second, `"newer"`)
+	}()
+	e, err = tier.Load(bg(), e, f.fetch)
+	if err != nil || e.Version != ahead+10 || e.Value != "newer" {
+		t.Errorf("Load() = %+v, %v; want the newer snapshot, at %d", e, err, ahead+10)
 	}
 }
 

@@ -92,7 +92,7 @@ func TestTier_ARefusalIsSaidOnceAndChangesNothing(t *testing.T) {
 			for _, tier := range []*Tier[string]{a, b, a, b} {
 				wg.Go(func() {
 					start := time.Now()
-					if _, err := tier.Load(bg(), 0, f.fetch); err != nil {
+					if _, err := tier.Load(bg(), Entry[string]{}, f.fetch); err != nil {
 						t.Error(err)
 					}
 					mu.Lock()

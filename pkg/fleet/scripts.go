@@ -281,7 +281,7 @@ func (t *Tier[V]) renew(ctx context.Context, lock string) (int, error) {
 
 var commitScript = newScript("commit",
 	[]key{keySnapshot, keyPrevious, keyLock, keyNews},
-	[]string{"version", "have", "value", "px", "lock_value", "switch_ms"},
+	[]string{"version", "have", "held_ms", "value", "px", "lock_value", "switch_ms"},
 	[]need{
 		needs("type", keySnapshot), needs("getrange", keySnapshot), needs("pttl", keySnapshot),
 		needs("type", keyLock), needs("get", keyLock), needs("del", keyLock),
@@ -295,7 +295,20 @@ if redis.call('TYPE', lock).ok == 'string' then
   l = {{THEIRS}}
   if lock_value ~= '' and redis.call('GET', lock) == lock_value then l = {{OURS}} end
 end
-if cur and (cur >= tonumber(version) or (cur > tonumber(have) and redis.call('PTTL', snapshot) > 1)) then
+-- A snapshot that ends no later than what this load holds is no newer than
+-- it, whatever its version says (set by hand, by a fleet whose counter ran
+-- ahead): it fences nothing, and this fetch, which is newer, goes above it.
+local stale = cur and redis.call('PTTL', snapshot) <= tonumber(held_ms)
+if stale and cur >= tonumber(version) then
+  if cur + 1 >= {{MAX_VERSION}} then
+    stale = false
+  else
+    version = string.format('%d', cur + 1)
+    local sp = string.find(value, ' ', 1, true)
+    value = version .. string.sub(value, sp)
+  end
+end
+if cur and not stale and (cur >= tonumber(version) or (cur > tonumber(have) and redis.call('PTTL', snapshot) > 1)) then
   if l == {{OURS}} then redis.call('DEL', lock) end
   redis.call('PUBLISH', news, 'c:' .. string.format('%d', cur))
   return {{{FENCED}}, cur, l}
@@ -320,7 +333,7 @@ return {{{COMMITTED}}, tonumber(version), l}
 // committedAs is what a commit did.
 type committedAs struct {
 	ok      bool   // written; else fenced by a snapshot at least as new
-	version uint64 // fenced: the snapshot's
+	version uint64 // written: its own (see commit); fenced: the snapshot's
 	lock    int    // lockOurs, lockTheirs, lockMissing
 }
 
@@ -328,14 +341,17 @@ type committedAs struct {
 // ms, unless one at least as new is there, or one newer than have (what
 // the load began from) committed meanwhile: the first commit of a round
 // wins, so replicas that each fetched for a miss (a leader and its
-// hedges) all serve one snapshot, not each its own; keeps the snapshot it replaces
+// hedges) all serve one snapshot, not each its own. A stored snapshot
+// whose PTTL is within heldMS (see heldFor) is no newer than what the load
+// holds, whatever its version: it fences nothing, and value goes above it,
+// its header's version rewritten (committedAs.version). Commit keeps the snapshot it replaces
 // as the previous one if the fleet serves that one now (it is past the
 // previous one's switch); frees lock if it is still lockValue ("" for a
 // fetch that held no lock), and announces the snapshot the fleet now has.
-func (t *Tier[V]) commit(ctx context.Context, version, have uint64, value []byte, px int64, lockValue string) (committedAs, error) {
+func (t *Tier[V]) commit(ctx context.Context, version, have uint64, heldMS int64, value []byte, px int64, lockValue string) (committedAs, error) {
 	var res []int64
 	err := t.call(ctx, "commit", func(ctx context.Context) (err error) {
-		res, err = commitScript.lua.Run(ctx, t.client, t.k.of(commitScript), version, have, value, px, lockValue, t.opts.SwitchBefore.Milliseconds()).Int64Slice()
+		res, err = commitScript.lua.Run(ctx, t.client, t.k.of(commitScript), version, have, heldMS, value, px, lockValue, t.opts.SwitchBefore.Milliseconds()).Int64Slice()
 		return err
 	})
 	if err != nil {

@@ -123,22 +123,22 @@ var scriptCases = []scriptCase{
 	{script: "commit", name: "over nothing, freeing our lock",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
+			return commitString(t.commit(bg(), 7, 6, 0, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
 		},
-		want: "committed lock=1"},
+		want: "committed 7 lock=1"},
 	{script: "commit", name: "over an older snapshot, which becomes the previous",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"old"`), testTTL) },
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 7, 6, 0, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
 		},
-		want: "committed lock=-1"},
+		want: "committed 7 lock=-1"},
 	{script: "commit", name: "over a snapshot fetched ahead, never served: the previous stays",
 		setup: func(c *redis.Client, k *keys) {
 			c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"ahead"`), testTTL)
 			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"served"`), testTTL/2) // well before its switch
 		},
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 7, 6, 0, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
 		},
 		want: `previous="5 `},
 	{script: "commit", name: "over a served snapshot, past the previous one's switch: it becomes the previous",
@@ -147,7 +147,7 @@ var scriptCases = []scriptCase{
 			c.Set(bg(), k[keyPrevious], storedSnapshot(5, 0, `"old"`), 200*time.Millisecond) // past its switch
 		},
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 7, 6, 0, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
 		},
 		want: `previous="6 `},
 	{script: "commit", name: "fenced by a sibling that committed first: the first commit of a round wins",
@@ -155,7 +155,7 @@ var scriptCases = []scriptCase{
 			c.Set(bg(), k[keySnapshot], storedSnapshot(8, 0, `"sibling"`), testTTL)
 		},
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 9, 6, []byte(storedSnapshot(9, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 9, 6, 0, []byte(storedSnapshot(9, 0, `"x"`)), 4000, ""))
 		},
 		want: "fenced 8 lock=-1"},
 	{script: "commit", name: "fenced by a newer, freeing our lock",
@@ -164,21 +164,37 @@ var scriptCases = []scriptCase{
 			c.Set(bg(), k[keyLock], "7 abc", leaseTerm)
 		},
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
+			return commitString(t.commit(bg(), 7, 6, 0, []byte(storedSnapshot(7, 0, `"x"`)), 4000, "7 abc"))
 		},
 		want: "fenced 9 lock=1"},
 	{script: "commit", name: "a hedge leaves the leader's lock",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 abc", leaseTerm) },
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 8, 0, []byte(storedSnapshot(8, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 8, 0, 0, []byte(storedSnapshot(8, 0, `"x"`)), 4000, ""))
 		},
-		want: "committed lock=0"},
+		want: "committed 8 lock=0"},
 	{script: "commit", name: "over a snapshot without expiry, which is dropped",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keySnapshot], storedSnapshot(6, 0, `"old"`), 0) },
 		run: func(t *Tier[string]) string {
-			return commitString(t.commit(bg(), 7, 6, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+			return commitString(t.commit(bg(), 7, 6, 0, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
 		},
-		want: "committed lock=-1"},
+		want: "committed 7 lock=-1"},
+	{script: "commit", name: "over a version far ahead that ends within what the load holds: above it",
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(90000, 0, `"held"`), 2*time.Second)
+		},
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 7, 6, 2100, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+		},
+		want: `committed 90001 lock=-1 | snapshot="90001 1000000000 5 00-`},
+	{script: "commit", name: "fenced by a version far ahead that ends after what the load holds",
+		setup: func(c *redis.Client, k *keys) {
+			c.Set(bg(), k[keySnapshot], storedSnapshot(90000, 0, `"newer"`), 3*time.Second)
+		},
+		run: func(t *Tier[string]) string {
+			return commitString(t.commit(bg(), 7, 6, 2100, []byte(storedSnapshot(7, 0, `"x"`)), 4000, ""))
+		},
+		want: "fenced 90000 lock=-1"},
 
 	{script: "release", name: "failed: the record, and the lock freed",
 		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyLock], "7 "+conformanceToken, leaseTerm) },
@@ -254,7 +270,7 @@ func commitString(c committedAs, err error) string {
 	case err != nil:
 		return "error " + err.Error()
 	case c.ok:
-		return fmt.Sprintf("committed lock=%d", c.lock)
+		return fmt.Sprintf("committed %d lock=%d", c.version, c.lock)
 	}
 	return fmt.Sprintf("fenced %d lock=%d", c.version, c.lock)
 }

@@ -74,8 +74,10 @@ func (l *loader) Stats() loaderStats {
 // its version in the fleet.
 func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snapshot]) (cache.Snapshot[*snapshot.Snapshot], error) {
 	var have uint64
+	var held fleet.Entry[[]ghibli.Movie] // what the cache holds, as the fleet asks it
 	if r.Have != nil {
 		have = r.Have.Version
+		held = fleet.Entry[[]ghibli.Movie]{Version: have, Deadline: r.Have.Fetched.Add(l.ttl)}
 	}
 	var e fleet.Entry[[]ghibli.Movie]
 	var err error
@@ -118,7 +120,7 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 			err = cache.ErrNotNewer
 		}
 	default:
-		e, err = l.tier.Load(ctx, have, func(ctx context.Context) ([]ghibli.Movie, []byte, error) {
+		e, err = l.tier.Load(ctx, held, func(ctx context.Context) ([]ghibli.Movie, []byte, error) {
 			movies, err := fetch(ctx)
 			if err != nil {
 				return nil, nil, err
