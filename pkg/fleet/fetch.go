@@ -104,7 +104,9 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 			if ev.kind != 'c' || ev.version <= l.have || !l.shared {
 				continue
 			}
-			if e, found, err := t.Read(ctx, l.have); err == nil && found {
+			// Not a snapshot that ends within what the load holds,
+			// whatever its version (see commit): its fetch is no newer.
+			if e, found, err := t.Read(ctx, l.have); err == nil && found && e.Deadline.After(l.held.Add(t.opts.CallTimeout)) {
 				return f, e, true
 			}
 		}

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -254,45 +255,57 @@ func TestTier_ALostLeaseIsSaid(t *testing.T) {
 
 // TestTier_AVersionFarAheadOnOldDataFencesNothing: while a replica
 // fetches, the snapshot it holds is set far ahead in version (by hand, by
-// a fleet whose counter ran ahead). That snapshot carries nothing newer
-// than what the replica holds, so it fences nothing: the fetch commits
-// above it and the replica serves its own fetch, as a lone replica would,
-// not the old data, which ends sooner and would cost a fetch early.
+// a fleet whose counter ran ahead), announced or not. That snapshot
+// carries nothing newer than what the replica holds, so it neither
+// answers the load nor fences its commit: the fetch commits above it and
+// the replica serves its own, as a lone replica would, not the old data,
+// which ends sooner and would cost a fetch early.
 func TestTier_AVersionFarAheadOnOldDataFencesNothing(t *testing.T) {
 	t.Parallel()
-	r := startRedis(t)
-	c := client(t, r)
-	tier := newTier(t, r.URL)
-	held, err := tier.Load(bg(), Entry[string]{}, (&fetcher{}).fetch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ahead := held.Version * 1000
-	f := &fetcher{delay: 200 * time.Millisecond}
-	go func() {
-		waitFor(t, func() bool { return f.n.Load() == 1 })
-		v, _ := c.Get(bg(), "test:snapshot").Result()
-		_, rest, _ := strings.Cut(v, " ")
-		c.Set(bg(), "test:snapshot", strconv.FormatUint(ahead, 10)+" "+rest, redis.KeepTTL)
-	}()
-	e, err := tier.Load(bg(), held, f.fetch)
-	if err != nil || e.Source != FromLead || e.Version != ahead+1 || !e.Deadline.After(held.Deadline) {
-		t.Fatalf("Load() = %+v, %v; want its own fetch, committed as version %d, above the old data at %d", e, err, ahead+1, ahead)
-	}
-	got, found, err := tier.Read(bg(), held.Version)
-	if err != nil || !found || got.Version != ahead+1 || got.Value != e.Value {
-		t.Errorf("Read() = %+v, %v, %v; want the fetch just committed", got, found, err)
-	}
-	// One far ahead that ends later than what the load holds is newer
-	// data, committed during the fetch: it fences as ever.
-	f = &fetcher{delay: 200 * time.Millisecond}
-	go func() {
-		waitFor(t, func() bool { return f.n.Load() == 1 })
-		putSnapshot(t, c, "test:snapshot", ahead+10, 0, testTTL+time.Second, `"newer"`)
-	}()
-	e, err = tier.Load(bg(), e, f.fetch)
-	if err != nil || e.Version != ahead+10 || e.Value != "newer" {
-		t.Errorf("Load() = %+v, %v; want the newer snapshot, at %d", e, err, ahead+10)
+	for _, announced := range []bool{false, true} {
+		t.Run(fmt.Sprintf("announced=%v", announced), func(t *testing.T) {
+			t.Parallel()
+			r := startRedis(t)
+			c := client(t, r)
+			tier := newTier(t, r.URL)
+			held, err := tier.Load(bg(), Entry[string]{}, (&fetcher{}).fetch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ahead := held.Version * 1000
+			f := &fetcher{delay: 300 * time.Millisecond}
+			go func() {
+				waitFor(t, func() bool { return f.n.Load() == 1 })
+				v, _ := c.Get(bg(), "test:snapshot").Result()
+				_, rest, _ := strings.Cut(v, " ")
+				c.Set(bg(), "test:snapshot", strconv.FormatUint(ahead, 10)+" "+rest, redis.KeepTTL)
+				if announced {
+					c.Publish(bg(), "test:news", "c:"+strconv.FormatUint(ahead, 10))
+				}
+			}()
+			e, err := tier.Load(bg(), held, f.fetch)
+			if err != nil || e.Source != FromLead || e.Version != ahead+1 || !e.Deadline.After(held.Deadline) {
+				t.Fatalf("Load() = %+v, %v; want its own fetch, committed as version %d, above the old data at %d", e, err, ahead+1, ahead)
+			}
+			got, found, err := tier.Read(bg(), held.Version)
+			if err != nil || !found || got.Version != ahead+1 || got.Value != e.Value {
+				t.Errorf("Read() = %+v, %v, %v; want the fetch just committed", got, found, err)
+			}
+			// One far ahead that ends later than what the load holds is
+			// newer data, committed during the fetch: it fences as ever.
+			f = &fetcher{delay: 300 * time.Millisecond}
+			go func() {
+				waitFor(t, func() bool { return f.n.Load() == 1 })
+				putSnapshot(t, c, "test:snapshot", ahead+10, 0, testTTL+time.Second, `"newer"`)
+				if announced {
+					c.Publish(bg(), "test:news", "c:"+strconv.FormatUint(ahead+10, 10))
+				}
+			}()
+			e, err = tier.Load(bg(), e, f.fetch)
+			if err != nil || e.Version != ahead+10 || e.Value != "newer" {
+				t.Errorf("Load() = %+v, %v; want the newer snapshot, at %d", e, err, ahead+10)
+			}
+		})
 	}
 }
 

@@ -701,7 +701,9 @@ func (s *sim) inject(ctx context.Context, i int, f fault) {
 		s.redis.SetError("")
 	case "gen-ahead":
 		// The snapshot's version far ahead of the counter (written by
-		// hand, or the counter evicted while a clock ran behind).
+		// hand, or the counter evicted while a clock ran behind), and,
+		// half the time, announced, as a commit would be.
+		said := s.rand("gen-ahead-said", 2) == 1
 		for _, k := range s.redis.Keys() {
 			if v, err := s.redis.Get(k); err == nil && strings.HasSuffix(k, ":snapshot") {
 				if head, data, ok := strings.Cut(v, "\n"); ok {
@@ -710,6 +712,10 @@ func (s *sim) inject(ctx context.Context, i int, f fault) {
 					ttl := s.redis.TTL(k)
 					s.redis.Set(k, strings.Join(fields, " ")+"\n"+data)
 					s.redis.SetTTL(k, ttl)
+					if said {
+						s.redis.Publish(strings.TrimSuffix(k, ":snapshot")+":news", "c:"+fields[0])
+						s.logf("announced c:%s", fields[0])
+					}
 				}
 			}
 		}
