@@ -159,11 +159,11 @@ func (l *load[V]) wait(ctx context.Context) step {
 				atomic.AddUint64(&t.stats.WaitReleased, 1)
 				return stepBegin
 			case ev.kind == 'f' && ev.version == l.holder.version:
-				fe, ok, err := t.failure(ctx, ev.version)
+				of, fe, ok, err := t.failure(ctx)
 				switch {
 				case err != nil:
 					return l.failed(err)
-				case !ok:
+				case !ok || of != ev.version:
 					continue // forged, or the record is gone: the lease tells
 				}
 				atomic.AddUint64(&t.stats.WaitFailed, 1)
@@ -304,59 +304,17 @@ func (t *Tier[V]) failureRecord(version uint64, retry time.Duration, err error) 
 	return fmt.Sprintf("%d %d %d %s", version, retry.Milliseconds(), t.opts.Now().Add(retry).UnixMilli(), t.cause(err))
 }
 
-// failure reads the failure record of version: ok false if Redis holds
-// none for it (the message was forged, or the record has expired).
-func (t *Tier[V]) failure(ctx context.Context, version uint64) (*FailedError, bool, error) {
-	rec, err := t.peek(ctx, "failure", keyFailed, 128)
-	if err != nil {
-		if reply(err) { // a key of another type: no record of ours
-			return nil, false, nil
-		}
-		return nil, false, err
-	}
-	of, fe, ok := t.parseFailure(rec)
-	if !ok || of != version {
-		return nil, false, nil
-	}
-	return fe, true, nil
-}
-
 // waitAsked reports whether Redis holds a failure record, of any fetch,
 // that asks the fleet to wait now (the upstream's Retry-After). Redis
 // failing asks for nothing: a lone replica would not have known.
 func (t *Tier[V]) waitAsked(ctx context.Context) bool {
-	rec, err := t.peek(ctx, "failure", keyFailed, 128)
+	_, fe, ok, err := t.failure(ctx)
 	if errors.Is(err, errStarved) {
 		// This process was slow, not Redis (a pause it just woke from,
 		// which is also when a late timer fires): ask again.
-		rec, err = t.peek(ctx, "failure", keyFailed, 128)
+		_, fe, ok, err = t.failure(ctx)
 	}
-	if err != nil {
-		return false
-	}
-	_, fe, ok := t.parseFailure(rec)
-	return ok && fe.RetryAfter > 0
-}
-
-// parseFailure reads a failure record (see failureRecord): the version
-// whose fetch failed, and the wait it asks of the fleet from now, never
-// past the end its writer recorded, on our clock (see luaBackoff).
-func (t *Tier[V]) parseFailure(rec string) (version uint64, fe *FailedError, ok bool) {
-	f := strings.SplitN(rec, " ", 4)
-	if len(f) != 4 {
-		return 0, nil, false
-	}
-	version, err0 := strconv.ParseUint(f[0], 10, 64)
-	retry, err1 := strconv.ParseInt(f[1], 10, 64)
-	ends, err2 := strconv.ParseInt(f[2], 10, 64)
-	if err0 != nil || err1 != nil || err2 != nil || retry < 0 {
-		return 0, nil, false
-	}
-	wait := min(time.Duration(retry)*time.Millisecond, time.UnixMilli(ends).Sub(t.opts.Now()))
-	if retry == 0 || wait < 0 {
-		wait = 0
-	}
-	return version, &FailedError{Cause: sanitize(f[3]), RetryAfter: t.capBackoff(wait)}, true
+	return err == nil && ok && fe.RetryAfter > 0
 }
 
 func lockValue(version uint64, token string) string {

@@ -95,7 +95,7 @@ func init() {
 }
 
 // plainNeeds are the commands the protocol runs outside its scripts.
-var plainNeeds = []need{needs("subscribe", keyNews), needs("getrange", keySnapshot), needs("getrange", keyFailed)}
+var plainNeeds = []need{needs("subscribe", keyNews), needs("getrange", keySnapshot)}
 
 // allNeeds is every command the protocol runs, on every key: the scripts'
 // own, and the subscription the news arrives by.

@@ -120,21 +120,31 @@ local function next_version()
 end
 `
 
-// luaBackoff reads the failure record: its cause and the ms left of the
-// wait it asks of the fleet, or nil if there is none (a failure without a
-// Retry-After asks for no wait; as for a snapshot, 0-1 ms left is none).
-// What is left is read from two clocks, and the earlier end wins, as for a
-// snapshot's deadline: the key's expiry on Redis's clock, which a step
-// back of that clock stretches, and the end the writer recorded on the
-// replicas' clock, which the caller's now_ms reads. The fleet never waits
-// longer than the replica that failed was asked to.
+// luaBackoff reads the failure record (see failureRecord), the one reader
+// of its shape: the version whose fetch failed, its cause, and the ms left
+// of the wait it asks of the fleet (0 for a failure without a Retry-After,
+// which asks for none; as for a snapshot, 0-1 ms left is none), or nil if
+// there is no record of ours. What is left is read from two clocks, and
+// the earlier end wins, as for a snapshot's deadline: the key's expiry on
+// Redis's clock, which a step back of that clock stretches, and the end
+// the writer recorded on the replicas' clock, which the caller's now_ms
+// reads. The fleet never waits longer than the replica that failed was
+// asked to. backoff is the wait alone: its cause and ms, nil for none.
 const luaBackoff = `
-local function backoff()
+local function failure()
   if redis.call('TYPE', failed).ok ~= 'string' then return nil end
-  local ms, ends, cause = string.match(redis.call('GET', failed), '^%d+ (%d+) (%d+) (%S*)$')
-  if not ms or tonumber(ms) <= 0 then return nil end
-  local left = math.min(redis.call('PTTL', failed), tonumber(ends) - tonumber(now_ms))
-  if left <= 1 then return nil end
+  local v, ms, ends, cause = string.match(redis.call('GET', failed), '^(%d+) (%d+) (%d+) (%S*)$')
+  if not v then return nil end
+  local left = 0
+  if tonumber(ms) > 0 then
+    left = math.min(redis.call('PTTL', failed), tonumber(ends) - tonumber(now_ms))
+    if left <= 1 then left = 0 end
+  end
+  return v, cause, left
+end
+local function backoff()
+  local _, cause, left = failure()
+  if not cause or left == 0 then return nil end
   return cause, left
 end
 `
@@ -404,6 +414,40 @@ func (t *Tier[V]) release(ctx context.Context, token string, kind byte, version 
 // releaseCall is release without the breaker.
 func (t *Tier[V]) releaseCall(ctx context.Context, token string, kind byte, version uint64, record string, px int64) error {
 	return releaseScript.lua.Run(ctx, t.client, t.k.of(releaseScript), token, string(kind), version, record, px, t.opts.Now().UnixMilli()).Err()
+}
+
+// ---- failure ---------------------------------------------------------------
+
+var failureScript = newScript("failure",
+	[]key{keyFailed},
+	[]string{"now_ms"},
+	[]need{needs("type", keyFailed), needs("get", keyFailed), needs("pttl", keyFailed)},
+	checkNone, luaBackoff+`
+local v, cause, left = failure()
+if not v then return {} end
+return {v, cause, left}
+`)
+
+// failure reads the failure record: the version whose fetch failed, and
+// its cause and the wait it asks of the fleet from now (capped; 0 for
+// none); ok false if Redis holds no record of ours.
+func (t *Tier[V]) failure(ctx context.Context) (version uint64, fe *FailedError, ok bool, err error) {
+	var res []any
+	err = t.call(ctx, "failure", func(ctx context.Context) (err error) {
+		res, err = failureScript.lua.Run(ctx, t.client, t.k.of(failureScript), t.opts.Now().UnixMilli()).Slice()
+		return err
+	})
+	if err != nil || len(res) == 0 {
+		return 0, nil, false, err
+	}
+	vs, _ := at[string](res, 0)
+	cause, _ := at[string](res, 1)
+	left, lok := at[int64](res, 2)
+	version, perr := strconv.ParseUint(vs, 10, 64)
+	if perr != nil || !lok || left < 0 {
+		return 0, nil, false, fmt.Errorf("%w: unexpected reply to failure: %v", ErrInvalid, res)
+	}
+	return version, &FailedError{Cause: sanitize(cause), RetryAfter: t.capBackoff(time.Duration(left) * time.Millisecond)}, true, nil
 }
 
 // ---- read ------------------------------------------------------------------

@@ -217,6 +217,23 @@ var scriptCases = []scriptCase{
 		},
 		want: "release <nil>"},
 
+	{script: "failure", name: "none", run: failureString, want: "no record"},
+	{script: "failure", name: "a wait, to its recorded end",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], failedRecord(3000), time.Hour) },
+		run:   failureString, want: "record of 3: status_503, wait 3s"},
+	{script: "failure", name: "a wait, to the key's expiry when that ends first",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], failedRecord(3000), 2*time.Second) },
+		run:   failureString, want: "record of 3: status_503, wait 2s"},
+	{script: "failure", name: "no Retry-After: a record that asks for no wait",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 0 1000000000 status_500", leaseTerm) },
+		run:   failureString, want: "record of 3: status_500, wait 0s"},
+	{script: "failure", name: "past the end its writer recorded: no wait",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "3 3000 999999000 status_503", time.Hour) },
+		run:   failureString, want: "record of 3: status_503, wait 0s"},
+	{script: "failure", name: "not one of ours",
+		setup: func(c *redis.Client, k *keys) { c.Set(bg(), k[keyFailed], "hello world", time.Hour) },
+		run:   failureString, want: "no record"},
+
 	{script: "read", name: "nothing",
 		run: readString(0), want: "read 0"},
 	{script: "read", name: "another type",
@@ -273,6 +290,17 @@ func commitString(c committedAs, err error) string {
 		return fmt.Sprintf("committed %d lock=%d", c.version, c.lock)
 	}
 	return fmt.Sprintf("fenced %d lock=%d", c.version, c.lock)
+}
+
+func failureString(t *Tier[string]) string {
+	v, fe, ok, err := t.failure(bg())
+	switch {
+	case err != nil:
+		return "error " + err.Error()
+	case !ok:
+		return "no record"
+	}
+	return fmt.Sprintf("record of %d: %s, wait %v", v, fe.Cause, fe.RetryAfter.Round(time.Second))
 }
 
 func readString(have uint64) func(t *Tier[string]) string {
