@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +35,7 @@ func TestFleet_KeepsSharingThroughFaults(t *testing.T) {
 		retryAfterForTheFleet(),
 		redisClockStepsBack(),
 		versionFarAhead(),
+		versionFarAheadDuringAFetch(),
 	} {
 		t.Run(c.name, func(t *testing.T) { c.runTwins(t) })
 	}
@@ -283,25 +285,7 @@ func versionFarAhead() *twinCase {
 			r.startLoad()
 			time.Sleep(time.Second)
 			if r.fleet {
-				rc := r.rig.redis.Client()
-				defer rc.Close()
-				ctx := context.Background()
-				keys, _ := rc.Keys(ctx, "movies:{*}:snapshot").Result()
-				if len(keys) != 1 {
-					r.t.Fatalf("snapshot keys: %v", keys)
-				}
-				// The version is the first field of the snapshot's header
-				// ("<version> <fetch start ms> <fetch ms>\n", pkg/fleet).
-				v, err := rc.Get(ctx, keys[0]).Result()
-				head, data, ok := strings.Cut(v, "\n")
-				fields := strings.Fields(head)
-				if err != nil || !ok || len(fields) != 3 {
-					r.t.Fatalf("the snapshot %.40q (%v) has no header", v, err)
-				}
-				fields[0] = strconv.FormatInt(time.Now().UnixMilli()*100, 10)
-				if err := rc.SetArgs(ctx, keys[0], strings.Join(fields, " ")+"\n"+data, redis.SetArgs{KeepTTL: true}).Err(); err != nil {
-					r.t.Fatal(err)
-				}
+				setVersionAhead(r)
 			}
 			r.fault("version-ahead", time.Now(), time.Now())
 			sleepUntil(r.start.Add(3 * r.c.ttl))
@@ -312,6 +296,79 @@ func versionFarAhead() *twinCase {
 			}
 			if bound := 2*3 + 2; len(fleet.films) > bound {
 				t.Errorf("%d fetches in three TTLs after the version jumped, want at most %d: it did not heal", len(fleet.films), bound)
+			}
+		},
+	}
+}
+
+// setVersionAhead sets the version of the fleet's snapshot far ahead of
+// the counter, keeping its data and expiry.
+func setVersionAhead(r *twinRun) {
+	rc := r.rig.redis.Client()
+	defer rc.Close()
+	ctx := context.Background()
+	keys, _ := rc.Keys(ctx, "movies:{*}:snapshot").Result()
+	if len(keys) != 1 {
+		r.t.Errorf("snapshot keys: %v", keys)
+		return
+	}
+	// The version is the first field of the snapshot's header
+	// ("<version> <fetch start ms> <fetch ms>\n", pkg/fleet).
+	v, err := rc.Get(ctx, keys[0]).Result()
+	head, data, ok := strings.Cut(v, "\n")
+	fields := strings.Fields(head)
+	if err != nil || !ok || len(fields) != 3 {
+		r.t.Errorf("the snapshot %.40q (%v) has no header", v, err)
+		return
+	}
+	fields[0] = strconv.FormatInt(time.Now().UnixMilli()*100, 10)
+	if err := rc.SetArgs(ctx, keys[0], strings.Join(fields, " ")+"\n"+data, redis.SetArgs{KeepTTL: true}).Err(); err != nil {
+		r.t.Error(err)
+	}
+}
+
+// versionFarAheadDuringAFetch: the snapshot the fleet holds is set far
+// ahead in version while a refresh's fetch is at the upstream (simulator
+// seed 118836). That snapshot carries nothing newer than what the
+// fetching replica holds, so it must not fence the commit: were it to,
+// the fleet would serve the old data, which is in its refresh window
+// already, and fetch again at once, where its control's replicas each wait
+// a TTL less the window (here half a TTL). The judge: the fleet's next
+// fetch comes at least a quarter TTL after the one the fault met.
+func versionFarAheadDuringAFetch() *twinCase {
+	return &twinCase{
+		name: "a version far ahead, set during a fetch",
+		ttl:  4 * time.Second, timeout: 2 * time.Second,
+		replicas: 3, clients: 6,
+		run: func(r *twinRun) {
+			var n atomic.Int64
+			var set atomic.Pointer[time.Time]
+			if r.fleet {
+				r.rig.setOnFilms(func(a arrival) {
+					if n.Add(1) == 2 { // a refresh: the fleet holds the first fetch's snapshot
+						setVersionAhead(r)
+						now := time.Now()
+						set.Store(&now)
+					}
+				})
+			}
+			r.startLoad()
+			sleepUntil(r.start.Add(2 * r.c.ttl))
+			if r.fleet {
+				r.rig.setOnFilms(nil)
+				if at := set.Load(); at != nil {
+					r.fault("version-ahead", *at, *at)
+				} else {
+					r.t.Error("no second fetch to set the version ahead during")
+				}
+			}
+		},
+		judge: func(t *testing.T, _, fleet *twinRun) {
+			if len(fleet.films) < 3 {
+				t.Fatalf("the fleet fetched %d times in two TTLs, want at least 3", len(fleet.films))
+			}
+			if gap := fleet.films[2].at.Sub(fleet.films[1].at); gap < fleet.c.ttl/4 {
+				t.Errorf("the fleet fetched again %v after the fetch whose snapshot's version jumped ahead, want at least a quarter TTL (%v): the old data fenced the new", gap, fleet.c.ttl/4)
 			}
 		},
 	}
