@@ -55,6 +55,21 @@ func (t *Tier[V]) call(parent context.Context, op string, f func(context.Context
 	return err
 }
 
+// callRead is call for an operation that only reads, which is safe to
+// run twice: a call this process starved (a pause it just woke from,
+// which is also when a late timer fires, see starvedAfter) is asked
+// again, once, rather than taken for a Redis in trouble, which would
+// have the caller fetch alone, not knowing what the fleet knows (a
+// snapshot, a Retry-After). begin, which takes a lock, asks again by
+// itself, with a new token (see (*load).begin).
+func (t *Tier[V]) callRead(ctx context.Context, op string, f func(context.Context) error) error {
+	err := t.call(ctx, op, f)
+	if errors.Is(err, errStarved) {
+		err = t.call(ctx, op, f)
+	}
+	return err
+}
+
 // checkScript says so when one of the protocol's scripts failed as it
 // ran (a Lua error, not a refusal the script returns): that is a bug in
 // this version, never Redis's state or the operator's, and the call's

@@ -309,11 +309,6 @@ func (t *Tier[V]) failureRecord(version uint64, retry time.Duration, err error) 
 // failing asks for nothing: a lone replica would not have known.
 func (t *Tier[V]) waitAsked(ctx context.Context) bool {
 	_, fe, ok, err := t.failure(ctx)
-	if errors.Is(err, errStarved) {
-		// This process was slow, not Redis (a pause it just woke from,
-		// which is also when a late timer fires): ask again.
-		_, fe, ok, err = t.failure(ctx)
-	}
 	return err == nil && ok && fe.RetryAfter > 0
 }
 

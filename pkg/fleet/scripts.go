@@ -433,7 +433,7 @@ return {v, cause, left}
 // none); ok false if Redis holds no record of ours.
 func (t *Tier[V]) failure(ctx context.Context) (version uint64, fe *FailedError, ok bool, err error) {
 	var res []any
-	err = t.call(ctx, "failure", func(ctx context.Context) (err error) {
+	err = t.callRead(ctx, "failure", func(ctx context.Context) (err error) {
 		res, err = failureScript.lua.Run(ctx, t.client, t.k.of(failureScript), t.opts.Now().UnixMilli()).Slice()
 		return err
 	})
@@ -476,7 +476,7 @@ return out
 // (larger ones are never transferred).
 func (t *Tier[V]) read(ctx context.Context, have uint64) (status int, snap, prev stored, err error) {
 	var res []any
-	err = t.call(ctx, "read", func(ctx context.Context) (err error) {
+	err = t.callRead(ctx, "read", func(ctx context.Context) (err error) {
 		res, err = readScript.lua.Run(ctx, t.client, t.k.of(readScript), maxValueBytes, have).Slice()
 		return err
 	})
@@ -522,7 +522,7 @@ func storedAt(res []any, i int) (stored, bool) {
 // of another type.
 func (t *Tier[V]) peek(ctx context.Context, op string, k key, maxBytes int) (string, error) {
 	var s string
-	err := t.call(ctx, op, func(ctx context.Context) (err error) {
+	err := t.callRead(ctx, op, func(ctx context.Context) (err error) {
 		s, err = t.client.GetRange(ctx, t.k[k], 0, int64(maxBytes)-1).Result()
 		return err
 	})

@@ -35,9 +35,11 @@ func TestTier_AStarvedProcessIsNoVerdictOnRedis(t *testing.T) {
 	}
 	r.Stop()
 	defer r.Cont()
-	// stoppedRead reads with the process stopped 200 ms into the call and
-	// resumed half a second after its deadline; stopped says whether the
-	// stop fell inside the call (it then lasted past the deadline).
+	// stoppedRead calls Redis (renew: a call that is not asked again when
+	// starved, as reads are, see callRead) with the process stopped 200
+	// ms into the call and resumed half a second after its deadline;
+	// stopped says whether the stop fell inside the call (it then lasted
+	// past the deadline).
 	stoppedRead := func(tier *Tier[string]) (err error, stopped bool) {
 		stopper := exec.Command("sh", "-c", fmt.Sprintf("sleep 0.2; kill -STOP %d; sleep 1.5; kill -CONT %d", os.Getpid(), os.Getpid()))
 		if err := stopper.Start(); err != nil {
@@ -45,7 +47,7 @@ func TestTier_AStarvedProcessIsNoVerdictOnRedis(t *testing.T) {
 		}
 		defer stopper.Wait()
 		start := time.Now()
-		_, _, err = tier.Read(bg(), 0)
+		_, err = tier.renew(bg(), "1 x")
 		return err, time.Since(start) > time.Second+300*time.Millisecond
 	}
 	run := func(tier *Tier[string]) bool {
@@ -87,7 +89,7 @@ func TestTier_AStarvedProcessIsNoVerdictOnRedis(t *testing.T) {
 
 	free := tiers[attempts]
 	for range free.breaker.threshold {
-		if _, _, err := free.Read(bg(), 0); errors.Is(err, errStarved) {
+		if _, err := free.renew(bg(), "1 x"); errors.Is(err, errStarved) {
 			t.Errorf("a call on a free CPU marked starved: %v", err)
 		}
 	}
