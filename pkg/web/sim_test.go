@@ -300,7 +300,7 @@ var simScenarios = map[string]scenario{
 // their bug was fixed (docs/fleet.md, The simulator, says what each
 // found). A change to newScenario changes what they draw: then make them
 // named scenarios.
-var simRegressionSeeds = []uint64{92, 606, 716, 1467, 3343, 3555, 5706, 9447, 9636, 10678, 12753, 13961, 14934, 14949, 16386, 24201, 26642, 27848, 30454, 34940, 41652, 42199, 48811, 49131, 51776, 53535, 56789, 57040, 70152, 87943, 99400, 101652, 118836, 127234}
+var simRegressionSeeds = []uint64{92, 606, 716, 1467, 3343, 3555, 5706, 9447, 9636, 10678, 12753, 13961, 14934, 14949, 16386, 24201, 26642, 27848, 30454, 34940, 41652, 42199, 48811, 49131, 51776, 53535, 56789, 57040, 70152, 87943, 99400, 101652, 118836, 127234, 152315}
 
 func TestSimulate_RegressionSeeds(t *testing.T) {
 	warmOutsideBubbles(t)

@@ -155,8 +155,20 @@ func judge(sc scenario, fleet, twin runResult) []string {
 	// Nor is the run's teardown: its replicas are closed one by one, and
 	// a leader's fetch cancelled by its close frees a waiter on a replica
 	// not yet closed to fetch (seed 99400).
+	// Nor is a Retry-After that held a replica of the twin where, in the
+	// fleet, the one answer that carried it went to a replica killed as
+	// it came, which bound nobody (below): the twin's replica fetched
+	// nothing while it waited, and failed its requests, which the fleet
+	// served, fetching as usual (seed 152315). The fleet's own
+	// Retry-Afters are judged below, from its own arrivals.
+	var uncounted []span
+	if slices.ContainsFunc(fleet.arrivals, func(a simArrival) bool { return a.retryAfter > 0 && killedAsItCame(faults, a, sc.callTimeout) }) {
+		uncounted = retryAfterWindows(twin.arrivals, sc.callTimeout)
+	}
 	outside := func(arrivals []simArrival) []simArrival {
-		return slices.DeleteFunc(slices.Clone(arrivals), func(a simArrival) bool { return anyHolds(outages, a.at) || a.at >= sc.duration })
+		return slices.DeleteFunc(slices.Clone(arrivals), func(a simArrival) bool {
+			return anyHolds(outages, a.at) || anyHolds(uncounted, a.at) || a.at >= sc.duration
+		})
 	}
 	// Each outage that ends before the run does restarts both runs'
 	// refreshes at phases of their own: the one the twin made just
@@ -313,9 +325,7 @@ func judge(sc scenario, fleet, twin runResult) []string {
 		// Given to a replica killed as it came: it died before it could
 		// record it, and the fleet never heard of it, nor would its
 		// twin (seed 101652).
-		if slices.ContainsFunc(faults, func(f fault) bool {
-			return f.kind == "kill" && f.replica == a.by && f.at <= a.done+sc.callTimeout
-		}) {
+		if killedAsItCame(faults, a, sc.callTimeout) {
 			continue
 		}
 		// From when it is recorded: a Redis call after its delivery.
@@ -357,6 +367,15 @@ func judge(sc scenario, fleet, twin runResult) []string {
 		}
 	}
 	return out
+}
+
+// killedAsItCame reports whether the replica a's answer came to was
+// killed while a was unanswered, or within a Redis call after: it died
+// before it could record what the answer said.
+func killedAsItCame(faults []fault, a simArrival, call time.Duration) bool {
+	return slices.ContainsFunc(faults, func(f fault) bool {
+		return f.kind == "kill" && f.replica == a.by && f.at >= a.at && f.at <= a.done+call
+	})
 }
 
 // healthyStretches are the parts of [0, d) outside every excused span.
