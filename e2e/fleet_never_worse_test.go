@@ -96,7 +96,7 @@ func oneRequestHangs() *twinCase {
 	}
 }
 
-// forgedNewsFarAhead: a commit message with a generation far ahead
+// forgedNewsFarAhead: a commit message with a version far ahead
 // arrives on the fleet's channel, forged or left by a fleet whose counter
 // ran ahead. A message is a hint, not a fact: misses must keep costing one
 // fetch (the leader's, and a read for the waiters), not a lease recheck
@@ -112,9 +112,9 @@ func forgedNewsFarAhead() *twinCase {
 		// What a waiter may add to a lone fetch: news, a read, and a
 		// loaded machine; a lease recheck (1s) is over it.
 		missSlack = 400 * time.Millisecond
-		// aheadGen is just under 2^52, the highest generation the fleet
+		// aheadVersion is just under 2^52, the highest version the fleet
 		// takes for one of its own.
-		aheadGen = 4503599627370000
+		aheadVersion = 4503599627370000
 	)
 	return &twinCase{
 		name: "forged news far ahead",
@@ -125,7 +125,7 @@ func forgedNewsFarAhead() *twinCase {
 			time.Sleep(burstFor)
 			r.stopLoad()
 			if r.fleet {
-				forgeNews(r.t, r.rig.redis, fmt.Sprintf("c:%d", aheadGen))
+				forgeNews(r.t, r.rig.redis, fmt.Sprintf("c:%d", aheadVersion))
 			}
 			for range bursts {
 				time.Sleep(r.c.ttl + 300*time.Millisecond) // every snapshot expired

@@ -358,7 +358,7 @@ func TestTier_AVersionFarAheadHeals(t *testing.T) {
 	putSnapshot(t, c, "test:snapshot", 1<<60, 0, testTTL, `"x"`)
 	e, err = tier.Load(bg(), e, (&fetcher{}).fetch)
 	if err != nil || e.Source != FromLead || e.Version >= maxVersion || tier.Stats().CommitOK != 3 {
-		t.Errorf("Load() over a generation past 2^52 = %+v, %v, stats %+v; want a commit of our own", e, err, tier.Stats())
+		t.Errorf("Load() over a version past 2^52 = %+v, %v, stats %+v; want a commit of our own", e, err, tier.Stats())
 	}
 }
 
