@@ -53,7 +53,7 @@ func (l *load[V]) hedgeFetch(ctx context.Context) (Entry[V], error) {
 	}
 	atomic.AddUint64(&t.stats.HedgeWon, 1)
 	t.fetches.add(f.took)
-	return t.share(context.WithoutCancel(ctx), version, l.have, l.held, "", f, start, wall, f.took, FromHedge), nil
+	return t.share(context.WithoutCancel(ctx), version, l.have, l.heldFor(), "", f, start, wall, f.took, FromHedge), nil
 }
 
 // race fetches with a budget of its own while it listens for the fleet's
@@ -104,9 +104,9 @@ func (l *load[V]) race(ctx context.Context) (f fetched[V], theirs Entry[V], flee
 			if ev.kind != 'c' || ev.version <= l.have || !l.shared {
 				continue
 			}
-			// Not a snapshot that ends within what the load holds,
-			// whatever its version (see commit): its fetch is no newer.
-			if e, found, err := t.Read(ctx, l.have); err == nil && found && e.Deadline.After(l.held.Add(t.opts.CallTimeout)) {
+			// Not a snapshot no newer than what the load holds, whatever
+			// its version (see heldFor).
+			if e, found, err := t.Read(ctx, l.have); err == nil && found && e.Deadline.After(l.heldUntil()) {
 				return f, e, true
 			}
 		}
@@ -183,7 +183,7 @@ func (l *load[V]) lead(ctx context.Context, version uint64, token string) (Entry
 		return Entry[V]{}, t.failedAs(f)
 	}
 	t.fetches.add(f.took)
-	e := t.share(out, version, l.have, l.held, token, f, start, wall, f.took, FromLead)
+	e := t.share(out, version, l.have, l.heldFor(), token, f, start, wall, f.took, FromLead)
 	if leaseLost {
 		t.leaseLost(ctx, version)
 	}
@@ -233,10 +233,10 @@ func (t *Tier[V]) leaseLost(ctx context.Context, version uint64) {
 }
 
 // share commits what this replica fetched (under version; token is its
-// lock's, "" for a hedge, which holds none; have and held are what its
-// load began from, see Load) and returns what to serve: its own fetch, or
-// the newer snapshot that fenced it.
-func (t *Tier[V]) share(ctx context.Context, version, have uint64, held time.Time, token string, f fetched[V], start, wall time.Time, took time.Duration, src Source) Entry[V] {
+// lock's, "" for a hedge, which holds none; have and heldMS are what its
+// load began from, see heldFor) and returns what to serve: its own fetch,
+// or the newer snapshot that fenced it.
+func (t *Tier[V]) share(ctx context.Context, version, have uint64, heldMS int64, token string, f fetched[V], start, wall time.Time, took time.Duration, src Source) Entry[V] {
 	lock := ""
 	if token != "" {
 		lock = lockValue(version, token)
@@ -250,7 +250,7 @@ func (t *Tier[V]) share(ctx context.Context, version, have uint64, held time.Tim
 		return e
 	}
 	value := append(header(version, wall, took, f.trace), f.data...)
-	c, err := t.commit(ctx, version, have, t.heldFor(held), value, px, lock)
+	c, err := t.commit(ctx, version, have, heldMS, value, px, lock)
 	switch {
 	case err != nil:
 		atomic.AddUint64(&t.stats.CommitErrors, 1)
@@ -278,16 +278,26 @@ func (t *Tier[V]) share(ctx context.Context, version, have uint64, held time.Tim
 	return e
 }
 
-// heldFor is how long what a load began from still has to run, in ms, as
-// the commit script compares it with the stored snapshot's PTTL: 0 for
-// nothing held, else what is left of it plus a call's time (CallTimeout),
-// since the deadline was reckoned on this replica's clock from a read that
-// took up to a call (see decodeOne, which errs early). A stored snapshot
-// that ends within that carries nothing newer than what the load holds.
-func (t *Tier[V]) heldFor(held time.Time) int64 {
-	left := time.Until(held)
-	if held.IsZero() || left <= 0 {
+// heldUntil is when what the load began from ends, as far as the fleet can
+// tell it from a newer snapshot: its deadline plus a call's time
+// (CallTimeout), since that deadline was reckoned on this replica's clock
+// from a read that took up to a call (see decodeOne, which errs early). A
+// snapshot that ends by then carries nothing newer than what the load
+// holds, whatever its version says: it neither answers the load's fetch
+// (race) nor fences its commit (heldFor). Zero for nothing held.
+func (l *load[V]) heldUntil() time.Time {
+	if l.held.IsZero() {
+		return time.Time{}
+	}
+	return l.held.Add(l.t.opts.CallTimeout)
+}
+
+// heldFor is heldUntil as the commit script compares it with the stored
+// snapshot's PTTL: the ms left until it; 0 if nothing is held, or what is
+// held has ended (a miss: any live snapshot is newer).
+func (l *load[V]) heldFor() int64 {
+	if !time.Now().Before(l.held) {
 		return 0
 	}
-	return (left + t.opts.CallTimeout).Milliseconds()
+	return time.Until(l.heldUntil()).Milliseconds()
 }

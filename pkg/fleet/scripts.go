@@ -308,7 +308,8 @@ end
 -- A snapshot that ends no later than what this load holds is no newer than
 -- it, whatever its version says (set by hand, by a fleet whose counter ran
 -- ahead): it fences nothing, and this fetch, which is newer, goes above it.
-local stale = cur and redis.call('PTTL', snapshot) <= tonumber(held_ms)
+local pttl = cur and redis.call('PTTL', snapshot)
+local stale = cur and pttl <= tonumber(held_ms)
 if stale and cur >= tonumber(version) then
   if cur + 1 >= {{MAX_VERSION}} then
     stale = false
@@ -318,7 +319,7 @@ if stale and cur >= tonumber(version) then
     value = version .. string.sub(value, sp)
   end
 end
-if cur and not stale and (cur >= tonumber(version) or (cur > tonumber(have) and redis.call('PTTL', snapshot) > 1)) then
+if cur and not stale and (cur >= tonumber(version) or (cur > tonumber(have) and pttl > 1)) then
   if l == {{OURS}} then redis.call('DEL', lock) end
   redis.call('PUBLISH', news, 'c:' .. string.format('%d', cur))
   return {{{FENCED}}, cur, l}
@@ -352,7 +353,7 @@ type committedAs struct {
 // the load began from) committed meanwhile: the first commit of a round
 // wins, so replicas that each fetched for a miss (a leader and its
 // hedges) all serve one snapshot, not each its own. A stored snapshot
-// whose PTTL is within heldMS (see heldFor) is no newer than what the load
+// whose PTTL is within heldMS (see (*load).heldFor) is no newer than what the load
 // holds, whatever its version: it fences nothing, and value goes above it,
 // its header's version rewritten (committedAs.version). Commit keeps the snapshot it replaces
 // as the previous one if the fleet serves that one now (it is past the

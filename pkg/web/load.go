@@ -73,11 +73,9 @@ func (l *loader) Stats() loaderStats {
 // (this load's start, or the start of the fetch another replica made) and
 // its version in the fleet.
 func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snapshot]) (cache.Snapshot[*snapshot.Snapshot], error) {
-	var have uint64
 	var held fleet.Entry[[]ghibli.Movie] // what the cache holds, as the fleet asks it
 	if r.Have != nil {
-		have = r.Have.Version
-		held = fleet.Entry[[]ghibli.Movie]{Version: have, Deadline: r.Have.Fetched.Add(l.ttl)}
+		held = fleet.Entry[[]ghibli.Movie]{Version: r.Have.Version, Deadline: r.Have.Fetched.Add(l.ttl)}
 	}
 	var e fleet.Entry[[]ghibli.Movie]
 	var err error
@@ -116,7 +114,7 @@ func (l *loader) LoadShared(ctx context.Context, r cache.Request[*snapshot.Snaps
 		// (its Retry-After): take what another replica fetched, if it
 		// is newer, and fetch nothing.
 		var found bool
-		if e, found, err = l.tier.Read(ctx, have); err == nil && !found {
+		if e, found, err = l.tier.Read(ctx, held.Version); err == nil && !found {
 			err = cache.ErrNotNewer
 		}
 	default:
